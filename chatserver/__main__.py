@@ -1,0 +1,53 @@
+"""``python -m chatserver``: read settings, serve, stop gracefully on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from chatserver.app import ChatNode, make_app
+from chatserver.config import DEV_SECRET, ConfigError, Settings
+
+log = logging.getLogger("chatserver")
+
+
+async def serve(settings: Settings) -> None:
+    # 1. wire the parts and start consuming (readiness follows on its own);
+    node = ChatNode.from_settings(settings)
+    await node.start()
+    # 2. listen; /healthz answers at once, /readyz once Kafka and Redis do;
+    server = make_app(node).listen(settings.port, settings.host, xheaders=True)
+    log.info("%s listening on http://%s:%d", settings.server_id, settings.host, settings.port)
+    # 3. wait for a signal, then drain: sessions are told to reconnect elsewhere.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s stopping: draining sessions", settings.server_id)
+    server.stop()
+    await node.stop()
+    log.info("%s stopped", settings.server_id)
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"chatserver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s {settings.server_id} %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.dev and settings.secret == DEV_SECRET:
+        log.warning("CHAT_DEV=1 without CHAT_SECRET: tokens use a public development secret")
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

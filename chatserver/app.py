@@ -1,0 +1,145 @@
+"""Wiring: the only module that knows every part. ``ChatNode`` owns one server's parts and
+their lifecycle; ``make_app`` maps URLs to handlers over a node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import tornado.web
+
+from chatserver import handlers as h
+from chatserver.auth import TokenAuthority
+from chatserver.bus import Bus, KafkaBus, MemoryBroker, MemoryBus
+from chatserver.config import Settings
+from chatserver.hub import Hub
+from chatserver.metrics import Metrics
+from chatserver.names import Names
+from chatserver.registry import MemoryRegistry, Registry, RedisRegistry, RegistryError
+from chatserver.router import Router
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ChatNode:
+    """One chat server: hub, router, registry and bus, started and stopped together."""
+
+    def __init__(self, settings: Settings, registry: Registry, bus: Bus) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.bus = bus
+        self.metrics = Metrics()
+        self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
+        self.hub = Hub()
+        self.router = Router(settings.server_id, self.hub, registry, bus, self.metrics)
+        self._draining = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._registry_checked = (0.0, False, "not checked yet")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, broker: MemoryBroker | None = None) -> ChatNode:
+        """Real Redis and Kafka, or in-memory fakes for ``backend == "memory"``."""
+        names = Names(settings.name_prefix)
+        if settings.backend == "memory":
+            registry: Registry = MemoryRegistry(settings.session_ttl_s)
+            bus: Bus = MemoryBus(broker or MemoryBroker(), settings.server_id)
+        else:
+            registry = RedisRegistry(settings.redis_url, names, settings.session_ttl_s)
+            bus = KafkaBus(
+                settings.kafka_bootstrap,
+                settings.server_id,
+                names,
+                poll_interval_ms=settings.poll_interval_ms,
+                linger_ms=settings.kafka_linger_ms,
+                send_timeout_s=settings.kafka_send_timeout_s,
+            )
+        return cls(settings, registry, bus)
+
+    async def start(self) -> None:
+        # 1. consume this server's topic (readiness follows once a probe comes back);
+        # 2. heartbeat the registry: users always, this server as live once ready.
+        await self.bus.start(self.router.on_bus_message)
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        announced = False
+        while True:
+            live = self.bus.status()[0] and not self._draining
+            try:
+                await self.router.heartbeat(live)
+                announced = live
+            except RegistryError as exc:
+                log.warning("heartbeat failed (retrying): %s", exc)
+                announced = False
+            # Until announced, check often, so a server is reachable soon after it is ready.
+            await asyncio.sleep(self.settings.heartbeat_s if announced == live and live else 0.25)
+
+    async def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): not draining, Kafka consumed, Redis answering (checked at most 1/s)."""
+        if self._draining:
+            return False, "draining: this server is shutting down"
+        ready, reason = self.bus.status()
+        if not ready:
+            return False, reason
+        checked_at, ok, why = self._registry_checked
+        if time.monotonic() - checked_at > 1.0:
+            try:
+                await asyncio.wait_for(self.registry.ping(), timeout=2.0)
+                ok, why = True, "ok"
+            except (RegistryError, TimeoutError) as exc:
+                ok, why = False, f"redis at {self.settings.redis_url} does not answer: {exc or 'timeout'}"
+            self._registry_checked = (time.monotonic(), ok, why)
+        return ok, why
+
+    async def stop(self) -> None:
+        """Graceful stop: refuse new sessions, leave the registry, close sessions with 1001,
+        deliver what is in flight to Kafka, then release connections."""
+        self._draining = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        await self.router.withdraw()
+        await asyncio.sleep(0.2)  # let close frames go out
+        await self.bus.close()
+        await self.registry.close()
+
+
+def make_app(node: ChatNode) -> tornado.web.Application:
+    settings = node.settings
+    session_ids = itertools.count(1)
+    routes: list[tornado.web.URLSpec] = [
+        tornado.web.url(r"/", h.PageHandler, {"server_id": settings.server_id}),
+        tornado.web.url(r"/healthz", h.HealthHandler),
+        tornado.web.url(r"/readyz", h.ReadyHandler, {"readiness": node.readiness}),
+        tornado.web.url(r"/metrics", h.MetricsHandler, {"metrics": node.metrics}),
+        tornado.web.url(
+            r"/ws",
+            h.ChatSocket,
+            {
+                "router": node.router,
+                "auth": node.auth,
+                "readiness": node.readiness,
+                "allowed_origins": settings.allowed_origins,
+                "session_ids": session_ids,
+            },
+        ),
+    ]
+    if settings.dev_login:
+        routes.append(tornado.web.url(r"/api/login", h.LoginHandler, {"auth": node.auth}))
+    return tornado.web.Application(
+        routes,
+        template_path=str(ROOT / "templates"),
+        static_path=str(ROOT / "static"),
+        default_handler_class=h.NotFoundHandler,
+        websocket_max_message_size=settings.max_frame_bytes,
+        websocket_ping_interval=settings.ping_interval_s,
+        websocket_ping_timeout=settings.ping_interval_s * 2,
+        compress_response=True,
+    )

@@ -1,0 +1,292 @@
+"""Bytes between servers: each server consumes one topic of its own and publishes to others'.
+
+``publish(server_id, payload)`` returns a future that resolves once the payload is durably
+written (Kafka: the delivery report of an ``acks=all`` idempotent producer) and fails with
+``BusError`` otherwise. Received payloads are handed to the ``on_message`` callback on the
+IOLoop thread, in topic order.
+
+The Kafka implementation never blocks the IOLoop: a periodic callback runs ``poll(0)`` for
+delivery reports and ``consume(n, timeout=0)`` for what is ready. Readiness is proven end to
+end: the bus keeps one small probe in flight through its own topic, and is ready only while
+probes come back. That covers "Kafka answers" and "this server consumes its topic" at once,
+and guarantees that the consumer's position is fixed before the server announces itself,
+so nothing produced to it afterwards is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from tornado.ioloop import PeriodicCallback
+
+from chatserver.names import Names
+
+log = logging.getLogger(__name__)
+
+OnMessage = Callable[[bytes], None]
+
+PROBE_KEY = b"\x00chat-probe"
+
+
+class BusError(Exception):
+    """A payload could not be published; the client may retry."""
+
+
+class Bus(Protocol):
+    async def start(self, on_message: OnMessage) -> None:
+        """Begin consuming this server's topic; returns without waiting for readiness."""
+
+    def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
+        """Send ``payload`` to the topic of ``server_id``; the future says when it is durable."""
+        ...
+
+    def status(self) -> tuple[bool, str]:
+        """(ready, reason): ready while this server demonstrably consumes its topic."""
+        ...
+
+    async def close(self) -> None:
+        """Deliver what is in flight (bounded), then leave."""
+
+
+class KafkaBus:
+    """Per-server topics on Apache Kafka through confluent-kafka."""
+
+    _BATCH = 1000  # messages taken per consume() call
+    _MAX_BATCHES_PER_TICK = 8  # yield to the IOLoop after this many
+
+    def __init__(
+        self,
+        bootstrap: str,
+        server_id: str,
+        names: Names,
+        poll_interval_ms: float = 2.0,
+        linger_ms: float = 1.0,
+        send_timeout_s: float = 30.0,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._server_id = server_id
+        self._names = names
+        self._topic = names.server_topic(server_id)
+        self._poll_interval_ms = poll_interval_ms
+        self._probe_interval_s = probe_interval_s
+        common = {"bootstrap.servers": bootstrap, "error_cb": self._on_kafka_error}
+        self._producer = Producer(
+            {
+                **common,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+                "message.timeout.ms": int(send_timeout_s * 1000),
+                "socket.keepalive.enable": True,
+            }
+        )
+        self._consumer = Consumer(
+            {
+                **common,
+                "group.id": names.consumer_group(server_id),
+                # Nothing is routed here before the probe proves the position is fixed (see
+                # the module docstring); older messages are for sessions that left.
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": True,
+                "fetch.wait.max.ms": 100,
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 2000,
+            }
+        )
+        self._admin = AdminClient(common)
+        self._on_message: OnMessage | None = None
+        self._timer: PeriodicCallback | None = None
+        self._topic_task: asyncio.Task[None] | None = None
+        self._assigned = False
+        self._topic_ready = False
+        self._last_error = ""
+        self._probe_seq = 0
+        self._probe_prefix = f"{server_id}:{time.time_ns()}:".encode()  # this incarnation's probes
+        self._probe_sent_at = 0.0
+        self._probe_seen_at = 0.0
+
+    async def start(self, on_message: OnMessage) -> None:
+        self._on_message = on_message
+        self._topic_task = asyncio.create_task(self._ensure_topic())
+        self._timer = PeriodicCallback(self._tick, self._poll_interval_ms)
+        self._timer.start()
+
+    async def _ensure_topic(self) -> None:
+        """Create this server's topic if missing, retrying until Kafka answers; then subscribe."""
+        delay = 0.5
+        while True:
+            futures = self._admin.create_topics(
+                [NewTopic(self._topic, num_partitions=1, replication_factor=-1)],
+                request_timeout=5.0,
+            )
+            try:
+                await asyncio.wrap_future(futures[self._topic])
+                log.info("created topic %s", self._topic)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    break
+                self._last_error = f"cannot create topic {self._topic} at {self._bootstrap}: {exc}"
+                log.warning("%s; retrying in %.1fs", self._last_error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        self._topic_ready = True
+        self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        self._assigned = bool(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions revoked from %s", self._topic)
+        self._assigned = False
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        self._last_error = f"kafka at {self._bootstrap}: {err.str()}"
+        log.warning("%s", self._last_error)
+
+    def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if future.done():
+                return
+            if err is None:
+                future.set_result(None)
+            else:
+                future.set_exception(BusError(f"kafka: {err.str()}"))
+
+        try:
+            self._producer.produce(self._names.server_topic(server_id), payload, on_delivery=on_delivery)
+        except BufferError:
+            future.set_exception(BusError("kafka producer queue is full; retry shortly"))
+        except KafkaException as exc:
+            future.set_exception(BusError(f"kafka: {exc}"))
+        return future
+
+    def _tick(self) -> None:
+        """The periodic IOLoop callback: delivery reports, then whatever messages are ready."""
+        self._producer.poll(0)
+        if not self._topic_ready:
+            return
+        for _ in range(self._MAX_BATCHES_PER_TICK):
+            batch = self._consumer.consume(self._BATCH, 0)
+            for msg in batch:
+                self._handle(msg)
+            if len(batch) < self._BATCH:
+                break
+        self._maybe_probe()
+
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() != KafkaError._PARTITION_EOF:
+                self._last_error = f"kafka consumer: {err.str()}"
+                log.warning("%s", self._last_error)
+            return
+        value = msg.value()
+        if value is None:
+            return
+        if msg.key() == PROBE_KEY:
+            if value.startswith(self._probe_prefix):
+                self._probe_seen_at = time.monotonic()
+            return
+        assert self._on_message is not None
+        try:
+            self._on_message(value)
+        except Exception:  # one bad message must not stop the consumer
+            log.exception("failed to handle a message from %s at offset %s", self._topic, msg.offset())
+
+    def _maybe_probe(self) -> None:
+        """Keep probes flowing through our own topic: every interval, 4x as often until one is back.
+
+        Probes are tiny and expire with the send timeout, so an outage queues only a few.
+        """
+        now = time.monotonic()
+        interval = self._probe_interval_s if self._probe_seen_at else self._probe_interval_s / 4
+        if not self._assigned or now - self._probe_sent_at < interval:
+            return
+        self._probe_seq += 1
+        try:
+            self._producer.produce(self._topic, self._probe_prefix + str(self._probe_seq).encode(), key=PROBE_KEY)
+        except (BufferError, KafkaException) as exc:
+            self._last_error = f"kafka probe not sent: {exc}"
+            return
+        self._probe_sent_at = now
+
+    def status(self) -> tuple[bool, str]:
+        if not self._topic_ready:
+            return False, self._last_error or f"kafka: creating topic {self._topic}"
+        if not self._assigned:
+            return False, f"kafka: waiting for the assignment of {self._topic}"
+        if self._probe_seen_at == 0.0:
+            return False, f"kafka: waiting for the first probe through {self._topic}"
+        silent = time.monotonic() - self._probe_seen_at
+        if silent > 5 * self._probe_interval_s + 1.0:
+            return False, f"kafka: no probe came back through {self._topic} for {silent:.0f}s ({self._last_error})"
+        return True, "ok"
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        if self._topic_task is not None:
+            self._topic_task.cancel()
+        # A non-blocking flush: the IOLoop keeps serving while deliveries complete.
+        deadline = time.monotonic() + 5.0
+        while len(self._producer) > 0 and time.monotonic() < deadline:
+            self._producer.poll(0)
+            await asyncio.sleep(0.01)
+        self._producer.poll(0)
+        if len(self._producer) > 0:
+            log.error("%d messages not delivered to Kafka at shutdown", len(self._producer))
+        if self._topic_ready:
+            # close() commits offsets and leaves the group; it blocks briefly, so off-loop.
+            await asyncio.get_running_loop().run_in_executor(None, self._consumer.close)
+
+
+class MemoryBroker:
+    """Topics in this process, shared by in-process servers: the single-node default and test fake."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, OnMessage] = {}
+        self.backlog: dict[str, list[bytes]] = {}
+
+    def deliver(self, server_id: str, payload: bytes) -> None:
+        handler = self.handlers.get(server_id)
+        if handler is None:
+            self.backlog.setdefault(server_id, []).append(payload)
+        else:
+            handler(payload)
+
+
+class MemoryBus:
+    def __init__(self, broker: MemoryBroker, server_id: str) -> None:
+        self._broker = broker
+        self._server_id = server_id
+
+    async def start(self, on_message: OnMessage) -> None:
+        self._broker.handlers[self._server_id] = on_message
+        for payload in self._broker.backlog.pop(self._server_id, []):
+            on_message(payload)
+
+    def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # Delivered on a later loop turn, as from a real broker.
+        loop.call_soon(self._broker.deliver, server_id, payload)
+        future.set_result(None)
+        return future
+
+    def status(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def close(self) -> None:
+        self._broker.handlers.pop(self._server_id, None)

@@ -1,0 +1,146 @@
+"""Settings: every knob of a chat server, its environment variable and its default.
+
+``Settings.from_env()`` is called once, at the entry point; everything else receives the
+frozen object. A bad value raises ``ConfigError`` with a message that names the variable
+and says what is expected, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Used only with CHAT_DEV=1 when CHAT_SECRET is unset: tokens signed with it are forgeable.
+DEV_SECRET = "dev-only-insecure-secret-set-CHAT_SECRET-in-production"
+MIN_SECRET_BYTES = 32
+
+_SERVER_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One chat server's configuration. Field comments name the environment variable."""
+
+    server_id: str = "ws-1"  # SERVER_ID
+    host: str = "127.0.0.1"  # CHAT_HOST
+    port: int = 8081  # PORT (default: 8080 + N for SERVER_ID ws-N)
+    redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL
+    kafka_bootstrap: str = "127.0.0.1:9092"  # KAFKA_BOOTSTRAP
+    backend: str = "real"  # CHAT_BACKEND: real (Redis + Kafka) or memory (single node)
+    name_prefix: str = ""  # CHAT_PREFIX: prefix of every Redis key and Kafka topic/group
+    secret: str = DEV_SECRET  # CHAT_SECRET
+    dev: bool = False  # CHAT_DEV: allow the built-in development secret
+    dev_login: bool = True  # CHAT_DEV_LOGIN: POST /api/login issues tokens
+    allowed_origins: tuple[str, ...] = ()  # CHAT_ALLOWED_ORIGINS (comma list; empty: same host)
+    token_ttl_s: int = 24 * 3600  # CHAT_TOKEN_TTL_S
+    session_ttl_s: float = 15.0  # CHAT_SESSION_TTL_S: registry entries expire after this
+    heartbeat_s: float = 5.0  # CHAT_HEARTBEAT_S: how often entries are refreshed
+    poll_interval_ms: float = 2.0  # CHAT_POLL_MS: period of the Kafka consumer callback
+    kafka_linger_ms: float = 1.0  # CHAT_KAFKA_LINGER_MS: producer batching delay
+    kafka_send_timeout_s: float = 30.0  # CHAT_KAFKA_SEND_TIMEOUT_S: a send fails after this
+    max_frame_bytes: int = 64 * 1024  # fixed by the protocol (close 1009 above it)
+    ping_interval_s: float = 25.0  # CHAT_WS_PING_S: WebSocket pings keep proxies from timing out
+    log_level: str = "INFO"  # CHAT_LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``env`` (usually ``os.environ``); raise ``ConfigError``."""
+        server_id = env.get("SERVER_ID", cls.server_id)
+        if not _SERVER_ID_RE.match(server_id):
+            raise ConfigError(f"SERVER_ID={server_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        prefix = env.get("CHAT_PREFIX", "")
+        if not _PREFIX_RE.match(prefix):
+            raise ConfigError(f"CHAT_PREFIX={prefix!r}: use up to 64 of A-Z a-z 0-9 _ . -")
+        backend = env.get("CHAT_BACKEND", cls.backend)
+        if backend not in ("real", "memory"):
+            raise ConfigError(f"CHAT_BACKEND={backend!r}: use 'real' (Redis+Kafka) or 'memory'")
+        dev = _bool(env, "CHAT_DEV", False)
+        secret = env.get("CHAT_SECRET", "")
+        if not secret:
+            if not dev:
+                raise ConfigError(
+                    "CHAT_SECRET is not set: set it to a random string of at least "
+                    f"{MIN_SECRET_BYTES} bytes (or CHAT_DEV=1 for a local, insecure default)"
+                )
+            secret = DEV_SECRET
+        elif len(secret.encode()) < MIN_SECRET_BYTES and not dev:
+            raise ConfigError(
+                f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes"
+            )
+        origins = tuple(o.strip() for o in env.get("CHAT_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        settings = cls(
+            server_id=server_id,
+            host=env.get("CHAT_HOST", cls.host),
+            port=_int(env, "PORT", _default_port(server_id)),
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            backend=backend,
+            name_prefix=prefix,
+            secret=secret,
+            dev=dev,
+            dev_login=_bool(env, "CHAT_DEV_LOGIN", True),
+            allowed_origins=origins,
+            token_ttl_s=_int(env, "CHAT_TOKEN_TTL_S", cls.token_ttl_s),
+            session_ttl_s=_float(env, "CHAT_SESSION_TTL_S", cls.session_ttl_s),
+            heartbeat_s=_float(env, "CHAT_HEARTBEAT_S", cls.heartbeat_s),
+            poll_interval_ms=_float(env, "CHAT_POLL_MS", cls.poll_interval_ms),
+            kafka_linger_ms=_float(env, "CHAT_KAFKA_LINGER_MS", cls.kafka_linger_ms),
+            kafka_send_timeout_s=_float(env, "CHAT_KAFKA_SEND_TIMEOUT_S", cls.kafka_send_timeout_s),
+            ping_interval_s=_float(env, "CHAT_WS_PING_S", cls.ping_interval_s),
+            log_level=env.get("CHAT_LOG_LEVEL", cls.log_level).upper(),
+        )
+        if settings.heartbeat_s * 2 > settings.session_ttl_s:
+            raise ConfigError(
+                "CHAT_HEARTBEAT_S must be at most half of CHAT_SESSION_TTL_S, "
+                "or live sessions expire between two heartbeats"
+            )
+        return settings
+
+
+def _default_port(server_id: str) -> int:
+    """ws-N listens on 8080+N by the protocol; other ids default to 8081."""
+    match = re.fullmatch(r"ws-(\d{1,4})", server_id)
+    return 8080 + int(match.group(1)) if match else 8081
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: use 1 or 0")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    return value

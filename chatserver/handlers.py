@@ -1,0 +1,194 @@
+"""HTTP and WebSocket handlers: transport only.
+
+Each handler receives its collaborators through ``initialize(**kwargs)`` from the URL spec.
+What a frame means is the router's business; the socket handler authenticates the
+handshake, picks the codec, and passes frames in and out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from chatserver.auth import AuthError, TokenAuthority
+from chatserver.metrics import Metrics
+from chatserver.protocol import JSON, MSGPACK, USERNAME_RE, Codec, OutFrame
+from chatserver.router import Router
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+#: Content-Security-Policy of the page: scripts and styles from this origin only, no inline code.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class JsonHandler(RequestHandler):
+    """Answers errors as ``{"error": {"code", "message"}}``, never with a stack trace."""
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.finish({"error": {"code": code, "message": message}})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "internal")
+        reason = self._reason if status_code < 500 else "internal server error"
+        self.finish({"error": {"code": code, "message": reason}})
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise HTTPError(404)
+
+
+class PageHandler(RequestHandler):
+    def initialize(self, server_id: str) -> None:
+        self.server_id = server_id
+
+    def get(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.render("index.html", server_id=self.server_id)
+
+
+class LoginHandler(JsonHandler):
+    """Development login: any valid name gets a token. Off with CHAT_DEV_LOGIN=0."""
+
+    def initialize(self, auth: TokenAuthority) -> None:
+        self.auth = auth
+
+    def post(self) -> None:
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError:
+            return self.fail(400, "bad_request", 'body must be JSON like {"username": "alice"}')
+        username = body.get("username") if isinstance(body, dict) else None
+        if not isinstance(username, str) or not USERNAME_RE.match(username):
+            return self.fail(400, "bad_username", "username must be 1-32 of A-Z a-z 0-9 _ . -")
+        self.finish({"token": self.auth.issue(username), "username": username})
+
+
+class HealthHandler(JsonHandler):
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class ReadyHandler(JsonHandler):
+    def initialize(self, readiness: Readiness) -> None:
+        self.readiness = readiness
+
+    async def get(self) -> None:
+        ready, reason = await self.readiness()
+        if ready:
+            self.finish({"status": "ready"})
+        else:
+            self.fail(503, "not_ready", reason)
+
+
+class MetricsHandler(RequestHandler):
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.metrics.render())
+
+
+class ChatSocket(WebSocketHandler):
+    """One client connection; it is also the hub's session for that client."""
+
+    def initialize(
+        self,
+        router: Router,
+        auth: TokenAuthority,
+        readiness: Readiness,
+        allowed_origins: tuple[str, ...],
+        session_ids: itertools.count[int],
+    ) -> None:
+        self.router = router
+        self.auth = auth
+        self.readiness = readiness
+        self.allowed_origins = allowed_origins
+        self._id = f"{router.server_id}#{next(session_ids)}"
+        self._user = ""
+        self._codec: Codec = JSON
+
+    # Session protocol
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def user(self) -> str:
+        return self._user
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def send(self, frame: OutFrame) -> None:
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return
+        try:
+            written = self.write_message(frame.encoded(self._codec), binary=self._codec.binary)
+        except WebSocketClosedError:
+            return
+        written.add_done_callback(_ignore_closed)
+
+    # Handshake
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        token = self.get_query_argument("token", None)
+        if not token:
+            return self._reject(401, "unauthorized", "missing token: POST /api/login, then /ws?token=...")
+        try:
+            self._user = self.auth.verify(token)
+        except AuthError as exc:
+            return self._reject(401, "unauthorized", str(exc))
+        ready, reason = await self.readiness()
+        if not ready:
+            return self._reject(503, "not_ready", f"this server is not ready ({reason}); retry")
+        await super().get(*args, **kwargs)
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def check_origin(self, origin: str) -> bool:
+        if self.allowed_origins:
+            return origin in self.allowed_origins
+        return super().check_origin(origin)  # same host as the request
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return "msgpack" if "msgpack" in subprotocols else None
+
+    # Frames
+    async def open(self, *args: str, **kwargs: str) -> None:
+        if self.selected_subprotocol == "msgpack":
+            self._codec = MSGPACK
+        self.set_nodelay(True)
+        await self.router.connect(self)
+
+    async def on_message(self, message: str | bytes) -> None:
+        await self.router.handle(self, message)
+
+    def on_close(self) -> None:
+        if self._user:
+            self.router.disconnect(self)
+
+
+def _ignore_closed(future: Any) -> None:
+    """Retrieve a write's outcome so a socket closed meanwhile is not logged as an error."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,38 @@
+"""Prometheus metrics of one chat server, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge("chat_connections", "Open WebSocket sessions on this server", registry=r)
+        self.users = Gauge("chat_local_users", "Distinct users with a session on this server", registry=r)
+        self.frames_in = Counter("chat_frames_in", "Client frames received, by type", ["type"], registry=r)
+        self.messages_routed = Counter(
+            "chat_messages_routed", "Messages accepted from local clients, by kind", ["kind"], registry=r
+        )
+        self.messages_acked = Counter("chat_messages_acked", "Messages acked after Kafka had them", registry=r)
+        self.deliveries = Counter(
+            "chat_deliveries", "Message frames written to local sockets, by kind", ["kind"], registry=r
+        )
+        self.errors = Counter("chat_errors", "Error frames sent to clients, by code", ["code"], registry=r)
+        self.bus_failures = Counter("chat_bus_publish_failures", "Publishes the bus refused", registry=r)
+        self.registry_failures = Counter("chat_registry_failures", "Registry calls that failed", registry=r)
+        self.publish_seconds = Histogram(
+            "chat_publish_seconds", "From send to durable (all topics acked)", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.delivery_seconds = Histogram(
+            "chat_delivery_seconds",
+            "From accepting a message to writing it to local sockets (wall clocks of two servers)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,30 @@
+"""The one place where Kafka topic, consumer-group and Redis key names are built.
+
+With the default empty prefix the names are exactly those of the protocol:
+topic ``messages-{SERVER_ID}``, group ``ws-server-group-{SERVER_ID}``. Tests and shared
+deployments set ``CHAT_PREFIX`` so that several clusters can share one Redis and Kafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    prefix: str = ""
+
+    def server_topic(self, server_id: str) -> str:
+        """The Kafka topic that server ``server_id`` alone consumes."""
+        return f"{self.prefix}messages-{server_id}"
+
+    def consumer_group(self, server_id: str) -> str:
+        return f"{self.prefix}ws-server-group-{server_id}"
+
+    def user_servers(self, user: str) -> str:
+        """Redis sorted set: the servers holding sessions of ``user``, scored by expiry (ms)."""
+        return f"{self.prefix}chat:user:{user}:servers"
+
+    def live_servers(self) -> str:
+        """Redis sorted set: every server that consumes its topic, scored by expiry (ms)."""
+        return f"{self.prefix}chat:servers"

@@ -1,0 +1,291 @@
+"""Frames of the chat protocol (shared/PROTOCOL.md): types, validation, JSON and msgpack codecs.
+
+Pure code: no sockets, no I/O libraries. ``decode_frame`` turns the bytes of one WebSocket
+frame into a typed client frame or raises ``ProtocolError`` whose ``code`` is one of the
+protocol's error codes. Server frames are plain dicts wrapped in ``OutFrame``, which encodes
+each frame at most once per codec however many sockets it is written to.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import msgpack
+
+USERNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+ROOM_RE: Final = USERNAME_RE
+MAX_TEXT_CHARS: Final = 4000
+MAX_CID_CHARS: Final = 64
+MAX_FRAME_BYTES: Final = 64 * 1024
+
+# Error codes of the protocol.
+BAD_FRAME: Final = "bad_frame"
+UNKNOWN_TYPE: Final = "unknown_type"
+TOO_LARGE: Final = "too_large"
+RATE_LIMITED: Final = "rate_limited"
+NOT_MEMBER: Final = "not_member"
+FORBIDDEN: Final = "forbidden"
+INTERNAL: Final = "internal"
+
+#: Frame types of the protocol that this server does not handle yet (rooms, durability).
+NOT_YET_SUPPORTED: Final = frozenset({"join", "leave", "room", "typing", "history", "resume", "who"})
+
+
+class ProtocolError(Exception):
+    """A client frame the server refuses; becomes an ``error`` frame, never a disconnect."""
+
+    def __init__(self, code: str, message: str, cid: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.cid = cid
+
+
+# ---------------------------------------------------------------------------- client frames
+
+
+@dataclass(frozen=True, slots=True)
+class PublicFrame:
+    text: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateFrame:
+    to: str
+    text: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    cid: str | None = None
+
+
+ClientFrame = PublicFrame | PrivateFrame | PingFrame
+
+
+def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
+    """Decode and validate one client frame; raise ``ProtocolError`` on anything wrong."""
+    obj = codec.loads(raw)
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_FRAME, "a frame must be an object with a 'type'")
+    cid = _cid(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_FRAME, "field 'type' must be a string", cid)
+    if kind == "public":
+        return PublicFrame(text=_text(obj, cid), cid=cid)
+    if kind == "private":
+        return PrivateFrame(to=_name(obj, "to", cid), text=_text(obj, cid), cid=cid)
+    if kind == "ping":
+        return PingFrame(cid=cid)
+    if kind in NOT_YET_SUPPORTED:
+        raise ProtocolError(UNKNOWN_TYPE, f"frame type {kind!r} is not supported by this server yet", cid)
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)
+
+
+def _cid(obj: dict[Any, Any]) -> str | None:
+    cid = obj.get("cid")
+    if cid is None:
+        return None
+    if not isinstance(cid, str) or len(cid) > MAX_CID_CHARS:
+        raise ProtocolError(BAD_FRAME, f"field 'cid' must be a string of at most {MAX_CID_CHARS} characters")
+    return cid
+
+
+def _text(obj: dict[Any, Any], cid: str | None) -> str:
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        raise ProtocolError(BAD_FRAME, "field 'text' must be a non-empty string", cid)
+    if len(text) > MAX_TEXT_CHARS:
+        raise ProtocolError(TOO_LARGE, f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}", cid)
+    return text
+
+
+def _name(obj: dict[Any, Any], key: str, cid: str | None) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not USERNAME_RE.match(value):
+        raise ProtocolError(BAD_FRAME, f"field {key!r} must be a name of 1-32 of A-Z a-z 0-9 _ . -", cid)
+    return value
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+class Codec:
+    """How frames travel on one WebSocket: JSON text (default) or the ``msgpack`` subprotocol."""
+
+    name: str = "json"
+    binary: bool = False
+
+    def loads(self, raw: str | bytes) -> Any:
+        if isinstance(raw, bytes):
+            raise ProtocolError(BAD_FRAME, "binary frames need the 'msgpack' subprotocol")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ProtocolError(BAD_FRAME, "frame is not valid JSON") from None
+
+    def dumps(self, frame: dict[str, Any]) -> bytes:
+        return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class MsgpackCodec(Codec):
+    """Binary frames holding the same maps as the JSON ones, decoded with strict limits."""
+
+    name = "msgpack"
+    binary = True
+
+    def loads(self, raw: str | bytes) -> Any:
+        if isinstance(raw, str):
+            raise ProtocolError(BAD_FRAME, "this connection speaks msgpack: send binary frames")
+        try:
+            return msgpack.unpackb(
+                raw,
+                raw=False,
+                strict_map_key=True,
+                max_buffer_size=MAX_FRAME_BYTES,
+                max_str_len=MAX_FRAME_BYTES,
+                max_bin_len=0,
+                max_ext_len=0,
+                max_array_len=1024,
+                max_map_len=256,
+            )
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError):
+            raise ProtocolError(BAD_FRAME, "frame is not valid msgpack") from None
+
+    def dumps(self, frame: dict[str, Any]) -> bytes:
+        return msgpack.packb(frame, use_bin_type=True)
+
+
+JSON: Final = Codec()
+MSGPACK: Final = MsgpackCodec()
+CODECS: Final = {"json": JSON, "msgpack": MSGPACK}
+
+
+# ---------------------------------------------------------------------------- server frames
+
+
+@dataclass(slots=True)
+class OutFrame:
+    """A server frame, encoded lazily and at most once per codec."""
+
+    body: dict[str, Any]
+    _encoded: dict[str, bytes] = field(default_factory=dict)
+
+    def encoded(self, codec: Codec) -> bytes:
+        data = self._encoded.get(codec.name)
+        if data is None:
+            data = self._encoded[codec.name] = codec.dumps(self.body)
+        return data
+
+
+MessageKind = Literal["public", "private"]
+
+
+def welcome(user: str, server: str, positions: dict[str, int]) -> OutFrame:
+    return OutFrame({"type": "welcome", "user": user, "server": server, "positions": positions})
+
+
+def ack(cid: str | None, message_id: str, ts: int) -> OutFrame:
+    return OutFrame({"type": "ack", "cid": cid, "id": message_id, "ts": ts})
+
+
+def error(code: str, message: str, cid: str | None = None) -> OutFrame:
+    body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
+def pong(cid: str | None) -> OutFrame:
+    body: dict[str, Any] = {"type": "pong"}
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
+# ---------------------------------------------------------------------------- envelopes
+
+
+class EnvelopeError(ValueError):
+    """Bytes from the bus that are not an envelope this server understands."""
+
+
+ENVELOPE_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as it travels between servers over the bus (msgpack on the wire).
+
+    ``recipients`` are the users whose local sessions get the message (empty for public:
+    every local session). ``origin`` is the sending session, which is acked instead.
+    """
+
+    kind: MessageKind
+    id: str
+    sender: str
+    text: str
+    ts: int
+    to: str | None = None
+    recipients: tuple[str, ...] = ()
+    origin: str = ""
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(
+            {
+                "v": ENVELOPE_VERSION,
+                "k": self.kind,
+                "i": self.id,
+                "f": self.sender,
+                "x": self.text,
+                "s": self.ts,
+                "t": self.to,
+                "r": list(self.recipients),
+                "o": self.origin,
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Envelope:
+        try:
+            obj = msgpack.unpackb(data, raw=False)
+            if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
+                raise EnvelopeError("not a version-1 envelope")
+            kind = obj["k"]
+            if kind not in ("public", "private"):
+                raise EnvelopeError(f"unknown envelope kind {kind!r}")
+            return cls(
+                kind=kind,
+                id=str(obj["i"]),
+                sender=str(obj["f"]),
+                text=str(obj["x"]),
+                ts=int(obj["s"]),
+                to=None if obj.get("t") is None else str(obj["t"]),
+                recipients=tuple(str(r) for r in obj.get("r") or ()),
+                origin=str(obj.get("o") or ""),
+            )
+        except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            if isinstance(exc, EnvelopeError):
+                raise
+            raise EnvelopeError(f"malformed envelope: {exc}") from None
+
+    def message_frame(self) -> OutFrame:
+        """The ``message`` frame every receiving session gets."""
+        body: dict[str, Any] = {
+            "type": "message",
+            "id": self.id,
+            "kind": self.kind,
+            "from": self.sender,
+            "text": self.text,
+            "ts": self.ts,
+        }
+        if self.to is not None:
+            body["to"] = self.to
+        return OutFrame(body)

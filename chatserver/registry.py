@@ -1,0 +1,193 @@
+"""Where users are: user -> the servers holding their sessions, and which servers are live.
+
+Every entry carries an expiry. A server refreshes its entries by heartbeat; when it dies
+without saying goodbye its entries simply expire, so nothing routes to it for long.
+
+Redis layout (names from ``Names``): ``chat:user:{user}:servers`` is a sorted set of server
+ids scored by expiry time in ms; the key itself expires too, so idle users leave nothing
+behind. ``chat:servers`` is the same for live servers. Reads ignore expired members;
+heartbeats prune them. No ``KEYS``/``SCAN`` anywhere on the message path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from chatserver.names import Names
+
+Clock = Callable[[], float]
+
+
+class RegistryError(Exception):
+    """The registry could not be reached or answered badly."""
+
+
+class Registry(Protocol):
+    async def add(self, user: str, server_id: str) -> None:
+        """Record that ``server_id`` holds at least one session of ``user``."""
+
+    async def remove(self, user: str, server_id: str) -> None:
+        """``server_id`` holds no session of ``user`` any more."""
+
+    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
+        """For each user, the live servers holding their sessions (one round trip)."""
+        ...
+
+    async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
+        """Refresh this server's entries; ``live`` also (re)announces it as consuming."""
+
+    async def withdraw(self, server_id: str, users: Iterable[str]) -> None:
+        """Remove this server and its users' entries at once (graceful stop)."""
+
+    async def live_servers(self) -> set[str]:
+        """Servers that announced themselves and have not expired."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``RegistryError`` unless the backing store answers."""
+
+    async def close(self) -> None: ...
+
+
+class RedisRegistry:
+    """The registry in Redis, shared by every server of the cluster."""
+
+    _BATCH = 500  # users per pipeline in a heartbeat
+
+    def __init__(self, url: str, names: Names, ttl_s: float, clock: Clock = time.time) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+        )
+        self._names = names
+        self._ttl_ms = int(ttl_s * 1000)
+        self._clock = clock
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def add(self, user: str, server_id: str) -> None:
+        key = self._names.user_servers(user)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {server_id: self._now_ms() + self._ttl_ms})
+                pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def remove(self, user: str, server_id: str) -> None:
+        try:
+            await self._redis.zrem(self._names.user_servers(user), server_id)
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
+        now = self._now_ms()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.zrangebyscore(self._names.user_servers(user), now, "+inf")
+                replies = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}
+
+    async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
+        now = self._now_ms()
+        expiry = now + self._ttl_ms
+        batch = list(users)
+        try:
+            for start in range(0, max(len(batch), 1), self._BATCH):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    if start == 0:
+                        servers = self._names.live_servers()
+                        if live:
+                            pipe.zadd(servers, {server_id: expiry})
+                        pipe.zremrangebyscore(servers, "-inf", now)
+                    for user in batch[start : start + self._BATCH]:
+                        key = self._names.user_servers(user)
+                        pipe.zadd(key, {server_id: expiry})
+                        pipe.zremrangebyscore(key, "-inf", now)
+                        pipe.pexpire(key, self._ttl_ms)
+                    await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def withdraw(self, server_id: str, users: Iterable[str]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self._names.live_servers(), server_id)
+                for user in users:
+                    pipe.zrem(self._names.user_servers(user), server_id)
+                await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def live_servers(self) -> set[str]:
+        try:
+            members = await self._redis.zrangebyscore(self._names.live_servers(), self._now_ms(), "+inf")
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        return {m.decode() for m in members}
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis at {self._redis.connection_pool.connection_kwargs.get('host')}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class MemoryRegistry:
+    """The registry in this process: the single-node default and the test fake.
+
+    One instance may be shared by several in-process servers to model a cluster.
+    """
+
+    def __init__(self, ttl_s: float, clock: Clock = time.monotonic) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._users: dict[str, dict[str, float]] = {}
+        self._servers: dict[str, float] = {}
+
+    async def add(self, user: str, server_id: str) -> None:
+        self._users.setdefault(user, {})[server_id] = self._clock() + self._ttl_s
+
+    async def remove(self, user: str, server_id: str) -> None:
+        entries = self._users.get(user)
+        if entries is not None:
+            entries.pop(server_id, None)
+            if not entries:
+                del self._users[user]
+
+    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
+        now = self._clock()
+        return {u: {s for s, exp in self._users.get(u, {}).items() if exp > now} for u in users}
+
+    async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
+        expiry = self._clock() + self._ttl_s
+        if live:
+            self._servers[server_id] = expiry
+        for user in users:
+            self._users.setdefault(user, {})[server_id] = expiry
+
+    async def withdraw(self, server_id: str, users: Iterable[str]) -> None:
+        self._servers.pop(server_id, None)
+        for user in users:
+            await self.remove(user, server_id)
+
+    async def live_servers(self) -> set[str]:
+        now = self._clock()
+        return {s for s, exp in self._servers.items() if exp > now}
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
