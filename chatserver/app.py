@@ -23,6 +23,7 @@ from chatserver.registry import MemoryRegistry, Registry, RedisRegistry, Registr
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("chatserver.access")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,4 +143,16 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         websocket_ping_interval=settings.ping_interval_s,
         websocket_ping_timeout=settings.ping_interval_s * 2,
         compress_response=True,
+        log_function=log_request,
+    )
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log without query strings: ``/ws?token=...`` must never reach a log."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(
+        level, "%d %s %s (%s) %.1fms", status, request.method, request.path, request.remote_ip,
+        1000.0 * request.request_time(),
     )

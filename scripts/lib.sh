@@ -1,0 +1,256 @@
+# Shared by up.sh, down.sh, scale.sh and test.sh: installing what is missing, starting and
+# stopping each process by its pid file, waiting for readiness. Source it; don't run it.
+#
+# Everything this project starts records a pid file under $RUN_DIR/pids; stop_pid stops
+# exactly those processes. A service found already listening (say, a Redis you run yourself)
+# is used and never stopped.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="${CHAT_RUN_DIR:-$ROOT/.run}"
+CACHE_DIR="${CHAT_CACHE_DIR:-$ROOT/.cache}"
+VENV="${CHAT_VENV:-$ROOT/.venv}"
+PIDS="$RUN_DIR/pids"
+LOGS="$RUN_DIR/logs"
+
+NGINX_PORT="${NGINX_PORT:-8080}"
+CHAT_PORT_BASE="${CHAT_PORT_BASE:-8080}"   # ws-N listens on CHAT_PORT_BASE + N
+REDIS_PORT="${REDIS_PORT:-6379}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
+KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
+KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
+export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:$KAFKA_PORT}"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+mkdir -p "$PIDS" "$LOGS"
+
+# ------------------------------------------------------------------------------ installing
+
+_apt_updated=0
+apt_install() {  # apt_install PACKAGE... : Debian packages, as root or through sudo
+    local sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "need root (or sudo) to install: $*"
+        sudo="sudo"
+    fi
+    if [[ $_apt_updated -eq 0 ]]; then
+        say "installing $* (apt-get)..."
+        $sudo apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed: see $LOGS/apt.log"
+        _apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" \
+        >>"$LOGS/apt.log" 2>&1 || die "apt-get install $* failed: see $LOGS/apt.log"
+}
+
+ensure_system_packages() {  # redis-server and nginx from Debian; java and mvn for Kafka
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    if [[ -z "${KAFKA_HOME:-}" ]]; then
+        command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+        command -v mvn >/dev/null || missing+=(maven)
+    fi
+    if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
+    return 0
+}
+
+nginx_bin() { command -v nginx || echo /usr/sbin/nginx; }
+
+ensure_venv() {  # .venv with requirements.txt installed; reinstalls only when it changes
+    local py="${PYTHON:-python3}" stamp="$VENV/.requirements.sha256" want
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$py is older than Python 3.11: set PYTHON to a newer interpreter"
+    want=$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$VENV/bin/python" ]]; then return 0; fi
+    say "installing Python packages into $VENV ..."
+    [[ -x "$VENV/bin/python" ]] || "$py" -m venv "$VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements.txt" \
+        >"$LOGS/pip.log" 2>&1 || die "pip install failed: see $LOGS/pip.log"
+    echo "$want" >"$stamp"
+}
+
+kafka_classpath() {  # prints the classpath of the broker: $KAFKA_HOME/libs or cached Maven jars
+    if [[ -n "${KAFKA_HOME:-}" ]]; then
+        [[ -d "$KAFKA_HOME/libs" ]] || die "KAFKA_HOME=$KAFKA_HOME has no libs/ folder"
+        echo "$KAFKA_HOME/libs/*"
+        return
+    fi
+    local libs="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+    if [[ ! -f "$libs/.complete" ]]; then
+        say "downloading Apache Kafka $KAFKA_VERSION jars from Maven Central (once) ..."
+        rm -rf "$libs"
+        mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+            dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" \
+            >"$LOGS/maven.log" 2>&1 || die "resolving Kafka jars failed: see $LOGS/maven.log"
+        touch "$libs/.complete"
+    fi
+    echo "$libs/*"
+}
+
+# ------------------------------------------------------------------------------ processes
+
+pid_alive() {  # pid_alive NAME : the process recorded in $PIDS/NAME.pid is running
+    local f="$PIDS/$1.pid"
+    [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND... : poll COMMAND every 0.2 s
+    local seconds=$1 what=$2 deadline
+    shift 2
+    deadline=$((SECONDS + seconds))
+    until "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
+stop_pid() {  # stop_pid NAME [SIGNAL] [SECONDS] : signal the recorded process, wait, then KILL
+    local name=$1 sig=${2:-TERM} seconds=${3:-20} f="$PIDS/$1.pid" pid
+    [[ -f "$f" ]] || return 0
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -s "$sig" "$pid" 2>/dev/null || true
+        if ! wait_for "$seconds" "$name to stop" bash -c "! kill -0 $pid 2>/dev/null"; then
+            say "$name (pid $pid) did not stop within ${seconds}s: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        say "stopped $name (pid $pid)"
+    fi
+    rm -f "$f"
+}
+
+start_redis() {
+    if port_open "$REDIS_PORT"; then return 0; fi
+    mkdir -p "$RUN_DIR/redis"
+    # Snapshots (RDB) every minute when anything changed: registry entries are rebuilt by
+    # heartbeats anyway, so a lost minute costs nothing.
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$RUN_DIR/redis" \
+        --save 60 1 --daemonize no --protected-mode yes \
+        >>"$LOGS/redis.log" 2>&1 &
+    echo $! >"$PIDS/redis.pid"
+    wait_for 15 redis bash -c "redis-cli -p $REDIS_PORT ping >/dev/null 2>&1" \
+        || die "redis did not start on port $REDIS_PORT: see $LOGS/redis.log"
+    say "redis on 127.0.0.1:$REDIS_PORT"
+}
+
+start_kafka() {
+    if port_open "$KAFKA_PORT"; then return 0; fi
+    local dir="$RUN_DIR/kafka" cp
+    cp=$(kafka_classpath)
+    mkdir -p "$dir/data"
+    cat >"$dir/server.properties" <<EOF
+# Generated by scripts/lib.sh: a single-node KRaft broker and controller on loopback.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.hours=24
+num.network.threads=2
+num.io.threads=2
+EOF
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+        local cluster_id
+        cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log")
+        java -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+            >>"$LOGS/kafka.log" 2>&1 || die "formatting Kafka storage failed: see $LOGS/kafka.log"
+    fi
+    # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS holds several options
+    java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.yaml" \
+        -cp "$cp" kafka.Kafka "$dir/server.properties" >>"$LOGS/kafka.log" 2>&1 &
+    echo $! >"$PIDS/kafka.pid"
+    wait_for 90 kafka port_open "$KAFKA_PORT" || die "kafka did not start on port $KAFKA_PORT: see $LOGS/kafka.log"
+    say "kafka on 127.0.0.1:$KAFKA_PORT (KRaft, pid $(cat "$PIDS/kafka.pid"))"
+}
+
+dev_secret() {  # a random secret, made once per run folder, shared by every server
+    local f="$RUN_DIR/secret"
+    [[ -s "$f" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n=' >"$f")
+    cat "$f"
+}
+
+server_port() { echo $((CHAT_PORT_BASE + $1)); }
+
+start_server() {  # start_server N : chat server ws-N, unless it runs already
+    local n=$1 name="ws-$1" secret
+    if pid_alive "$name"; then return 0; fi
+    port_open "$(server_port "$n")" && die "port $(server_port "$n") for $name is taken by another process"
+    secret=$(dev_secret)  # here, not in the background command: servers must share one
+    SERVER_ID="$name" PORT="$(server_port "$n")" CHAT_DEV=1 CHAT_SECRET="$secret" \
+        PYTHONUNBUFFERED=1 "$VENV/bin/python" -m chatserver >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$PIDS/$name.pid"
+    say "started $name on 127.0.0.1:$(server_port "$n") (pid $!)"
+}
+
+server_ready() { curl -sf -o /dev/null "http://127.0.0.1:$(server_port "$1")/readyz"; }
+
+wait_servers_ready() {  # wait_servers_ready N...
+    local n
+    for n in "$@"; do
+        if ! wait_for 90 "ws-$n ready" server_ready "$n"; then
+            say "ws-$n is not ready after 90s: $(curl -s "http://127.0.0.1:$(server_port "$n")/readyz" || echo 'no answer')"
+            say "last lines of $LOGS/ws-$n.log:"
+            tail -n 15 "$LOGS/ws-$n.log" >&2 || true
+            exit 1
+        fi
+    done
+}
+
+running_servers() {  # the numbers N of the ws-N that run, ascending
+    local f n
+    for f in "$PIDS"/ws-*.pid; do
+        [[ -e "$f" ]] || continue
+        n=${f##*/ws-}
+        n=${n%.pid}
+        pid_alive "ws-$n" && echo "$n"
+    done | sort -n
+}
+
+write_nginx_conf() {  # write_nginx_conf N... : nginx.conf and an upstream of those servers
+    local dir="$RUN_DIR/nginx" n
+    mkdir -p "$dir"
+    sed "s/^\(\s*\)listen 8080;.*/\1listen 127.0.0.1:$NGINX_PORT;/" "$ROOT/nginx.conf" >"$dir/nginx.conf"
+    {
+        echo "# Generated by scripts/lib.sh from the running chat servers."
+        for n in "$@"; do echo "server 127.0.0.1:$(server_port "$n") max_fails=1 fail_timeout=2s;"; done
+    } >"$dir/upstream.conf.new"
+    mv "$dir/upstream.conf.new" "$dir/upstream.conf"
+}
+
+start_or_reload_nginx() {  # start_or_reload_nginx N... : nginx in front of those servers
+    local dir="$RUN_DIR/nginx" bin
+    bin=$(nginx_bin)
+    write_nginx_conf "$@"
+    "$bin" -t -q -p "$dir/" -c "$dir/nginx.conf" 2>>"$LOGS/nginx.log" \
+        || die "nginx rejects its configuration: see $LOGS/nginx.log"
+    if pid_alive nginx; then
+        "$bin" -p "$dir/" -c "$dir/nginx.conf" -s reload 2>>"$LOGS/nginx.log" || die "nginx reload failed: see $LOGS/nginx.log"
+        say "nginx reloaded: upstream ws-$(echo "$@" | sed 's/ /, ws-/g')"
+        return 0
+    fi
+    port_open "$NGINX_PORT" && die "port $NGINX_PORT is taken by another process: set NGINX_PORT"
+    "$bin" -p "$dir/" -c "$dir/nginx.conf" -g "daemon off;" >>"$LOGS/nginx.log" 2>&1 &
+    echo $! >"$PIDS/nginx.pid"
+    wait_for 15 nginx port_open "$NGINX_PORT" || die "nginx did not start: see $LOGS/nginx.log"
+    say "nginx on 127.0.0.1:$NGINX_PORT"
+}
