@@ -141,7 +141,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         default_handler_class=h.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
         websocket_ping_interval=settings.ping_interval_s,
-        websocket_ping_timeout=settings.ping_interval_s * 2,
+        websocket_ping_timeout=settings.ping_interval_s,  # tornado's maximum
         compress_response=True,
         log_function=log_request,
     )

@@ -148,7 +148,6 @@ class MsgpackCodec(Codec):
                 raw,
                 raw=False,
                 strict_map_key=True,
-                max_buffer_size=MAX_FRAME_BYTES,
                 max_str_len=MAX_FRAME_BYTES,
                 max_bin_len=0,
                 max_ext_len=0,

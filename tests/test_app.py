@@ -1,0 +1,181 @@
+"""In-process tier: real Tornado servers on unused ports, with the in-memory registry and bus.
+
+Two nodes share one in-memory registry and broker, so cross-server routing is exercised
+through real HTTP and WebSocket handshakes without Kafka or Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpserver import HTTPServer
+
+from chatserver.app import ChatNode, make_app
+from chatserver.bus import MemoryBroker, MemoryBus
+from chatserver.config import Settings
+from chatserver.registry import MemoryRegistry
+from tests.chatclient import ChatClient, ConnectionClosed, refused_status
+from tests.conftest import free_port
+
+SECRET = "t" * 40
+
+
+@asynccontextmanager
+async def cluster(count: int = 2, **overrides: object) -> AsyncIterator[list[tuple[str, ChatNode]]]:
+    """``count`` in-process servers sharing a registry and a broker: [(base_url, node)]."""
+    registry, broker = MemoryRegistry(ttl_s=30), MemoryBroker()
+    nodes: list[tuple[str, ChatNode, HTTPServer]] = []
+    for n in range(1, count + 1):
+        port = free_port()
+        settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **overrides)  # type: ignore[arg-type]
+        node = ChatNode(settings, registry, MemoryBus(broker, settings.server_id))
+        await node.start()
+        server = make_app(node).listen(port, "127.0.0.1")
+        nodes.append((f"http://127.0.0.1:{port}", node, server))
+    try:
+        yield [(url, node) for url, node, _ in nodes]
+    finally:
+        for _, node, server in nodes:
+            server.stop()
+            await node.stop()
+
+
+async def login(base_url: str, username: str) -> str:
+    response = await AsyncHTTPClient().fetch(
+        base_url + "/api/login", method="POST", body=json.dumps({"username": username})
+    )
+    token: str = json.loads(response.body)["token"]
+    return token
+
+
+async def connect(base_url: str, username: str) -> ChatClient:
+    client = await ChatClient.connect(base_url, await login(base_url, username))
+    welcome = await client.recv()
+    assert welcome["type"] == "welcome" and welcome["user"] == username
+    return client
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_page_health_ready_and_metrics_answer() -> None:
+    async with cluster(1) as [(url, _node)]:
+        http = AsyncHTTPClient()
+        page = await http.fetch(url + "/")
+        assert b"<html" in page.body.lower() and "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert json.loads((await http.fetch(url + "/healthz")).body) == {"status": "ok"}
+        assert (await http.fetch(url + "/readyz")).code == 200
+        metrics = (await http.fetch(url + "/metrics")).body.decode()
+        assert "chat_connections" in metrics and "chat_messages_routed_total" in metrics
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_login_issues_tokens_and_refuses_bad_names_with_json_errors() -> None:
+    async with cluster(1) as [(url, _node)]:
+        http = AsyncHTTPClient()
+        for body in ('{"username": "no spaces"}', '{"username": ""}', "[]", "not json", '{"username": 5}'):
+            with pytest.raises(HTTPClientError) as info:
+                await http.fetch(url + "/api/login", method="POST", body=body)
+            assert info.value.code == 400
+            assert info.value.response is not None
+            assert json.loads(info.value.response.body)["error"]["code"] in {"bad_username", "bad_request"}
+        with pytest.raises(HTTPClientError) as missing:
+            await http.fetch(url + "/nowhere")
+        assert missing.value.code == 404
+        assert missing.value.response is not None
+        assert json.loads(missing.value.response.body)["error"]["code"] == "not_found"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_dev_login_can_be_turned_off() -> None:
+    async with cluster(1, dev_login=False) as [(url, _node)]:
+        with pytest.raises(HTTPClientError) as info:
+            await login(url, "alice")
+        assert info.value.code == 404
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_handshake_without_a_valid_token_or_from_a_foreign_origin_is_refused() -> None:
+    async with cluster(1) as [(url, _node)]:
+        assert await refused_status(url, None) == 401
+        assert await refused_status(url, "not-a-jwt") == 401
+        token = await login(url, "alice")
+        assert await refused_status(url, token[:-3] + "AAA") == 401
+        assert await refused_status(url, token, origin="http://evil.example") == 403
+        client = await ChatClient.connect(url, token)  # same origin: accepted
+        assert (await client.recv())["type"] == "welcome"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_configured_origins_are_allowed() -> None:
+    async with cluster(1, allowed_origins=("https://chat.example",)) as [(url, _node)]:
+        token = await login(url, "alice")
+        client = await ChatClient.connect(url, token, origin="https://chat.example")
+        assert (await client.recv())["type"] == "welcome"
+        assert await refused_status(url, token, origin="https://other.example") == 403
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_private_and_public_messages_cross_servers() -> None:
+    async with cluster(2) as [(url1, _), (url2, _)]:
+        alice, bob = await connect(url1, "alice"), await connect(url2, "bob")
+        await alice.send({"type": "private", "to": "bob", "text": "hi bob", "cid": "1", "from": "mallory"})
+        msg = await bob.recv_type("message")
+        assert (msg["from"], msg["to"], msg["text"]) == ("alice", "bob", "hi bob")
+        assert (await alice.recv_type("ack"))["id"] == msg["id"]
+        await bob.send({"type": "public", "text": "hello all"})
+        for client in (alice, bob):
+            got = await client.recv_type("message")
+            assert (got["kind"], got["from"], got["text"]) == ("public", "bob", "hello all")
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_bad_frames_get_errors_and_the_connection_lives() -> None:
+    async with cluster(1) as [(url, _node)]:
+        alice = await connect(url, "alice")
+        cases = [
+            ("nonsense", "bad_frame"),
+            ('{"type": "teleport", "cid": "t"}', "unknown_type"),
+            (json.dumps({"type": "public", "text": "x" * 4001}), "too_large"),
+            (b"\x00\x01binary", "bad_frame"),
+        ]
+        for raw, code in cases:
+            await alice.send(raw)
+            assert (await alice.recv_type("error"))["code"] == code
+        await alice.send({"type": "ping", "cid": "still-here"})
+        assert await alice.recv_type("pong") == {"type": "pong", "cid": "still-here"}
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_frame_over_64_kib_closes_with_1009() -> None:
+    async with cluster(1) as [(url, _node)]:
+        alice = await connect(url, "alice")
+        await alice.send("x" * (64 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as info:
+            await alice.recv()
+        assert info.value.code == 1009
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_msgpack_subprotocol_speaks_binary_maps() -> None:
+    async with cluster(1) as [(url, _node)]:
+        token = await login(url, "alice")
+        alice = await ChatClient.connect(url, token, msgpack_protocol=True)
+        assert (await alice.recv())["type"] == "welcome"
+        await alice.send({"type": "public", "text": "packed", "cid": "m"})
+        assert (await alice.recv_type("message"))["text"] == "packed"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_graceful_stop_closes_sessions_with_1001_and_reports_not_ready() -> None:
+    async with cluster(1) as [(url, node)]:
+        alice = await connect(url, "alice")
+        await node.stop()
+        with pytest.raises(ConnectionClosed) as info:
+            await alice.recv()
+        assert info.value.code == 1001
+        with pytest.raises(HTTPClientError) as ready:
+            await AsyncHTTPClient().fetch(url + "/readyz")
+        assert ready.value.code == 503

@@ -1,0 +1,39 @@
+"""Tokens: only valid HS256 tokens with exp and a valid sub name a user."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from chatserver.auth import AuthError, TokenAuthority
+
+SECRET = "k" * 32
+
+
+def test_issued_token_verifies_to_its_user() -> None:
+    auth = TokenAuthority(SECRET, ttl_s=60)
+    assert auth.verify(auth.issue("alice")) == "alice"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "w" * 32, algorithm="HS256"),  # wrong key
+        jwt.encode({"sub": "alice", "exp": int(time.time()) - 120}, SECRET, algorithm="HS256"),  # expired
+        jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"),  # no exp
+        jwt.encode({"sub": "bad name", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None, algorithm="none"),  # alg none
+        jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS512"),
+        "garbage",
+    ],
+)
+def test_forged_expired_and_malformed_tokens_are_refused(token: str) -> None:
+    with pytest.raises(AuthError):
+        TokenAuthority(SECRET, ttl_s=60).verify(token)
+
+
+def test_small_clock_skew_is_tolerated() -> None:
+    token = jwt.encode({"sub": "bob", "exp": int(time.time()) - 5}, SECRET, algorithm="HS256")
+    assert TokenAuthority(SECRET, ttl_s=60, leeway_s=30).verify(token) == "bob"

@@ -1,0 +1,31 @@
+"""The hub: a user's sessions on this server, and delivery to them."""
+
+from __future__ import annotations
+
+from chatserver import protocol as p
+from chatserver.hub import Hub
+from tests.fakes import FakeSession
+
+
+def test_first_and_last_session_of_a_user_are_reported() -> None:
+    hub = Hub()
+    a1, a2 = FakeSession("alice"), FakeSession("alice")
+    assert hub.add(a1) is True
+    assert hub.add(a2) is False
+    assert len(hub) == 2 and list(hub.users()) == ["alice"]
+    assert hub.remove(a1) is False
+    assert hub.remove(a1) is False  # twice is harmless
+    assert hub.remove(a2) is True
+    assert len(hub) == 0 and not hub.has_user("alice")
+
+
+def test_deliver_skips_the_origin_session_and_broadcast_reaches_all() -> None:
+    hub = Hub()
+    a1, a2, b = FakeSession("alice"), FakeSession("alice"), FakeSession("bob")
+    for s in (a1, a2, b):
+        hub.add(s)
+    assert hub.deliver("alice", p.pong(None), skip=a1.id) == 1
+    assert (len(a1.frames), len(a2.frames)) == (0, 1)
+    assert hub.deliver("carol", p.pong(None)) == 0
+    assert hub.broadcast(p.pong("x")) == 3
+    assert all(s.frames[-1] == {"type": "pong", "cid": "x"} for s in (a1, a2, b))

@@ -1,0 +1,135 @@
+"""Frame decoding, validation and codecs: what a client sending a frame gets back."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chatserver import protocol as p
+
+
+def decode(obj: object) -> p.ClientFrame:
+    return p.decode_frame(json.dumps(obj), p.JSON)
+
+
+def test_valid_frames_decode_to_typed_frames() -> None:
+    assert decode({"type": "public", "text": "hi", "cid": "c1"}) == p.PublicFrame("hi", "c1")
+    assert decode({"type": "private", "to": "bob", "text": "yo"}) == p.PrivateFrame("bob", "yo", None)
+    assert decode({"type": "ping", "cid": "z"}) == p.PingFrame("z")
+
+
+def test_unknown_fields_are_ignored_and_sender_fields_cannot_be_smuggled() -> None:
+    frame = decode({"type": "public", "text": "hi", "from": "mallory", "extra": [1, 2]})
+    assert frame == p.PublicFrame("hi")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", p.BAD_FRAME),
+        ("[1, 2]", p.BAD_FRAME),
+        ('"text"', p.BAD_FRAME),
+        ("{}", p.BAD_FRAME),
+        ('{"type": 5}', p.BAD_FRAME),
+        ('{"type": "public"}', p.BAD_FRAME),
+        ('{"type": "public", "text": ""}', p.BAD_FRAME),
+        ('{"type": "public", "text": 12}', p.BAD_FRAME),
+        ('{"type": "private", "text": "x"}', p.BAD_FRAME),
+        ('{"type": "private", "to": "bad name!", "text": "x"}', p.BAD_FRAME),
+        ('{"type": "private", "to": "' + "a" * 33 + '", "text": "x"}', p.BAD_FRAME),
+        ('{"type": "public", "text": "x", "cid": 7}', p.BAD_FRAME),
+        ('{"type": "public", "text": "x", "cid": "' + "c" * 65 + '"}', p.BAD_FRAME),
+        ('{"type": "dance"}', p.UNKNOWN_TYPE),
+        ('{"type": "public", "text": "' + "x" * 4001 + '"}', p.TOO_LARGE),
+    ],
+)
+def test_bad_frames_are_refused_with_their_code(raw: str, code: str) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame(raw, p.JSON)
+    assert info.value.code == code
+
+
+def test_text_of_exactly_4000_characters_is_accepted() -> None:
+    assert decode({"type": "public", "text": "é" * 4000}) == p.PublicFrame("é" * 4000)
+
+
+def test_errors_echo_the_cid_when_it_is_valid() -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        decode({"type": "public", "text": "", "cid": "abc"})
+    assert info.value.cid == "abc"
+
+
+def test_json_connections_refuse_binary_frames_and_msgpack_ones_refuse_text() -> None:
+    with pytest.raises(p.ProtocolError, match="msgpack"):
+        p.decode_frame(b"\x81", p.JSON)
+    with pytest.raises(p.ProtocolError, match="binary"):
+        p.decode_frame('{"type": "ping"}', p.MSGPACK)
+
+
+def test_msgpack_frames_decode_like_json_ones() -> None:
+    raw = msgpack.packb({"type": "private", "to": "bob", "text": "hé", "cid": "1"})
+    assert p.decode_frame(raw, p.MSGPACK) == p.PrivateFrame("bob", "hé", "1")
+
+
+def test_msgpack_extension_types_and_bytes_are_refused() -> None:
+    for raw in (msgpack.packb(msgpack.ExtType(1, b"xx")), msgpack.packb({"type": b"ping"})):
+        with pytest.raises(p.ProtocolError):
+            p.decode_frame(raw, p.MSGPACK)
+
+
+def test_out_frame_is_encoded_once_per_codec() -> None:
+    frame = p.error("bad_frame", "nope", "c1")
+    first = frame.encoded(p.JSON)
+    assert frame.encoded(p.JSON) is first
+    assert json.loads(first) == {"type": "error", "code": "bad_frame", "message": "nope", "cid": "c1"}
+    assert msgpack.unpackb(frame.encoded(p.MSGPACK)) == json.loads(first)
+
+
+def test_envelope_round_trips_and_renders_the_message_frame() -> None:
+    env = p.Envelope("private", "id1", "alice", "hi", 123, to="bob", recipients=("bob", "alice"), origin="ws-1#4")
+    assert p.Envelope.from_bytes(env.to_bytes()) == env
+    assert env.message_frame().body == {
+        "type": "message", "id": "id1", "kind": "private", "from": "alice", "to": "bob", "text": "hi", "ts": 123,
+    }
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", msgpack.packb({"v": 2}), msgpack.packb({"v": 1, "k": "x"})])
+def test_undecodable_envelopes_raise_envelope_error(data: bytes) -> None:
+    with pytest.raises(p.EnvelopeError):
+        p.Envelope.from_bytes(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+frame_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["public", "private", "ping", "join", "x"]) | st.text(max_size=8)},
+    optional={"text": json_values, "to": json_values, "cid": json_values},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(frame_like, json_values))
+def test_any_json_value_decodes_or_raises_protocol_error(obj: object) -> None:
+    try:
+        frame = p.decode_frame(json.dumps(obj), p.JSON)
+    except p.ProtocolError as exc:
+        assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
+    else:
+        assert isinstance(frame, p.PublicFrame | p.PrivateFrame | p.PingFrame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    for codec in (p.JSON, p.MSGPACK):
+        try:
+            p.decode_frame(data, codec)
+        except p.ProtocolError:
+            pass
