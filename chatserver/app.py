@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import tornado.web
+from tornado.routing import URLSpec
 
 from chatserver import handlers as h
 from chatserver.auth import TokenAuthority
@@ -19,7 +20,7 @@ from chatserver.config import Settings
 from chatserver.hub import Hub
 from chatserver.metrics import Metrics
 from chatserver.names import Names
-from chatserver.registry import MemoryRegistry, Registry, RedisRegistry, RegistryError
+from chatserver.registry import MemoryRegistry, RedisRegistry, Registry, RegistryError
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class ChatNode:
 def make_app(node: ChatNode) -> tornado.web.Application:
     settings = node.settings
     session_ids = itertools.count(1)
-    routes: list[tornado.web.URLSpec] = [
+    routes: list[URLSpec] = [
         tornado.web.url(r"/", h.PageHandler, {"server_id": settings.server_id}),
         tornado.web.url(r"/healthz", h.HealthHandler),
         tornado.web.url(r"/readyz", h.ReadyHandler, {"readiness": node.readiness}),
@@ -153,6 +154,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
     access_log.log(
-        level, "%d %s %s (%s) %.1fms", status, request.method, request.path, request.remote_ip,
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
         1000.0 * request.request_time(),
     )

@@ -19,10 +19,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported, not re-declared
 from tornado.ioloop import PeriodicCallback
 
 from chatserver.names import Names
@@ -76,7 +76,7 @@ class KafkaBus:
         self._topic = names.server_topic(server_id)
         self._poll_interval_ms = poll_interval_ms
         self._probe_interval_s = probe_interval_s
-        common = {"bootstrap.servers": bootstrap, "error_cb": self._on_kafka_error}
+        common: dict[str, Any] = {"bootstrap.servers": bootstrap, "error_cb": self._on_kafka_error}
         self._producer = Producer(
             {
                 **common,
@@ -91,6 +91,10 @@ class KafkaBus:
             {
                 **common,
                 "group.id": names.consumer_group(server_id),
+                # Static membership: a restarted server takes its partition back at once
+                # instead of waiting out the dead one's session, and a second process with
+                # the same SERVER_ID is fenced rather than silently sharing the topic.
+                "group.instance.id": names.consumer_group(server_id),
                 # Nothing is routed here before the probe proves the position is fixed (see
                 # the module docstring); older messages are for sessions that left.
                 "auto.offset.reset": "latest",

@@ -70,9 +70,7 @@ class Settings:
                 )
             secret = DEV_SECRET
         elif len(secret.encode()) < MIN_SECRET_BYTES and not dev:
-            raise ConfigError(
-                f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes"
-            )
+            raise ConfigError(f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes")
         origins = tuple(o.strip() for o in env.get("CHAT_ALLOWED_ORIGINS", "").split(",") if o.strip())
         settings = cls(
             server_id=server_id,

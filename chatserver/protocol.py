@@ -158,7 +158,8 @@ class MsgpackCodec(Codec):
             raise ProtocolError(BAD_FRAME, "frame is not valid msgpack") from None
 
     def dumps(self, frame: dict[str, Any]) -> bytes:
-        return msgpack.packb(frame, use_bin_type=True)
+        data: bytes = msgpack.packb(frame, use_bin_type=True)
+        return data
 
 
 JSON: Final = Codec()
@@ -236,7 +237,7 @@ class Envelope:
     origin: str = ""
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(
+        data: bytes = msgpack.packb(
             {
                 "v": ENVELOPE_VERSION,
                 "k": self.kind,
@@ -250,6 +251,7 @@ class Envelope:
             },
             use_bin_type=True,
         )
+        return data
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Envelope:

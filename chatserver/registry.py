@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import redis.asyncio as aioredis
 
@@ -132,7 +132,7 @@ class RedisRegistry:
             members = await self._redis.zrangebyscore(self._names.live_servers(), self._now_ms(), "+inf")
         except aioredis.RedisError as exc:
             raise RegistryError(f"redis: {exc}") from exc
-        return {m.decode() for m in members}
+        return {m.decode() for m in cast(list[bytes], members)}
 
     async def ping(self) -> None:
         try:

@@ -95,9 +95,15 @@ kafka_classpath() {  # prints the classpath of the broker: $KAFKA_HOME/libs or c
 
 # ------------------------------------------------------------------------------ processes
 
+pid_running() {  # pid_running PID : alive and not a zombie (an orphan that init has not reaped)
+    local state
+    state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 pid_alive() {  # pid_alive NAME : the process recorded in $PIDS/NAME.pid is running
     local f="$PIDS/$1.pid"
-    [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+    [[ -f "$f" ]] && pid_running "$(cat "$f")"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -116,9 +122,9 @@ stop_pid() {  # stop_pid NAME [SIGNAL] [SECONDS] : signal the recorded process, 
     local name=$1 sig=${2:-TERM} seconds=${3:-20} f="$PIDS/$1.pid" pid
     [[ -f "$f" ]] || return 0
     pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_running "$pid"; then
         kill -s "$sig" "$pid" 2>/dev/null || true
-        if ! wait_for "$seconds" "$name to stop" bash -c "! kill -0 $pid 2>/dev/null"; then
+        if ! wait_for "$seconds" "$name to stop" bash -c "! { sed 's/^.*) //' /proc/$pid/stat 2>/dev/null | grep -qv '^[ZX]'; }"; then
             say "$name (pid $pid) did not stop within ${seconds}s: killing it"
             kill -KILL "$pid" 2>/dev/null || true
         fi

@@ -27,7 +27,7 @@ async def test_users_behind_nginx_land_on_both_servers_and_chat(cluster: RealClu
         servers.add(welcome["server"])
         clients.append(client)
     assert servers == {cluster.server_id(1), cluster.server_id(2)}, "least_conn spreads sockets over servers"
-    ann, ben, cat, dan = clients
+    ann, ben, _cat, dan = clients
     await ann.send({"type": "private", "to": "dan", "text": "via nginx", "cid": "1"})
     assert (await dan.recv_type("message"))["text"] == "via nginx"
     await ben.send({"type": "public", "text": "to all via nginx"})

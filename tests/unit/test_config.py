@@ -12,7 +12,10 @@ SECRET = "s" * 32
 def test_defaults_follow_the_protocol() -> None:
     s = Settings.from_env({"CHAT_SECRET": SECRET})
     assert (s.server_id, s.port, s.redis_url, s.kafka_bootstrap) == (
-        "ws-1", 8081, "redis://127.0.0.1:6379/0", "127.0.0.1:9092",
+        "ws-1",
+        8081,
+        "redis://127.0.0.1:6379/0",
+        "127.0.0.1:9092",
     )
     assert s.dev_login is True and s.allowed_origins == ()
 
