@@ -1,0 +1,13 @@
+# The chat server image used by docker-compose.yml. Runtime dependencies only, pinned by
+# requirements.txt (used as constraints, so test and lint tools are not installed).
+FROM python:3.11-slim
+WORKDIR /app
+COPY requirements.txt pyproject.toml README.md ./
+COPY chatserver ./chatserver
+RUN pip install --no-cache-dir -c requirements.txt . \
+ && useradd --system --uid 10001 chat
+COPY templates ./templates
+COPY static ./static
+USER chat
+ENV CHAT_HOST=0.0.0.0 PYTHONUNBUFFERED=1
+CMD ["python", "-m", "chatserver"]
