@@ -8,8 +8,10 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import redis.asyncio as aioredis
 import tornado.web
 from tornado.routing import URLSpec
 
@@ -17,6 +19,7 @@ from chatserver import handlers as h
 from chatserver.auth import TokenAuthority
 from chatserver.bus import Bus, KafkaBus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
+from chatserver.history import History, MemoryHistory, RedisHistory, Retention
 from chatserver.hub import Hub
 from chatserver.metrics import Metrics
 from chatserver.names import Names
@@ -32,14 +35,23 @@ ROOT = Path(__file__).resolve().parent.parent
 class ChatNode:
     """One chat server: hub, router, registry and bus, started and stopped together."""
 
-    def __init__(self, settings: Settings, registry: Registry, bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        history: History,
+        bus: Bus,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.history = history
         self.bus = bus
+        self._on_close = on_close
         self.metrics = Metrics()
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
         self.hub = Hub()
-        self.router = Router(settings.server_id, self.hub, registry, bus, self.metrics)
+        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics)
         self._draining = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._registry_checked = (0.0, False, "not checked yet")
@@ -48,20 +60,26 @@ class ChatNode:
     def from_settings(cls, settings: Settings, broker: MemoryBroker | None = None) -> ChatNode:
         """Real Redis and Kafka, or in-memory fakes for ``backend == "memory"``."""
         names = Names(settings.name_prefix)
+        retention = Retention(settings.history_min, settings.history_max, settings.history_keep_s, settings.dedupe_s)
         if settings.backend == "memory":
             registry: Registry = MemoryRegistry(settings.session_ttl_s)
+            history: History = MemoryHistory(retention)
             bus: Bus = MemoryBus(broker or MemoryBroker(), settings.server_id)
-        else:
-            registry = RedisRegistry(settings.redis_url, names, settings.session_ttl_s)
-            bus = KafkaBus(
-                settings.kafka_bootstrap,
-                settings.server_id,
-                names,
-                poll_interval_ms=settings.poll_interval_ms,
-                linger_ms=settings.kafka_linger_ms,
-                send_timeout_s=settings.kafka_send_timeout_s,
-            )
-        return cls(settings, registry, bus)
+            return cls(settings, registry, history, bus)
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+        )
+        registry = RedisRegistry(client, names, settings.session_ttl_s)
+        history = RedisHistory(client, names, retention)
+        bus = KafkaBus(
+            settings.kafka_bootstrap,
+            settings.server_id,
+            names,
+            poll_interval_ms=settings.poll_interval_ms,
+            linger_ms=settings.kafka_linger_ms,
+            send_timeout_s=settings.kafka_send_timeout_s,
+        )
+        return cls(settings, registry, history, bus, on_close=client.aclose)
 
     async def start(self) -> None:
         # 1. consume this server's topic (readiness follows once a probe comes back);
@@ -110,7 +128,11 @@ class ChatNode:
         await self.router.withdraw()
         await asyncio.sleep(0.2)  # let close frames go out
         await self.bus.close()
+        await self.history.close()
         await self.registry.close()
+        if self._on_close is not None:
+            await self._on_close()
+            self._on_close = None
 
 
 def make_app(node: ChatNode) -> tornado.web.Application:

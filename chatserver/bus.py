@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported, not re-declared
 from tornado.ioloop import PeriodicCallback
 
@@ -95,10 +95,12 @@ class KafkaBus:
                 # instead of waiting out the dead one's session, and a second process with
                 # the same SERVER_ID is fenced rather than silently sharing the topic.
                 "group.instance.id": names.consumer_group(server_id),
-                # Nothing is routed here before the probe proves the position is fixed (see
-                # the module docstring); older messages are for sessions that left.
+                # A new process starts at the end of its topic: what was sent to its previous
+                # incarnation is in the history, and its sessions have resumed elsewhere. Nothing
+                # is routed here before the probe proves that position is fixed. Later
+                # (re)assignments resume from the position this process keeps in memory.
                 "auto.offset.reset": "latest",
-                "enable.auto.commit": True,
+                "enable.auto.commit": False,
                 "fetch.wait.max.ms": 100,
                 "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 2000,
@@ -109,6 +111,7 @@ class KafkaBus:
         self._timer: PeriodicCallback | None = None
         self._topic_task: asyncio.Task[None] | None = None
         self._assigned = False
+        self._next_offsets: dict[int, int] = {}  # partition -> next offset this process consumes
         self._topic_ready = False
         self._last_error = ""
         self._probe_seq = 0
@@ -146,7 +149,10 @@ class KafkaBus:
         self._consumer.subscribe([self._topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        for partition in partitions:
+            partition.offset = self._next_offsets.get(partition.partition, OFFSET_END)
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions))
         self._assigned = bool(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -196,6 +202,9 @@ class KafkaBus:
                 self._last_error = f"kafka consumer: {err.str()}"
                 log.warning("%s", self._last_error)
             return
+        partition, offset = msg.partition(), msg.offset()
+        if partition is not None and offset is not None:
+            self._next_offsets[partition] = offset + 1
         value = msg.value()
         if value is None:
             return

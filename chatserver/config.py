@@ -44,6 +44,10 @@ class Settings:
     poll_interval_ms: float = 2.0  # CHAT_POLL_MS: period of the Kafka consumer callback
     kafka_linger_ms: float = 1.0  # CHAT_KAFKA_LINGER_MS: producer batching delay
     kafka_send_timeout_s: float = 30.0  # CHAT_KAFKA_SEND_TIMEOUT_S: a send fails after this
+    history_min: int = 1000  # CHAT_HISTORY_MIN: a channel keeps at least this many messages,
+    history_keep_s: float = 24 * 3600  # CHAT_HISTORY_KEEP_S: or all younger than this,
+    history_max: int = 10_000  # CHAT_HISTORY_MAX: but never more than this
+    dedupe_s: float = 300.0  # CHAT_DEDUPE_S: a resent message (same cid and text) is stored once
     max_frame_bytes: int = 64 * 1024  # fixed by the protocol (close 1009 above it)
     ping_interval_s: float = 25.0  # CHAT_WS_PING_S: WebSocket pings keep proxies from timing out
     log_level: str = "INFO"  # CHAT_LOG_LEVEL
@@ -91,8 +95,14 @@ class Settings:
             kafka_linger_ms=_float(env, "CHAT_KAFKA_LINGER_MS", cls.kafka_linger_ms),
             kafka_send_timeout_s=_float(env, "CHAT_KAFKA_SEND_TIMEOUT_S", cls.kafka_send_timeout_s),
             ping_interval_s=_float(env, "CHAT_WS_PING_S", cls.ping_interval_s),
+            history_min=_int(env, "CHAT_HISTORY_MIN", cls.history_min),
+            history_keep_s=_float(env, "CHAT_HISTORY_KEEP_S", cls.history_keep_s),
+            history_max=_int(env, "CHAT_HISTORY_MAX", cls.history_max),
+            dedupe_s=_float(env, "CHAT_DEDUPE_S", cls.dedupe_s),
             log_level=env.get("CHAT_LOG_LEVEL", cls.log_level).upper(),
         )
+        if settings.history_max < settings.history_min:
+            raise ConfigError("CHAT_HISTORY_MAX must be at least CHAT_HISTORY_MIN")
         if settings.heartbeat_s * 2 > settings.session_ttl_s:
             raise ConfigError(
                 "CHAT_HEARTBEAT_S must be at most half of CHAT_SESSION_TTL_S, "

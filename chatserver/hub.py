@@ -7,7 +7,7 @@ non-blocking ``send``/``close``. A frame written to many sessions is encoded onc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, KeysView
+from collections.abc import Iterable, Iterator, KeysView
 from typing import Protocol
 
 from chatserver.protocol import OutFrame
@@ -28,10 +28,31 @@ class Session(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
 
+class _Gate:
+    """Live frames of a session held back while its channels are replayed (``resume``)."""
+
+    __slots__ = ("held", "queue", "upto")
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.queue: list[OutFrame] = []
+        self.upto: dict[str, int] = {}  # replayed up to this offset: older live copies are dropped
+
+    def admit(self, frame: OutFrame) -> bool:
+        channel = frame.body.get("channel")
+        if channel is None:
+            return True
+        if channel in self.held:
+            self.queue.append(frame)
+            return False
+        return bool(frame.body.get("offset", 0) > self.upto.get(channel, 0))
+
+
 class Hub:
     def __init__(self) -> None:
         self._by_user: dict[str, dict[str, Session]] = {}
         self._count = 0
+        self._gates: dict[str, _Gate] = {}
 
     def add(self, session: Session) -> bool:
         """Add ``session``; True when it is its user's first session on this server."""
@@ -48,6 +69,7 @@ class Hub:
         if sessions is None or sessions.pop(session.id, None) is None:
             return False
         self._count -= 1
+        self._gates.pop(session.id, None)
         if sessions:
             return False
         del self._by_user[session.user]
@@ -70,7 +92,7 @@ class Hub:
             return 0
         sent = 0
         for session in list(sessions.values()):
-            if session.id != skip:
+            if session.id != skip and self._admit(session, frame):
                 session.send(frame)
                 sent += 1
         return sent
@@ -79,9 +101,37 @@ class Hub:
         """Send ``frame`` to every local session; how many got it."""
         sent = 0
         for session in self.sessions():
-            session.send(frame)
-            sent += 1
+            if self._admit(session, frame):
+                session.send(frame)
+                sent += 1
         return sent
+
+    def _admit(self, session: Session, frame: OutFrame) -> bool:
+        if not self._gates:
+            return True
+        gate = self._gates.get(session.id)
+        return gate is None or gate.admit(frame)
+
+    def hold(self, session: Session, channels: Iterable[str]) -> None:
+        """Queue live frames of ``channels`` for ``session`` until ``release``."""
+        gate = self._gates.setdefault(session.id, _Gate())
+        gate.held.update(channels)
+
+    def release(self, session: Session, upto: dict[str, int]) -> None:
+        """End a replay that sent ``session`` every message up to ``upto[channel]``: flush the
+        held frames it did not already send, in arrival order, and drop older copies later."""
+        gate = self._gates.get(session.id)
+        if gate is None:
+            return
+        gate.upto.update(upto)
+        gate.held.difference_update(upto)
+        queued, gate.queue = gate.queue, []
+        for frame in queued:
+            if gate.admit(frame) and self.has_session(session):
+                session.send(frame)
+
+    def has_session(self, session: Session) -> bool:
+        return session.id in self._by_user.get(session.user, {})
 
     def __len__(self) -> int:
         return self._count

@@ -22,6 +22,10 @@ class Metrics:
             "chat_deliveries", "Message frames written to local sockets, by kind", ["kind"], registry=r
         )
         self.errors = Counter("chat_errors", "Error frames sent to clients, by code", ["code"], registry=r)
+        self.retries_recognised = Counter(
+            "chat_retries_recognised", "Sends recognised as retries of a stored message", registry=r
+        )
+        self.replayed = Counter("chat_replayed_messages", "Messages replayed by resume", registry=r)
         self.bus_failures = Counter("chat_bus_publish_failures", "Publishes the bus refused", registry=r)
         self.registry_failures = Counter("chat_registry_failures", "Registry calls that failed", registry=r)
         self.publish_seconds = Histogram(

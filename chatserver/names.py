@@ -28,3 +28,15 @@ class Names:
     def live_servers(self) -> str:
         """Redis sorted set: every server that consumes its topic, scored by expiry (ms)."""
         return f"{self.prefix}chat:servers"
+
+    def channel_seq(self, channel: str) -> str:
+        """Redis counter: the latest offset of ``channel`` (offsets start at 1)."""
+        return f"{self.prefix}chat:chan:{channel}:seq"
+
+    def channel_log(self, channel: str) -> str:
+        """Redis sorted set: the stored messages of ``channel``, scored by offset."""
+        return f"{self.prefix}chat:chan:{channel}:log"
+
+    def sent(self, user: str, fingerprint: str) -> str:
+        """Redis string: a message ``user`` sent recently, so that a retry is not stored twice."""
+        return f"{self.prefix}chat:sent:{user}:{fingerprint}"

@@ -17,6 +17,11 @@ import msgpack
 
 USERNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 ROOM_RE: Final = USERNAME_RE
+CHANNEL_RE: Final = re.compile(r"^(public|(user|room):[A-Za-z0-9_.-]{1,32})$")
+PUBLIC: Final = "public"
+HISTORY_DEFAULT: Final = 50
+HISTORY_MAX: Final = 200
+MAX_RESUME_CHANNELS: Final = 100
 MAX_TEXT_CHARS: Final = 4000
 MAX_CID_CHARS: Final = 64
 MAX_FRAME_BYTES: Final = 64 * 1024
@@ -31,7 +36,12 @@ FORBIDDEN: Final = "forbidden"
 INTERNAL: Final = "internal"
 
 #: Frame types of the protocol that this server does not handle yet (rooms, durability).
-NOT_YET_SUPPORTED: Final = frozenset({"join", "leave", "room", "typing", "history", "resume", "who"})
+NOT_YET_SUPPORTED: Final = frozenset({"join", "leave", "room", "typing", "who"})
+
+
+def user_channel(user: str) -> str:
+    """The channel of the private messages to or from ``user``."""
+    return f"user:{user}"
 
 
 class ProtocolError(Exception):
@@ -65,7 +75,21 @@ class PingFrame:
     cid: str | None = None
 
 
-ClientFrame = PublicFrame | PrivateFrame | PingFrame
+@dataclass(frozen=True, slots=True)
+class HistoryFrame:
+    channel: str
+    before: int | None = None
+    limit: int = HISTORY_DEFAULT
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeFrame:
+    positions: tuple[tuple[str, int], ...]
+    cid: str | None = None
+
+
+ClientFrame = PublicFrame | PrivateFrame | PingFrame | HistoryFrame | ResumeFrame
 
 
 def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
@@ -83,6 +107,15 @@ def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
         return PrivateFrame(to=_name(obj, "to", cid), text=_text(obj, cid), cid=cid)
     if kind == "ping":
         return PingFrame(cid=cid)
+    if kind == "history":
+        return HistoryFrame(
+            channel=_channel(obj.get("channel"), cid),
+            before=_offset(obj, "before", cid, minimum=1),
+            limit=_limit(obj, cid),
+            cid=cid,
+        )
+    if kind == "resume":
+        return ResumeFrame(positions=_positions(obj, cid), cid=cid)
     if kind in NOT_YET_SUPPORTED:
         raise ProtocolError(UNKNOWN_TYPE, f"frame type {kind!r} is not supported by this server yet", cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)
@@ -111,6 +144,47 @@ def _name(obj: dict[Any, Any], key: str, cid: str | None) -> str:
     if not isinstance(value, str) or not USERNAME_RE.match(value):
         raise ProtocolError(BAD_FRAME, f"field {key!r} must be a name of 1-32 of A-Z a-z 0-9 _ . -", cid)
     return value
+
+
+def _channel(value: Any, cid: str | None) -> str:
+    if not isinstance(value, str) or not CHANNEL_RE.match(value):
+        raise ProtocolError(BAD_FRAME, "a channel is 'public', 'user:<name>' or 'room:<name>'", cid)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _offset(obj: dict[Any, Any], key: str, cid: str | None, minimum: int = 0) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not _is_int(value) or not minimum <= value < 2**53:
+        raise ProtocolError(BAD_FRAME, f"field {key!r} must be a whole number of at least {minimum}", cid)
+    return int(value)
+
+
+def _limit(obj: dict[Any, Any], cid: str | None) -> int:
+    value = obj.get("limit", HISTORY_DEFAULT)
+    if not _is_int(value) or not 1 <= value <= HISTORY_MAX:
+        raise ProtocolError(BAD_FRAME, f"field 'limit' must be a whole number from 1 to {HISTORY_MAX}", cid)
+    return int(value)
+
+
+def _positions(obj: dict[Any, Any], cid: str | None) -> tuple[tuple[str, int], ...]:
+    positions = obj.get("positions")
+    if not isinstance(positions, dict) or len(positions) > MAX_RESUME_CHANNELS:
+        raise ProtocolError(
+            BAD_FRAME, f"field 'positions' must map at most {MAX_RESUME_CHANNELS} channels to offsets", cid
+        )
+    pairs = []
+    for channel, offset in positions.items():
+        _channel(channel, cid)
+        if not _is_int(offset) or not 0 <= offset < 2**53:
+            raise ProtocolError(BAD_FRAME, f"the offset of {channel!r} must be a whole number >= 0", cid)
+        pairs.append((channel, int(offset)))
+    return tuple(sorted(pairs))
 
 
 # ---------------------------------------------------------------------------- codecs
@@ -202,6 +276,23 @@ def error(code: str, message: str, cid: str | None = None) -> OutFrame:
     return OutFrame(body)
 
 
+def history(channel: str, messages: list[dict[str, Any]], cid: str | None) -> OutFrame:
+    body: dict[str, Any] = {"type": "history", "channel": channel, "messages": messages}
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
+def resumed(recovered: bool, cid: str | None, gaps: list[str]) -> OutFrame:
+    """``gaps`` (an addition to the protocol): the channels whose gap history no longer covers."""
+    body: dict[str, Any] = {"type": "resumed", "recovered": recovered}
+    if gaps:
+        body["gaps"] = gaps
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
 def pong(cid: str | None) -> OutFrame:
     body: dict[str, Any] = {"type": "pong"}
     if cid is not None:
@@ -225,6 +316,7 @@ class Envelope:
 
     ``recipients`` are the users whose local sessions get the message (empty for public:
     every local session). ``origin`` is the sending session, which is acked instead.
+    ``offsets`` is the message's offset in each channel that stores it.
     """
 
     kind: MessageKind
@@ -235,6 +327,13 @@ class Envelope:
     to: str | None = None
     recipients: tuple[str, ...] = ()
     origin: str = ""
+    offsets: tuple[tuple[str, int], ...] = ()
+
+    def channels(self) -> tuple[str, ...]:
+        """The channels that store this message: ``public``, or both users' channels."""
+        if self.kind == "public":
+            return (PUBLIC,)
+        return tuple(dict.fromkeys(user_channel(u) for u in self.recipients))
 
     def to_bytes(self) -> bytes:
         data: bytes = msgpack.packb(
@@ -248,6 +347,7 @@ class Envelope:
                 "t": self.to,
                 "r": list(self.recipients),
                 "o": self.origin,
+                "c": dict(self.offsets),
             },
             use_bin_type=True,
         )
@@ -271,17 +371,19 @@ class Envelope:
                 to=None if obj.get("t") is None else str(obj["t"]),
                 recipients=tuple(str(r) for r in obj.get("r") or ()),
                 origin=str(obj.get("o") or ""),
+                offsets=tuple((str(c), int(o)) for c, o in (obj.get("c") or {}).items()),
             )
         except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             if isinstance(exc, EnvelopeError):
                 raise
             raise EnvelopeError(f"malformed envelope: {exc}") from None
 
-    def message_frame(self) -> OutFrame:
-        """The ``message`` frame every receiving session gets."""
+    def message_body(self, channel: str) -> dict[str, Any]:
+        """The ``message`` frame as stored in ``channel``'s history, without its offset."""
         body: dict[str, Any] = {
             "type": "message",
             "id": self.id,
+            "channel": channel,
             "kind": self.kind,
             "from": self.sender,
             "text": self.text,
@@ -289,4 +391,10 @@ class Envelope:
         }
         if self.to is not None:
             body["to"] = self.to
+        return body
+
+    def message_frame(self, channel: str) -> OutFrame:
+        """The ``message`` frame sessions reading ``channel`` get, with its offset there."""
+        body = self.message_body(channel)
+        body["offset"] = dict(self.offsets).get(channel, 0)
         return OutFrame(body)

@@ -58,10 +58,8 @@ class RedisRegistry:
 
     _BATCH = 500  # users per pipeline in a heartbeat
 
-    def __init__(self, url: str, names: Names, ttl_s: float, clock: Clock = time.time) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-        )
+    def __init__(self, client: aioredis.Redis, names: Names, ttl_s: float, clock: Clock = time.time) -> None:
+        self._redis = client
         self._names = names
         self._ttl_ms = int(ttl_s * 1000)
         self._clock = clock
@@ -138,10 +136,10 @@ class RedisRegistry:
         try:
             await self._redis.ping()
         except aioredis.RedisError as exc:
-            raise RegistryError(f"redis at {self._redis.connection_pool.connection_kwargs.get('host')}: {exc}") from exc
+            raise RegistryError(f"redis: {exc}") from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        return None  # the client belongs to whoever created it
 
 
 class MemoryRegistry:

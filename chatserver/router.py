@@ -1,29 +1,34 @@
-"""What happens to a frame: validate, authorize, route, publish, ack; and to a bus message: deliver.
+"""What happens to a frame: validate, authorize, store, route, publish, ack; and to a bus
+message: deliver.
 
 No sockets and no I/O libraries here: the router talks to a ``Hub`` of sessions, a
-``Registry`` and a ``Bus``, all injected, so the same code runs over Redis and Kafka in
-production and over in-memory fakes in tests.
+``Registry``, a ``History`` and a ``Bus``, all injected, so the same code runs over Redis
+and Kafka in production and over in-memory fakes in tests.
 
-Routing:
+Sending: the message is first stored (offsets assigned in its channels), then routed:
 - public: one envelope to every live server's topic (this one included); each server
   writes it to all its sessions, the sender's too.
 - private: one envelope to the topics of the servers holding the recipient or the sender
-  (always this one, so every message is durably written even when the recipient is
-  offline); each delivers it to the recipient's sessions and to the sender's other ones.
-The sender's ``ack`` goes out only when every topic has the message (acks=all).
+  (always this one); each delivers it to the recipient's sessions and the sender's other ones.
+Storing before looking up the route is what makes recovery exact: a session registers before
+it reads its positions, so every message stored after that read is also routed to it.
+The sender's ``ack`` goes out only when the store and every topic have the message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Coroutine
-from typing import Any, Protocol
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 from chatserver import protocol as p
 from chatserver.bus import Bus
+from chatserver.history import History, HistoryError
 from chatserver.hub import Hub, Session
 from chatserver.metrics import Metrics
 from chatserver.registry import Registry, RegistryError
@@ -46,11 +51,14 @@ def _new_id() -> str:
 
 
 class Router:
+    REPLAY_PAGE = 500  # messages per history read while resuming
+
     def __init__(
         self,
         server_id: str,
         hub: Hub,
         registry: Registry,
+        history: History,
         bus: Bus,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -59,39 +67,64 @@ class Router:
         self.server_id = server_id
         self.hub = hub
         self._registry = registry
+        self._history = history
         self._bus = bus
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
         self._background: set[asyncio.Task[None]] = set()
+        self._unregistering: dict[str, asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ sessions
 
     async def connect(self, session: ClientSession) -> None:
-        """Register a new authenticated session and greet it."""
-        if self.hub.add(session):
+        """Register a new authenticated session, then greet it with its channels' positions.
+
+        Registering first means that every message stored after the positions were read is
+        also routed here (see the module docstring). Until ``welcome`` is out, live frames are
+        held; then only those newer than the positions it reports are sent: older ones are
+        history to this client, and ``resume`` replays them when it wants them."""
+        user = session.user
+        channels = [p.PUBLIC, p.user_channel(user)]
+        first = self.hub.add(session)
+        self.hub.hold(session, channels)
+        if first:
+            pending = self._unregistering.get(user)
+            if pending is not None:  # the user's last session here just closed: let it finish
+                await asyncio.shield(pending)
             try:
-                await self._registry.add(session.user, self.server_id)
+                await self._registry.add(user, self.server_id)
             except RegistryError as exc:  # the next heartbeat records it
                 self._metrics.registry_failures.inc()
-                log.warning("could not register %s: %s", session.user, exc)
+                log.warning("could not register %s: %s", user, exc)
         self._count_sessions()
-        session.send(p.welcome(session.user, self.server_id, {}))
+        try:
+            positions = await self._history.latest(channels)
+        except HistoryError as exc:
+            log.warning("positions of %s unknown: %s", user, exc)
+            positions = {}
+        session.send(p.welcome(user, self.server_id, positions))
+        self.hub.release(session, {c: positions.get(c, 0) for c in channels})
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""
         if self.hub.remove(session):
-            self._spawn(self._unregister(session.user))
+            task = asyncio.create_task(self._unregister(session.user))
+            self._unregistering[session.user] = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self._count_sessions()
 
     async def _unregister(self, user: str) -> None:
-        if self.hub.has_user(user):  # came back meanwhile
-            return
         try:
-            await self._registry.remove(user, self.server_id)
+            if not self.hub.has_user(user):  # else: came back meanwhile
+                await self._registry.remove(user, self.server_id)
         except RegistryError as exc:  # the entry expires by itself
             self._metrics.registry_failures.inc()
             log.warning("could not unregister %s: %s", user, exc)
+        finally:
+            if self._unregistering.get(user) is asyncio.current_task():
+                del self._unregistering[user]
 
     def _count_sessions(self) -> None:
         self._metrics.connections.set(len(self.hub))
@@ -113,6 +146,12 @@ class Router:
             elif isinstance(frame, p.PrivateFrame):
                 self._metrics.frames_in.labels("private").inc()
                 await self._send_private(session, frame)
+            elif isinstance(frame, p.HistoryFrame):
+                self._metrics.frames_in.labels("history").inc()
+                await self._history_page(session, frame)
+            elif isinstance(frame, p.ResumeFrame):
+                self._metrics.frames_in.labels("resume").inc()
+                await self._resume(session, frame)
             else:
                 self._metrics.frames_in.labels("ping").inc()
                 session.send(p.pong(frame.cid))
@@ -120,10 +159,11 @@ class Router:
             self._metrics.registry_failures.inc()
             log.warning("registry unavailable while routing for %s: %s", session.user, exc)
             self._refuse(session, p.INTERNAL, "message not sent: the user registry is unavailable; retry", frame.cid)
+        except HistoryError as exc:
+            log.warning("history store unavailable for %s: %s", session.user, exc)
+            self._refuse(session, p.INTERNAL, "the message store is unavailable; retry", frame.cid)
 
     async def _send_public(self, session: ClientSession, frame: p.PublicFrame) -> None:
-        servers = await self._registry.live_servers()
-        servers.add(self.server_id)
         envelope = p.Envelope(
             kind="public",
             id=self._new_id(),
@@ -132,12 +172,13 @@ class Router:
             ts=self._now_ms(),
             origin=session.id,
         )
+        envelope = await self._store(envelope, frame.cid)
+        servers = await self._registry.live_servers()
+        servers.add(self.server_id)
         self._publish(session, frame.cid, envelope, servers)
 
     async def _send_private(self, session: ClientSession, frame: p.PrivateFrame) -> None:
         sender, recipient = session.user, frame.to
-        where = await self._registry.servers_of([recipient, sender])
-        servers = where[recipient] | where[sender] | {self.server_id}
         envelope = p.Envelope(
             kind="private",
             id=self._new_id(),
@@ -148,7 +189,65 @@ class Router:
             recipients=(recipient,) if recipient == sender else (recipient, sender),
             origin=session.id,
         )
+        envelope = await self._store(envelope, frame.cid)
+        where = await self._registry.servers_of([recipient, sender])
+        servers = where[recipient] | where[sender] | {self.server_id}
         self._publish(session, frame.cid, envelope, servers)
+
+    async def _store(self, envelope: p.Envelope, cid: str | None) -> p.Envelope:
+        """Store ``envelope``; a retry (same cid and content) gets its first attempt's id and offsets."""
+        fingerprint = None
+        if cid is not None:
+            digest = hashlib.sha256(f"{envelope.kind}\0{envelope.to}\0{cid}\0{envelope.text}".encode())
+            fingerprint = digest.hexdigest()[:24]
+        stored = await self._history.store(envelope, fingerprint)
+        if stored.duplicate:
+            self._metrics.retries_recognised.inc()
+        return dataclasses.replace(envelope, id=stored.id, ts=stored.ts, offsets=stored.offsets)
+
+    # ------------------------------------------------------------------ reading
+
+    def may_read(self, user: str, channel: str) -> bool:
+        """``public`` and the user's own channel; room channels once rooms exist."""
+        return channel == p.PUBLIC or channel == p.user_channel(user)
+
+    async def _history_page(self, session: ClientSession, frame: p.HistoryFrame) -> None:
+        if not self.may_read(session.user, frame.channel):
+            self._refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
+            return
+        messages = await self._history.before(frame.channel, frame.before, frame.limit)
+        session.send(p.history(frame.channel, messages, frame.cid))
+
+    async def _resume(self, session: ClientSession, frame: p.ResumeFrame) -> None:
+        """Replay every stored message after the given offsets, in order, then ``resumed``.
+
+        Live frames of those channels are held while the replay runs and flushed after it,
+        minus those it already sent: nothing published meanwhile is lost or doubled."""
+        wanted = [(c, o) for c, o in frame.positions if self.may_read(session.user, c)]
+        refused = [c for c, _ in frame.positions if not self.may_read(session.user, c)]
+        if refused:
+            self._refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
+        latest = await self._history.latest([c for c, _ in wanted])
+        # A position beyond the newest offset comes from a store that was reset: start over.
+        gaps = [c for c, o in wanted if o > latest[c]]
+        upto = {c: min(o, latest[c]) for c, o in wanted}
+        self.hub.hold(session, upto)
+        try:
+            for channel, offset in wanted:
+                while True:
+                    messages, first = await self._history.after(channel, upto[channel], self.REPLAY_PAGE)
+                    if upto[channel] == offset and first > offset + 1 and channel not in gaps:
+                        gaps.append(channel)  # trimmed before the client could read it
+                    for message in messages:
+                        session.send(p.OutFrame(message))
+                    if messages:
+                        upto[channel] = messages[-1]["offset"]
+                    if len(messages) < self.REPLAY_PAGE:
+                        break
+        finally:
+            self.hub.release(session, upto)
+        self._metrics.replayed.inc(sum(max(0, upto[c] - o) for c, o in wanted))
+        session.send(p.resumed(not gaps, frame.cid, gaps))
 
     def _publish(self, session: ClientSession, cid: str | None, envelope: p.Envelope, servers: Collection[str]) -> None:
         """Publish to every server's topic; ack (or refuse) once all have answered."""
@@ -183,11 +282,14 @@ class Router:
         except p.EnvelopeError as exc:
             log.error("dropped an undecodable message from the bus: %s", exc)
             return
-        frame = envelope.message_frame()
         if envelope.kind == "public":
-            delivered = self.hub.broadcast(frame)
+            delivered = self.hub.broadcast(envelope.message_frame(p.PUBLIC))
         else:
-            delivered = sum(self.hub.deliver(user, frame, skip=envelope.origin) for user in envelope.recipients)
+            delivered = 0
+            for user in envelope.recipients:
+                if self.hub.has_user(user):
+                    frame = envelope.message_frame(p.user_channel(user))
+                    delivered += self.hub.deliver(user, frame, skip=envelope.origin)
         if delivered:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
@@ -206,11 +308,6 @@ class Router:
             log.warning("could not withdraw from the registry (entries will expire): %s", exc)
         for session in list(self.hub.sessions()):
             session.close(CLOSE_GOING_AWAY, "server shutting down; reconnect")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -17,6 +17,7 @@ from tornado.httpserver import HTTPServer
 from chatserver.app import ChatNode, make_app
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.config import Settings
+from chatserver.history import MemoryHistory
 from chatserver.registry import MemoryRegistry
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.conftest import free_port
@@ -27,12 +28,12 @@ SECRET = "t" * 40
 @asynccontextmanager
 async def cluster(count: int = 2, **overrides: object) -> AsyncIterator[list[tuple[str, ChatNode]]]:
     """``count`` in-process servers sharing a registry and a broker: [(base_url, node)]."""
-    registry, broker = MemoryRegistry(ttl_s=30), MemoryBroker()
+    registry, history, broker = MemoryRegistry(ttl_s=30), MemoryHistory(), MemoryBroker()
     nodes: list[tuple[str, ChatNode, HTTPServer]] = []
     for n in range(1, count + 1):
         port = free_port()
         settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **overrides)  # type: ignore[arg-type]
-        node = ChatNode(settings, registry, MemoryBus(broker, settings.server_id))
+        node = ChatNode(settings, registry, history, MemoryBus(broker, settings.server_id))
         await node.start()
         server = make_app(node).listen(port, "127.0.0.1")
         nodes.append((f"http://127.0.0.1:{port}", node, server))

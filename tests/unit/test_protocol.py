@@ -91,17 +91,54 @@ def test_out_frame_is_encoded_once_per_codec() -> None:
 
 
 def test_envelope_round_trips_and_renders_the_message_frame() -> None:
-    env = p.Envelope("private", "id1", "alice", "hi", 123, to="bob", recipients=("bob", "alice"), origin="ws-1#4")
+    env = p.Envelope(
+        "private",
+        "id1",
+        "alice",
+        "hi",
+        123,
+        to="bob",
+        recipients=("bob", "alice"),
+        origin="ws-1#4",
+        offsets=(("user:bob", 7), ("user:alice", 3)),
+    )
     assert p.Envelope.from_bytes(env.to_bytes()) == env
-    assert env.message_frame().body == {
+    assert env.channels() == ("user:bob", "user:alice")
+    assert env.message_frame("user:bob").body == {
         "type": "message",
         "id": "id1",
+        "channel": "user:bob",
+        "offset": 7,
         "kind": "private",
         "from": "alice",
         "to": "bob",
         "text": "hi",
         "ts": 123,
     }
+    assert env.message_frame("user:alice").body["offset"] == 3
+
+
+def test_history_and_resume_frames_validate_channels_and_offsets() -> None:
+    assert decode({"type": "history", "channel": "public"}) == p.HistoryFrame("public", None, 50)
+    assert decode({"type": "history", "channel": "user:bob", "before": 9, "limit": 200, "cid": "h"}) == (
+        p.HistoryFrame("user:bob", 9, 200, "h")
+    )
+    frame = decode({"type": "resume", "positions": {"user:al": 3, "public": 0}})
+    assert frame == p.ResumeFrame((("public", 0), ("user:al", 3)))
+    for bad in (
+        {"type": "history", "channel": "secret"},
+        {"type": "history", "channel": "public", "limit": 201},
+        {"type": "history", "channel": "public", "limit": 0},
+        {"type": "history", "channel": "public", "before": 0},
+        {"type": "history", "channel": "public", "before": True},
+        {"type": "resume", "positions": []},
+        {"type": "resume", "positions": {"public": -1}},
+        {"type": "resume", "positions": {"user:": 1}},
+        {"type": "resume", "positions": {f"user:u{i}": 1 for i in range(101)}},
+    ):
+        with pytest.raises(p.ProtocolError) as info:
+            decode(bad)
+        assert info.value.code == p.BAD_FRAME, bad
 
 
 @pytest.mark.parametrize("data", [b"", b"\xc1", msgpack.packb({"v": 2}), msgpack.packb({"v": 1, "k": "x"})])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chatserver.bus import MemoryBroker, MemoryBus
+from chatserver.history import MemoryHistory, Retention
 from chatserver.hub import Hub
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry, RegistryError
@@ -15,9 +18,10 @@ from tests.fakes import FailingBus, FakeSession, settle
 class Cluster:
     def __init__(self, count: int = 2) -> None:
         self.registry = MemoryRegistry(ttl_s=30)
+        self.history = MemoryHistory()
         self.broker = MemoryBroker()
         self.routers = [
-            Router(f"ws-{n}", Hub(), self.registry, MemoryBus(self.broker, f"ws-{n}"), Metrics())
+            Router(f"ws-{n}", Hub(), self.registry, self.history, MemoryBus(self.broker, f"ws-{n}"), Metrics())
             for n in range(1, count + 1)
         ]
 
@@ -41,7 +45,9 @@ async def test_welcome_names_the_user_and_the_server() -> None:
     c = Cluster()
     await c.start()
     alice = await c.join("alice", 2)
-    assert alice.frames == [{"type": "welcome", "user": "alice", "server": "ws-2", "positions": {}}]
+    assert alice.frames == [
+        {"type": "welcome", "user": "alice", "server": "ws-2", "positions": {"public": 0, "user:alice": 0}}
+    ]
 
 
 @pytest.mark.gen_test
@@ -103,7 +109,7 @@ async def test_bad_frame_gets_an_error_and_later_frames_still_work() -> None:
 @pytest.mark.gen_test
 async def test_a_failed_publish_is_reported_with_the_cid_and_never_acked() -> None:
     registry = MemoryRegistry(ttl_s=30)
-    router = Router("ws-1", Hub(), registry, FailingBus(), Metrics())
+    router = Router("ws-1", Hub(), registry, MemoryHistory(), FailingBus(), Metrics())
     alice = FakeSession("alice")
     await router.connect(alice)
     await router.handle(alice, '{"type": "public", "text": "x", "cid": "c9"}')
@@ -120,7 +126,9 @@ class DownRegistry(MemoryRegistry):
 
 @pytest.mark.gen_test
 async def test_registry_outage_gives_a_retryable_error() -> None:
-    router = Router("ws-1", Hub(), DownRegistry(ttl_s=30), MemoryBus(MemoryBroker(), "ws-1"), Metrics())
+    router = Router(
+        "ws-1", Hub(), DownRegistry(ttl_s=30), MemoryHistory(), MemoryBus(MemoryBroker(), "ws-1"), Metrics()
+    )
     alice = FakeSession("alice")
     await router.connect(alice)
     await router.handle(alice, '{"type": "private", "to": "bob", "text": "x", "cid": "c1"}')
@@ -140,3 +148,157 @@ async def test_registry_follows_sessions_and_withdraw_closes_them_with_1001() ->
     await c.routers[0].withdraw()
     assert a2.closed is not None and a2.closed[0] == 1001
     assert await c.registry.live_servers() == set()
+
+
+def texts(session: FakeSession) -> list[str]:
+    return [m["text"] for m in session.of_type("message")]
+
+
+@pytest.mark.gen_test
+async def test_messages_carry_contiguous_offsets_in_their_channels() -> None:
+    c = Cluster()
+    await c.start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for i in range(3):
+        await c.send(alice, 1, f'{{"type": "private", "to": "bob", "text": "m{i}"}}')
+    await c.send(bob, 2, '{"type": "public", "text": "pub"}')
+    assert [(m["channel"], m["offset"]) for m in bob.of_type("message")] == [
+        ("user:bob", 1),
+        ("user:bob", 2),
+        ("user:bob", 3),
+        ("public", 1),
+    ]
+    assert bob.frames[0]["positions"] == {"public": 0, "user:bob": 0}
+
+
+@pytest.mark.gen_test
+async def test_offline_messages_are_replayed_on_resume_in_order_then_resumed() -> None:
+    c = Cluster()
+    await c.start()
+    alice = await c.join("alice", 1)
+    for i in range(5):
+        await c.send(alice, 1, f'{{"type": "private", "to": "bob", "text": "while away {i}", "cid": "c{i}"}}')
+    assert len(alice.of_type("ack")) == 5
+    bob = await c.join("bob", 2)
+    assert bob.frames[0]["positions"]["user:bob"] == 5
+    await c.send(bob, 2, '{"type": "resume", "positions": {"user:bob": 2, "public": 0}, "cid": "r"}')
+    assert texts(bob) == ["while away 2", "while away 3", "while away 4"]
+    assert bob.frames[-1] == {"type": "resumed", "recovered": True, "cid": "r"}
+
+
+class SlowHistory(MemoryHistory):
+    """Pauses reads of history until released, so a test can publish during a replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def after(self, channel, offset, limit):  # type: ignore[no-untyped-def]
+        result = await super().after(channel, offset, limit)  # read now ...
+        self.reading.set()
+        await self.proceed.wait()  # ... answer later, after more messages were sent
+        return result
+
+
+@pytest.mark.gen_test
+async def test_a_message_sent_during_a_replay_is_neither_lost_nor_doubled() -> None:
+    c = Cluster()
+    c.history = SlowHistory()
+    for router in c.routers:
+        router._history = c.history
+    await c.start()
+    alice = await c.join("alice", 1)
+    for i in range(3):
+        await c.send(alice, 1, f'{{"type": "private", "to": "bob", "text": "old {i}"}}')
+    bob = await c.join("bob", 2)
+    resume = asyncio.ensure_future(c.routers[1].handle(bob, '{"type": "resume", "positions": {"user:bob": 0}}'))
+    await c.history.reading.wait()
+    await c.send(alice, 1, '{"type": "private", "to": "bob", "text": "during"}')  # live, held back
+    assert texts(bob) == []
+    c.history.proceed.set()
+    await resume
+    await c.send(alice, 1, '{"type": "private", "to": "bob", "text": "after"}')
+    assert texts(bob) == ["old 0", "old 1", "old 2", "during", "after"]
+    assert [m["offset"] for m in bob.of_type("message")] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.gen_test
+async def test_a_live_copy_of_a_replayed_message_is_dropped() -> None:
+    c = Cluster()
+    await c.start()
+    alice = await c.join("alice", 1)
+    bob = await c.join("bob", 2)
+    c.routers[0]._bus, real_bus = _HeldBus(), c.routers[0]._bus  # hold alice's publishes
+    await c.routers[0].handle(alice, '{"type": "private", "to": "bob", "text": "in flight"}')
+    await c.send(bob, 2, '{"type": "resume", "positions": {"user:bob": 0}}')  # replays it
+    c.routers[0]._bus.flush_to(real_bus)  # ... then the live copy arrives
+    await settle()
+    assert texts(bob) == ["in flight"]
+
+
+class _HeldBus:
+    def __init__(self) -> None:
+        self.held: list[tuple[str, bytes]] = []
+
+    async def start(self, on_message):  # type: ignore[no-untyped-def]
+        return None
+
+    def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
+        self.held.append((server_id, payload))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def flush_to(self, bus) -> None:  # type: ignore[no-untyped-def]
+        for server_id, payload in self.held:
+            bus.publish(server_id, payload)
+
+
+@pytest.mark.gen_test
+async def test_resume_past_trimmed_history_reports_the_gap() -> None:
+    c = Cluster()
+    c.history = MemoryHistory(Retention(min_keep=2, max_keep=2))
+    for router in c.routers:
+        router._history = c.history
+    await c.start()
+    alice = await c.join("alice", 1)
+    for i in range(5):
+        await c.send(alice, 1, f'{{"type": "public", "text": "p{i}"}}')
+    bob = await c.join("bob", 2)
+    await c.send(bob, 2, '{"type": "resume", "positions": {"public": 1}}')
+    assert texts(bob) == ["p3", "p4"]
+    assert bob.frames[-1] == {"type": "resumed", "recovered": False, "gaps": ["public"]}
+
+
+@pytest.mark.gen_test
+async def test_history_pages_backwards_and_only_readable_channels() -> None:
+    c = Cluster(1)
+    await c.start()
+    alice = await c.join("alice", 1)
+    for i in range(6):
+        await c.send(alice, 1, f'{{"type": "public", "text": "h{i}"}}')
+    await c.send(alice, 1, '{"type": "history", "channel": "public", "limit": 4, "cid": "1"}')
+    page = alice.of_type("history")[-1]
+    assert [m["text"] for m in page["messages"]] == ["h2", "h3", "h4", "h5"] and page["cid"] == "1"
+    await c.send(alice, 1, '{"type": "history", "channel": "public", "before": 3, "limit": 4}')
+    assert [m["text"] for m in alice.of_type("history")[-1]["messages"]] == ["h0", "h1"]
+    for channel in ("user:bob", "room:lobby"):
+        await c.send(alice, 1, f'{{"type": "history", "channel": "{channel}", "cid": "x"}}')
+        assert alice.frames[-1]["type"] == "error" and alice.frames[-1]["code"] == "forbidden"
+    await c.send(alice, 1, '{"type": "resume", "positions": {"user:bob": 0}, "cid": "y"}')
+    assert [f["type"] for f in alice.frames[-2:]] == ["error", "resumed"]
+
+
+@pytest.mark.gen_test
+async def test_a_retried_send_keeps_its_id_and_is_stored_once() -> None:
+    c = Cluster()
+    await c.start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    frame = '{"type": "private", "to": "bob", "text": "once", "cid": "same"}'
+    await c.send(alice, 1, frame)
+    await c.send(alice, 1, frame)  # a client retrying after a lost ack
+    acks = alice.of_type("ack")
+    assert len(acks) == 2 and acks[0]["id"] == acks[1]["id"]
+    assert (await c.history.latest(["user:bob"]))["user:bob"] == 1
+    assert {m["id"] for m in bob.of_type("message")} == {acks[0]["id"]}

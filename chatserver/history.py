@@ -1,0 +1,255 @@
+"""Stored messages: per-channel offsets and history, the source of recovery.
+
+``store`` gives a message its offset in each of its channels and appends it to their logs
+in one atomic step, so offsets grow by exactly one per message and channel, cluster-wide,
+and every offset ever handed out up to the latest one is in the log (until trimmed). A log
+keeps at least the newest ``min_keep`` messages or everything younger than ``keep_s``,
+whichever is more, and never more than ``max_keep``.
+
+``store`` also recognises a retry: the same user sending the same message (same ``cid``,
+kind, recipient and text) within ``dedupe_s`` gets the first attempt's id and offsets back,
+so a client that retries after an error or a lost ack never creates a second message.
+
+Redis layout (names from ``Names``): ``chat:chan:{channel}:seq`` (counter),
+``chat:chan:{channel}:log`` (sorted set scored by offset; member ``"{ts}|{json}"``),
+``chat:sent:{user}:{fingerprint}`` (``"{id}|{ts}|{o1},{o2}"``, expiring).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import redis.asyncio as aioredis
+
+from chatserver.names import Names
+from chatserver.protocol import Envelope
+
+Clock = Callable[[], float]
+Message = dict[str, Any]
+
+
+class HistoryError(Exception):
+    """The store could not be reached or answered badly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a message was stored; ``duplicate`` when it is a retry of an earlier one."""
+
+    id: str
+    ts: int
+    offsets: tuple[tuple[str, int], ...]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    min_keep: int = 1000
+    max_keep: int = 10_000
+    keep_s: float = 24 * 3600
+    dedupe_s: float = 300
+
+
+class History(Protocol):
+    async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        """Assign offsets in ``envelope.channels()`` and append; or find the earlier attempt."""
+        ...
+
+    async def latest(self, channels: Sequence[str]) -> dict[str, int]:
+        """The newest offset of each channel (0 for a channel with no message yet)."""
+        ...
+
+    async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
+        """Up to ``limit`` messages with offsets above ``offset``, oldest first, and the oldest
+        offset still stored (0 when the log is empty)."""
+        ...
+
+    async def before(self, channel: str, before: int | None, limit: int) -> list[Message]:
+        """The newest ``limit`` messages below offset ``before`` (all when None), oldest first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _member(envelope: Envelope, channel: str) -> str:
+    return f"{envelope.ts}|" + json.dumps(envelope.message_body(channel), ensure_ascii=False, separators=(",", ":"))
+
+
+def _message(member: bytes | str, offset: float) -> Message:
+    text = member.decode() if isinstance(member, bytes) else member
+    body: Message = json.loads(text.split("|", 1)[1])
+    body["offset"] = int(offset)
+    return body
+
+
+def _parse_sent(value: bytes | str, channels: Sequence[str]) -> Stored:
+    text = value.decode() if isinstance(value, bytes) else value
+    message_id, ts, offsets = text.split("|")
+    return Stored(
+        message_id, int(ts), tuple(zip(channels, (int(o) for o in offsets.split(",")), strict=True)), duplicate=True
+    )
+
+
+# KEYS: sent key, then (seq, log) per channel. ARGV: dedupe?, dedupe ttl ms, now ms, min keep,
+# max keep, keep ms, "id|ts", then one member per channel.
+_STORE_LUA = """
+local n = (#KEYS - 1) / 2
+if ARGV[1] == '1' then
+  local prior = redis.call('GET', KEYS[1])
+  if prior then return {1, prior} end
+end
+local now = tonumber(ARGV[3])
+local min_keep, max_keep, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local offsets = {}
+for i = 1, n do
+  local seq, log = KEYS[2 * i], KEYS[2 * i + 1]
+  local offset = redis.call('INCR', seq)
+  redis.call('ZADD', log, offset, ARGV[7 + i])
+  local card = redis.call('ZCARD', log)
+  if card > max_keep then
+    redis.call('ZREMRANGEBYRANK', log, 0, card - max_keep - 1)
+    card = max_keep
+  end
+  local budget = 100
+  while card > min_keep and budget > 0 do
+    local oldest = redis.call('ZRANGE', log, 0, 0)[1]
+    local ts = tonumber(string.match(oldest, '^(%d+)|'))
+    if ts == nil or ts >= now - keep_ms then break end
+    redis.call('ZREMRANGEBYRANK', log, 0, 0)
+    card = card - 1
+    budget = budget - 1
+  end
+  offsets[i] = offset
+end
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[1], ARGV[7] .. '|' .. table.concat(offsets, ','), 'PX', ARGV[2])
+end
+return {0, table.concat(offsets, ',')}
+"""
+
+
+class RedisHistory:
+    def __init__(self, client: aioredis.Redis, names: Names, retention: Retention, clock: Clock = time.time) -> None:
+        self._redis = client
+        self._names = names
+        self._retention = retention
+        self._clock = clock
+        self._store = client.register_script(_STORE_LUA)
+
+    async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        channels = envelope.channels()
+        keys = [self._names.sent(envelope.sender, fingerprint or "-")]
+        for channel in channels:
+            keys += [self._names.channel_seq(channel), self._names.channel_log(channel)]
+        r = self._retention
+        args: list[str | int] = [
+            "1" if fingerprint else "0",
+            int(r.dedupe_s * 1000),
+            int(self._clock() * 1000),
+            r.min_keep,
+            r.max_keep,
+            int(r.keep_s * 1000),
+            f"{envelope.id}|{envelope.ts}",
+            *(_member(envelope, c) for c in channels),
+        ]
+        try:
+            flag, value = await self._store(keys=keys, args=args)
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        if flag == 1:
+            return _parse_sent(value, channels)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        offsets = tuple(zip(channels, (int(o) for o in text.split(",")), strict=True))
+        return Stored(envelope.id, envelope.ts, offsets)
+
+    async def latest(self, channels: Sequence[str]) -> dict[str, int]:
+        if not channels:
+            return {}
+        try:
+            values = await self._redis.mget([self._names.channel_seq(c) for c in channels])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return {c: int(v) if v is not None else 0 for c, v in zip(channels, values, strict=True)}
+
+    async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
+        log = self._names.channel_log(channel)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(log, f"({offset}", "+inf", start=0, num=limit, withscores=True)
+                pipe.zrange(log, 0, 0, withscores=True)
+                found, oldest = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        first = int(oldest[0][1]) if oldest else 0
+        return [_message(m, s) for m, s in cast(list[tuple[bytes, float]], found)], first
+
+    async def before(self, channel: str, before: int | None, limit: int) -> list[Message]:
+        top = "+inf" if before is None else f"({before}"
+        try:
+            found = await self._redis.zrevrangebyscore(
+                self._names.channel_log(channel), top, "-inf", start=0, num=limit, withscores=True
+            )
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return [_message(m, s) for m, s in reversed(cast(list[tuple[bytes, float]], found))]
+
+    async def close(self) -> None:
+        return None  # the client belongs to whoever created it
+
+
+class MemoryHistory:
+    """History in this process: the single-node default and the test fake."""
+
+    def __init__(self, retention: Retention = Retention(), clock: Clock = time.time) -> None:
+        self._retention = retention
+        self._clock = clock
+        self._seq: dict[str, int] = {}
+        self._logs: dict[str, list[tuple[int, int, Message]]] = {}  # (offset, ts, body)
+        self._sent: dict[tuple[str, str], tuple[float, Stored]] = {}
+
+    async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        now = self._clock()
+        if fingerprint is not None:
+            prior = self._sent.get((envelope.sender, fingerprint))
+            if prior is not None and prior[0] > now:
+                s = prior[1]
+                return Stored(s.id, s.ts, s.offsets, duplicate=True)
+        offsets = []
+        for channel in envelope.channels():
+            offset = self._seq[channel] = self._seq.get(channel, 0) + 1
+            log = self._logs.setdefault(channel, [])
+            log.append((offset, envelope.ts, envelope.message_body(channel)))
+            self._trim(log, now)
+            offsets.append((channel, offset))
+        stored = Stored(envelope.id, envelope.ts, tuple(offsets))
+        if fingerprint is not None:
+            self._sent[(envelope.sender, fingerprint)] = (now + self._retention.dedupe_s, stored)
+        return stored
+
+    def _trim(self, log: list[tuple[int, int, Message]], now: float) -> None:
+        r = self._retention
+        if len(log) > r.max_keep:
+            del log[: len(log) - r.max_keep]
+        cutoff_ms = (now - r.keep_s) * 1000
+        while len(log) > r.min_keep and log[0][1] < cutoff_ms:
+            del log[0]
+
+    async def latest(self, channels: Sequence[str]) -> dict[str, int]:
+        return {c: self._seq.get(c, 0) for c in channels}
+
+    async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
+        log = self._logs.get(channel, [])
+        found = [{**body, "offset": o} for o, _, body in log if o > offset][:limit]
+        return found, log[0][0] if log else 0
+
+    async def before(self, channel: str, before: int | None, limit: int) -> list[Message]:
+        log = self._logs.get(channel, [])
+        older = [{**body, "offset": o} for o, _, body in log if before is None or o < before]
+        return older[-limit:]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,83 @@
+"""The history contract, checked on the in-memory store (tests/integration runs it on Redis)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatserver.history import History, MemoryHistory, Retention
+from chatserver.protocol import Envelope
+
+
+def public(i: int, ts: int = 1_000) -> Envelope:
+    return Envelope("public", f"id{i}", "alice", f"m{i}", ts)
+
+
+def private(i: int, sender: str = "alice", to: str = "bob") -> Envelope:
+    return Envelope("private", f"p{i}", sender, f"t{i}", 1_000, to=to, recipients=(to, sender))
+
+
+async def check_offsets_grow_by_one_per_channel(history: History) -> None:
+    assert (await history.store(public(1), None)).offsets == (("public", 1),)
+    assert (await history.store(public(2), None)).offsets == (("public", 2),)
+    stored = await history.store(private(1), None)
+    assert stored.offsets == (("user:bob", 1), ("user:alice", 1))
+    assert (await history.store(private(2, "carol", "alice"), None)).offsets == (("user:alice", 2), ("user:carol", 1))
+    assert await history.latest(["public", "user:alice", "user:zed"]) == {"public": 2, "user:alice": 2, "user:zed": 0}
+
+
+async def check_reads_page_in_offset_order(history: History) -> None:
+    for i in range(1, 8):
+        await history.store(public(i), None)
+    older = await history.before("public", None, 3)
+    assert [m["offset"] for m in older] == [5, 6, 7]
+    assert older[0] == {
+        "type": "message",
+        "id": "id5",
+        "channel": "public",
+        "offset": 5,
+        "kind": "public",
+        "from": "alice",
+        "text": "m5",
+        "ts": 1000,
+    }
+    assert [m["offset"] for m in await history.before("public", 5, 3)] == [2, 3, 4]
+    assert [m["offset"] for m in await history.before("public", 2, 3)] == [1]
+    newer, first = await history.after("public", 4, 2)
+    assert ([m["offset"] for m in newer], first) == ([5, 6], 1)
+    assert await history.after("public", 7, 10) == ([], 1)
+    assert await history.after("room:none", 0, 10) == ([], 0)
+
+
+async def check_a_retry_is_stored_once(history: History) -> None:
+    first = await history.store(private(1), "fp-1")
+    again = await history.store(
+        Envelope("private", "other-id", "alice", "t1", 2_000, to="bob", recipients=("bob", "alice")), "fp-1"
+    )
+    assert again.duplicate and (again.id, again.ts, again.offsets) == (first.id, first.ts, first.offsets)
+    other = await history.store(private(2), "fp-2")
+    assert not other.duplicate and other.offsets == (("user:bob", 2), ("user:alice", 2))
+
+
+async def check_retention_keeps_the_newest(history: History) -> None:
+    for i in range(1, 13):
+        await history.store(public(i, ts=0), None)  # all old: only min_keep survive
+    kept, first = await history.after("public", 0, 100)
+    assert [m["offset"] for m in kept] == [8, 9, 10, 11, 12] and first == 8
+
+
+CHECKS = [
+    check_offsets_grow_by_one_per_channel,
+    check_reads_page_in_offset_order,
+    check_a_retry_is_stored_once,
+]
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("check", CHECKS)
+async def test_memory_history(check) -> None:  # type: ignore[no-untyped-def]
+    await check(MemoryHistory())
+
+
+@pytest.mark.gen_test
+async def test_memory_history_retention() -> None:
+    await check_retention_keeps_the_newest(MemoryHistory(Retention(min_keep=5, max_keep=100, keep_s=60)))
