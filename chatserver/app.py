@@ -53,6 +53,8 @@ class ChatNode:
         self.hub = Hub()
         self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics)
         self._draining = False
+        self._announced = False  # in the registry's live set, so public messages reach it
+        self._heartbeat_error = ""
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._registry_checked = (0.0, False, "not checked yet")
 
@@ -88,17 +90,16 @@ class ChatNode:
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
 
     async def _heartbeat_loop(self) -> None:
-        announced = False
         while True:
             live = self.bus.status()[0] and not self._draining
             try:
                 await self.router.heartbeat(live)
-                announced = live
+                self._announced, self._heartbeat_error = live, ""
             except RegistryError as exc:
                 log.warning("heartbeat failed (retrying): %s", exc)
-                announced = False
+                self._announced, self._heartbeat_error = False, str(exc)
             # Until announced, check often, so a server is reachable soon after it is ready.
-            await asyncio.sleep(self.settings.heartbeat_s if announced == live and live else 0.25)
+            await asyncio.sleep(self.settings.heartbeat_s if self._announced else 0.25)
 
     async def readiness(self) -> tuple[bool, str]:
         """(ready, reason): not draining, Kafka consumed, Redis answering (checked at most 1/s)."""
@@ -107,6 +108,9 @@ class ChatNode:
         ready, reason = self.bus.status()
         if not ready:
             return False, reason
+        if not self._announced:
+            why = self._heartbeat_error or "in progress"
+            return False, f"registering this server in redis at {self.settings.redis_url}: {why}"
         checked_at, ok, why = self._registry_checked
         if time.monotonic() - checked_at > 1.0:
             try:
@@ -173,7 +177,8 @@ def make_app(node: ChatNode) -> tornado.web.Application:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without query strings: ``/ws?token=...`` must never reach a log."""
     status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    # 503 is an expected answer (starting, draining, a dependency down): a warning, not an error.
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 or status == 503 else logging.ERROR
     request = handler.request
     access_log.log(
         level,

@@ -74,6 +74,7 @@ class Router:
         self._new_id = new_id
         self._background: set[asyncio.Task[None]] = set()
         self._unregistering: dict[str, asyncio.Task[None]] = {}
+        self._withdrawn = False  # after a graceful stop began, sessions leave no registry work
 
     # ------------------------------------------------------------------ sessions
 
@@ -108,7 +109,7 @@ class Router:
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""
-        if self.hub.remove(session):
+        if self.hub.remove(session) and not self._withdrawn:
             task = asyncio.create_task(self._unregister(session.user))
             self._unregistering[session.user] = task
             self._background.add(task)
@@ -302,6 +303,9 @@ class Router:
 
     async def withdraw(self) -> None:
         """Graceful stop: leave the registry, then tell every client to reconnect elsewhere."""
+        self._withdrawn = True
+        if self._background:  # unregistrations under way finish first
+            await asyncio.wait(list(self._background), timeout=2.0)
         try:
             await self._registry.withdraw(self.server_id, list(self.hub.users()))
         except RegistryError as exc:

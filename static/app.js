@@ -34,7 +34,8 @@
   const ACK_TIMEOUT_MS = 20000;        // a message with no ack after this is shown as failed
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
-  const MAX_FAILED_OPENS = 3;          // closes before open in a row -> back to sign-in
+  const MAX_FAILED_OPENS = 3;          // closes before open in a row -> ask /readyz why (see socketGone)
+  const READY_CHECK_MS = 5000;         // give up on a /readyz request after this long
   const CLOSE_AUTH = 4001;             // close code meaning "token no longer valid"
   const MAX_MESSAGES_PER_CONV = 1000;
   const GROUP_WINDOW_MS = 5 * 60 * 1000;
@@ -59,8 +60,12 @@
       status: 'offline',      // 'connecting' | 'online' | 'reconnecting' | 'offline'
       ws: null,               // the current WebSocket, or null
       ready: false,           // welcome received on the current socket
+      server: '',             // SERVER_ID from the welcome of the current socket
       attempt: 0,             // reconnect attempt count, for the backoff
       failedOpens: 0,         // closes before open, in a row
+      unavailable: false,     // /readyz did not answer 200 after failed opens: the server is down
+      upBefore: false,        // /readyz answered 200 just before the current attempt (see checkServer)
+      checkSeq: 0,            // identifies the latest /readyz check; older answers are ignored
       retryAt: 0,             // when the next reconnect attempt is due (ms)
       retryTimer: null,
       tickTimer: null,        // refreshes the "reconnecting in Ns" countdown
@@ -272,6 +277,8 @@
     renderAll();
     state.conn.attempt = 0;
     state.conn.failedOpens = 0;
+    state.conn.unavailable = false;
+    state.conn.upBefore = false;
     connect();
     focusComposer();
   }
@@ -327,6 +334,7 @@
   function connect() {
     cancelReconnect();
     closeSocket(1000);
+    state.conn.checkSeq += 1;                   // a /readyz check still running is outdated now
     if (!state.token) return;
     if (navigator.onLine === false) { setConn('offline'); return; }
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -348,6 +356,8 @@
       if (ws !== c.ws) return;
       opened = true;
       c.failedOpens = 0;
+      c.unavailable = false;
+      c.upBefore = false;
       c.lastFrameAt = Date.now();
       setConn('online');
       startPing();
@@ -372,14 +382,48 @@
     const c = state.conn;
     c.ws = null;
     c.ready = false;
+    c.server = '';
     stopPing();
     failInFlight('Connection lost before the server confirmed this message.');
     if (!state.token) return;
     if (code === CLOSE_AUTH) { expireSession(); return; }
     if (!wasOpen) {
       c.failedOpens += 1;
-      if (c.failedOpens >= MAX_FAILED_OPENS) { expireSession(); return; }
+      if (c.failedOpens >= MAX_FAILED_OPENS) { checkServer(); return; }
     }
+    scheduleReconnect();
+  }
+
+  /**
+   * Handshakes keep failing. A browser does not tell why (401 and 502 look the same),
+   * so ask /readyz: a server that answers 200 is up and refused our token -> sign in
+   * again; no answer, 502 or 503 -> the servers are down, keep retrying with backoff.
+   * A server may have come back between the failed handshake and the 200: so the first
+   * 200 buys one more attempt at once, and only a refusal between two 200s signs out.
+   */
+  async function checkServer() {
+    const c = state.conn;
+    const seq = ++c.checkSeq;
+    const token = state.token;
+    let ready = false;
+    const abort = typeof AbortController === 'function' ? new AbortController() : null;
+    const timer = abort ? setTimeout(() => abort.abort(), READY_CHECK_MS) : null;
+    try {
+      const res = await fetch('/readyz', {
+        cache: 'no-store', credentials: 'same-origin', signal: abort ? abort.signal : undefined,
+      });
+      ready = res.status === 200;
+    } catch (e) {
+      ready = false;                            // network error or timeout: unreachable
+    } finally {
+      clearTimeout(timer);
+    }
+    // Signed out, signed in again, or a new connection started meanwhile: not ours to act on.
+    if (seq !== c.checkSeq || state.token !== token || !token || c.ws || c.retryTimer) return;
+    if (ready && c.upBefore) { expireSession(); return; }   // up before and after a refused handshake
+    c.upBefore = ready;
+    if (ready) { connect(); return; }
+    c.unavailable = true;
     scheduleReconnect();
   }
 
@@ -388,6 +432,7 @@
     const ws = state.conn.ws;
     state.conn.ws = null;
     state.conn.ready = false;
+    state.conn.server = '';
     stopPing();
     if (ws) { try { ws.close(code || 1000); } catch (e) { /* ignore */ } }
   }
@@ -475,7 +520,9 @@
     }
     if (typeof f.server === 'string' && f.server) {
       state.serverId = f.server;
+      c.server = f.server;
       renderServerId();
+      renderConn(false);
     }
     if (f.positions && typeof f.positions === 'object') {
       for (const [ch, off] of Object.entries(f.positions)) {
@@ -806,14 +853,25 @@
   function renderConn(changed) {
     const c = state.conn;
     let text = CONN_LABELS[c.status] || c.status;
+    const down = c.unavailable && c.status === 'reconnecting';
     if (c.status === 'reconnecting') {
       const s = Math.max(0, Math.ceil((c.retryAt - Date.now()) / 1000));
-      text = s > 0 ? 'Reconnecting in ' + s + 's' : 'Reconnecting…';
+      if (down) text = s > 0 ? 'Server unavailable, retrying in ' + s + 's' : 'Server unavailable, retrying…';
+      else text = s > 0 ? 'Reconnecting in ' + s + 's' : 'Reconnecting…';
     }
     ui.conn.dataset.state = c.status;
+    // The server of this socket (from its welcome): a hover hint, and a hook for tests.
+    if (c.server && c.status === 'online') {
+      ui.conn.dataset.server = c.server;
+      ui.conn.title = 'Connected to ' + c.server;
+    } else {
+      delete ui.conn.dataset.server;
+      ui.conn.removeAttribute('title');
+    }
+    if (down) ui.conn.dataset.reason = 'unavailable'; else delete ui.conn.dataset.reason;
     ui.connText.textContent = text;
     ui.connRetry.hidden = !(c.status === 'reconnecting' || (c.status === 'offline' && state.token));
-    if (changed) announce('Connection: ' + (CONN_LABELS[c.status] || c.status));
+    if (changed) announce('Connection: ' + (down ? 'server unavailable' : (CONN_LABELS[c.status] || c.status)));
     renderComposerHint();
   }
 
