@@ -265,8 +265,10 @@ def welcome(user: str, server: str, positions: dict[str, int]) -> OutFrame:
     return OutFrame({"type": "welcome", "user": user, "server": server, "positions": positions})
 
 
-def ack(cid: str | None, message_id: str, ts: int) -> OutFrame:
-    return OutFrame({"type": "ack", "cid": cid, "id": message_id, "ts": ts})
+def ack(cid: str | None, message_id: str, ts: int, channel: str, offset: int) -> OutFrame:
+    """``channel`` and ``offset`` (an addition to the protocol): where the sender's own copy is
+    stored, since the sending session gets no echo of a private message."""
+    return OutFrame({"type": "ack", "cid": cid, "id": message_id, "ts": ts, "channel": channel, "offset": offset})
 
 
 def error(code: str, message: str, cid: str | None = None) -> OutFrame:

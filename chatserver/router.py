@@ -266,7 +266,8 @@ class Router:
                 return
             self._metrics.publish_seconds.observe(time.perf_counter() - started)
             self._metrics.messages_acked.inc()
-            session.send(p.ack(cid, envelope.id, envelope.ts))
+            own = p.PUBLIC if envelope.kind == "public" else p.user_channel(envelope.sender)
+            session.send(p.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(report)
 

@@ -136,10 +136,10 @@ stop_pid() {  # stop_pid NAME [SIGNAL] [SECONDS] : signal the recorded process, 
 start_redis() {
     if port_open "$REDIS_PORT"; then return 0; fi
     mkdir -p "$RUN_DIR/redis"
-    # Snapshots (RDB) every minute when anything changed: registry entries are rebuilt by
-    # heartbeats anyway, so a lost minute costs nothing.
+    # Append-only file, fsync every second: history and offsets survive a restart (a crash
+    # of Redis itself can lose the last second). Registry entries are rebuilt by heartbeats.
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$RUN_DIR/redis" \
-        --save 60 1 --daemonize no --protected-mode yes \
+        --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes \
         >>"$LOGS/redis.log" 2>&1 &
     echo $! >"$PIDS/redis.pid"
     wait_for 15 redis bash -c "redis-cli -p $REDIS_PORT ping >/dev/null 2>&1" \
