@@ -210,11 +210,19 @@ start_server() {  # start_server N : chat server ws-N, unless it runs already
 
 server_ready() { curl -sf -o /dev/null "http://127.0.0.1:$(server_port "$1")/readyz"; }
 
+server_ready_or_dead() {  # true when ws-N is ready, or has exited (checked by the caller)
+    server_ready "$1" || ! pid_alive "ws-$1"
+}
+
 wait_servers_ready() {  # wait_servers_ready N...
     local n
     for n in "$@"; do
-        if ! wait_for 90 "ws-$n ready" server_ready "$n"; then
-            say "ws-$n is not ready after 90s: $(curl -s "http://127.0.0.1:$(server_port "$n")/readyz" || echo 'no answer')"
+        if ! wait_for 90 "ws-$n ready" server_ready_or_dead "$n" || ! pid_alive "ws-$n"; then
+            if pid_alive "ws-$n"; then
+                say "ws-$n is not ready after 90s: $(curl -s "http://127.0.0.1:$(server_port "$n")/readyz" || echo 'no answer')"
+            else
+                say "ws-$n exited during startup"
+            fi
             say "last lines of $LOGS/ws-$n.log:"
             tail -n 15 "$LOGS/ws-$n.log" >&2 || true
             exit 1

@@ -28,9 +28,11 @@ from tests.integration.conftest import KAFKA_BOOTSTRAP, REDIS_URL, ROOT, _delete
 
 
 def _free_block(size: int) -> int:
-    """A base port B such that B+1..B+size are all free."""
+    """A base port B such that B+1..B+size are all free, below the ephemeral range (where
+    free_port() and every outgoing connection take theirs, so nothing else lands there)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(100):
-        base = random.randint(20000, 40000)
+        base = random.randint(20000, low - size - 1)
         ports = range(base + 1, base + size + 1)
         if all(_free(p) for p in ports):
             return base
