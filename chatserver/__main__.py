@@ -19,7 +19,8 @@ async def serve(settings: Settings) -> None:
     node = ChatNode.from_settings(settings)
     await node.start()
     # 2. listen; /healthz answers at once, /readyz once Kafka and Redis do;
-    server = make_app(node).listen(settings.port, settings.host, xheaders=True)
+    # No xheaders: the socket handler trusts X-Real-IP only from CHAT_TRUSTED_PROXIES.
+    server = make_app(node).listen(settings.port, settings.host)
     log.info("%s listening on http://%s:%d", settings.server_id, settings.host, settings.port)
     # 3. wait for a signal, then drain: sessions are told to reconnect elsewhere.
     stop = asyncio.Event()

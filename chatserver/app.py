@@ -21,10 +21,11 @@ from chatserver.bus import Bus, KafkaBus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
 from chatserver.history import History, MemoryHistory, RedisHistory, Retention
 from chatserver.hub import Hub
+from chatserver.limits import ConnectionCounter, MemoryUserLimiter, RedisUserLimiter, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.registry import MemoryRegistry, RedisRegistry, Registry, RegistryError
-from chatserver.router import Router
+from chatserver.router import Limits, Router
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chatserver.access")
@@ -42,6 +43,7 @@ class ChatNode:
         history: History,
         bus: Bus,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        user_limiter: UserLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -51,7 +53,8 @@ class ChatNode:
         self.metrics = Metrics()
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
         self.hub = Hub()
-        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics)
+        limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
+        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits)
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
         self._heartbeat_error = ""
@@ -67,7 +70,7 @@ class ChatNode:
             registry: Registry = MemoryRegistry(settings.session_ttl_s)
             history: History = MemoryHistory(retention)
             bus: Bus = MemoryBus(broker or MemoryBroker(), settings.server_id)
-            return cls(settings, registry, history, bus)
+            return cls(settings, registry, history, bus, user_limiter=MemoryUserLimiter(settings.user_rate_per_s))
         client = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
         )
@@ -81,7 +84,8 @@ class ChatNode:
             linger_ms=settings.kafka_linger_ms,
             send_timeout_s=settings.kafka_send_timeout_s,
         )
-        return cls(settings, registry, history, bus, on_close=client.aclose)
+        limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
+        return cls(settings, registry, history, bus, on_close=client.aclose, user_limiter=limiter)
 
     async def start(self) -> None:
         # 1. consume this server's topic (readiness follows once a probe comes back);
@@ -154,7 +158,8 @@ def make_app(node: ChatNode) -> tornado.web.Application:
                 "router": node.router,
                 "auth": node.auth,
                 "readiness": node.readiness,
-                "allowed_origins": settings.allowed_origins,
+                "settings": settings,
+                "connections": ConnectionCounter(settings.max_sessions_per_user, settings.max_conns_per_ip),
                 "session_ids": session_ids,
             },
         ),

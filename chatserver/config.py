@@ -48,6 +48,14 @@ class Settings:
     history_keep_s: float = 24 * 3600  # CHAT_HISTORY_KEEP_S: or all younger than this,
     history_max: int = 10_000  # CHAT_HISTORY_MAX: but never more than this
     dedupe_s: float = 300.0  # CHAT_DEDUPE_S: a resent message (same cid and text) is stored once
+    conn_rate_per_s: float = 50.0  # CHAT_CONN_RATE_PER_S: frames per second per connection (0: off)
+    conn_burst: int = 100  # CHAT_CONN_BURST: ... with bursts up to this
+    user_rate_per_s: int = 100  # CHAT_USER_RATE_PER_S: messages per second per user, cluster-wide (0: off)
+    flood_strikes: int = 200  # CHAT_FLOOD_STRIKES: refused frames in a row before closing with 1008
+    max_sessions_per_user: int = 20  # CHAT_MAX_SESSIONS_PER_USER: per server
+    max_conns_per_ip: int = 500  # CHAT_MAX_CONNS_PER_IP: per server
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # CHAT_TRUSTED_PROXIES: may set X-Real-IP
+    max_send_buffer: int = 1 << 20  # CHAT_MAX_SEND_BUFFER: unread bytes before a client is dropped
     max_frame_bytes: int = 64 * 1024  # fixed by the protocol (close 1009 above it)
     ping_interval_s: float = 25.0  # CHAT_WS_PING_S: WebSocket pings keep proxies from timing out
     log_level: str = "INFO"  # CHAT_LOG_LEVEL
@@ -75,7 +83,7 @@ class Settings:
             secret = DEV_SECRET
         elif len(secret.encode()) < MIN_SECRET_BYTES and not dev:
             raise ConfigError(f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes")
-        origins = tuple(o.strip() for o in env.get("CHAT_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        origins = _list(env, "CHAT_ALLOWED_ORIGINS", ())
         settings = cls(
             server_id=server_id,
             host=env.get("CHAT_HOST", cls.host),
@@ -99,6 +107,14 @@ class Settings:
             history_keep_s=_float(env, "CHAT_HISTORY_KEEP_S", cls.history_keep_s),
             history_max=_int(env, "CHAT_HISTORY_MAX", cls.history_max),
             dedupe_s=_float(env, "CHAT_DEDUPE_S", cls.dedupe_s),
+            conn_rate_per_s=_float(env, "CHAT_CONN_RATE_PER_S", cls.conn_rate_per_s, allow_zero=True),
+            conn_burst=_int(env, "CHAT_CONN_BURST", cls.conn_burst),
+            user_rate_per_s=_int(env, "CHAT_USER_RATE_PER_S", cls.user_rate_per_s, allow_zero=True),
+            flood_strikes=_int(env, "CHAT_FLOOD_STRIKES", cls.flood_strikes),
+            max_sessions_per_user=_int(env, "CHAT_MAX_SESSIONS_PER_USER", cls.max_sessions_per_user),
+            max_conns_per_ip=_int(env, "CHAT_MAX_CONNS_PER_IP", cls.max_conns_per_ip),
+            trusted_proxies=_list(env, "CHAT_TRUSTED_PROXIES", cls.trusted_proxies),
+            max_send_buffer=_int(env, "CHAT_MAX_SEND_BUFFER", cls.max_send_buffer),
             log_level=env.get("CHAT_LOG_LEVEL", cls.log_level).upper(),
         )
         if settings.history_max < settings.history_min:
@@ -128,7 +144,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r}: use 1 or 0")
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, allow_zero: bool = False) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -136,12 +159,12 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a whole number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={raw!r}: expected a positive number{' or 0 (off)' if allow_zero else ''}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -149,6 +172,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r}: expected a positive number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}={raw!r}: expected a positive number{' or 0 (off)' if allow_zero else ''}")
     return value

@@ -13,12 +13,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tornado.iostream import StreamBufferFullError
 from tornado.web import HTTPError, RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from chatserver.auth import AuthError, TokenAuthority
+from chatserver.config import Settings
+from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
-from chatserver.protocol import JSON, MSGPACK, USERNAME_RE, Codec, OutFrame
+from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)
@@ -112,15 +115,19 @@ class ChatSocket(WebSocketHandler):
         router: Router,
         auth: TokenAuthority,
         readiness: Readiness,
-        allowed_origins: tuple[str, ...],
+        settings: Settings,
+        connections: ConnectionCounter,
         session_ids: itertools.count[int],
     ) -> None:
         self.router = router
         self.auth = auth
         self.readiness = readiness
-        self.allowed_origins = allowed_origins
+        self.chat = settings
+        self.connections = connections
         self._id = f"{router.server_id}#{next(session_ids)}"
         self._user = ""
+        self._ip = ""
+        self._counted = False
         self._codec: Codec = JSON
 
     # Session protocol
@@ -144,6 +151,13 @@ class ChatSocket(WebSocketHandler):
             written = self.write_message(frame.encoded(self._codec), binary=self._codec.binary)
         except WebSocketClosedError:
             return
+        except StreamBufferFullError:
+            # The client does not read: drop it rather than buffer without bound. It can
+            # reconnect and resume; the others are not held up.
+            log.warning("dropped %s: more than %d bytes unread", self._user, self.chat.max_send_buffer)
+            if conn.stream is not None:
+                conn.stream.close()
+            return
         written.add_done_callback(_ignore_closed)
 
     # Handshake
@@ -158,7 +172,20 @@ class ChatSocket(WebSocketHandler):
         ready, reason = await self.readiness()
         if not ready:
             return self._reject(503, "not_ready", f"this server is not ready ({reason}); retry")
+        self._ip = self.client_ip()
+        refusal = self.connections.refusal(self._user, self._ip)
+        if refusal is not None:
+            return self._reject(429, "too_many_connections", refusal)
         await super().get(*args, **kwargs)
+
+    def client_ip(self) -> str:
+        """The client's address: X-Real-IP when the peer is a trusted proxy (nginx), else the peer."""
+        peer = self.request.remote_ip or ""
+        if peer in self.chat.trusted_proxies:
+            forwarded = self.request.headers.get("X-Real-IP", "").strip()
+            if forwarded:
+                return forwarded[:64]
+        return peer
 
     def _reject(self, status: int, code: str, message: str) -> None:
         self.set_status(status)
@@ -166,8 +193,8 @@ class ChatSocket(WebSocketHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
     def check_origin(self, origin: str) -> bool:
-        if self.allowed_origins:
-            return origin in self.allowed_origins
+        if self.chat.allowed_origins:
+            return origin in self.chat.allowed_origins
         return super().check_origin(origin)  # same host as the request
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
@@ -178,12 +205,24 @@ class ChatSocket(WebSocketHandler):
         if self.selected_subprotocol == "msgpack":
             self._codec = MSGPACK
         self.set_nodelay(True)
+        conn = self.ws_connection
+        if conn is not None and conn.stream is not None:
+            conn.stream.max_write_buffer_size = self.chat.max_send_buffer
+        self.connections.opened(self._user, self._ip)
+        self._counted = True
         await self.router.connect(self)
 
     async def on_message(self, message: str | bytes) -> None:
-        await self.router.handle(self, message)
+        try:
+            await self.router.handle(self, message)
+        except Exception:  # a bug must cost one frame, not the connection, and leak nothing
+            log.exception("unexpected error handling a frame from %s", self._user)
+            self.send(error(INTERNAL, "internal error: the frame was not processed; retry"))
 
     def on_close(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.connections.closed(self._user, self._ip)
         if self._user:
             self.router.disconnect(self)
 

@@ -37,6 +37,10 @@ class Names:
         """Redis sorted set: the stored messages of ``channel``, scored by offset."""
         return f"{self.prefix}chat:chan:{channel}:log"
 
+    def user_rate(self, user: str, second: int) -> str:
+        """Redis counter: messages ``user`` sent in one second, on all servers."""
+        return f"{self.prefix}chat:rate:{user}:{second}"
+
     def sent(self, user: str, fingerprint: str) -> str:
         """Redis string: a message ``user`` sent recently, so that a retry is not stored twice."""
         return f"{self.prefix}chat:sent:{user}:{fingerprint}"

@@ -30,6 +30,7 @@ from chatserver import protocol as p
 from chatserver.bus import Bus
 from chatserver.history import History, HistoryError
 from chatserver.hub import Hub, Session
+from chatserver.limits import LimitError, TokenBucket, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.registry import Registry, RegistryError
 
@@ -50,6 +51,40 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _cid_of(raw: str | bytes, codec: p.Codec) -> str | None:
+    """The frame's cid if it has a valid one, for refusals made before full decoding."""
+    try:
+        obj = codec.loads(raw)
+    except p.ProtocolError:
+        return None
+    cid = obj.get("cid") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, str) and len(cid) <= p.MAX_CID_CHARS else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How much one connection and one user may send (see ``chatserver.limits``)."""
+
+    conn_rate_per_s: float = 0.0
+    conn_burst: int = 100
+    flood_strikes: int = 200
+    user: UserLimiter | None = None
+
+
+class _Flow:
+    """One connection's rate: its bucket and how many frames in a row were refused."""
+
+    __slots__ = ("bucket", "strikes")
+
+    def __init__(self, limits: Limits) -> None:
+        self.bucket = TokenBucket(limits.conn_rate_per_s, limits.conn_burst)
+        self.strikes = 0
+
+
+#: WebSocket close code: the client broke a policy (it kept flooding after rate_limited errors).
+CLOSE_POLICY = 1008
+
+
 class Router:
     REPLAY_PAGE = 500  # messages per history read while resuming
 
@@ -61,6 +96,7 @@ class Router:
         history: History,
         bus: Bus,
         metrics: Metrics,
+        limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
@@ -69,6 +105,8 @@ class Router:
         self._registry = registry
         self._history = history
         self._bus = bus
+        self._limits = limits or Limits()
+        self._buckets: dict[str, _Flow] = {}
         self._metrics = metrics
         self._clock = clock
         self._new_id = new_id
@@ -87,6 +125,7 @@ class Router:
         history to this client, and ``resume`` replays them when it wants them."""
         user = session.user
         channels = [p.PUBLIC, p.user_channel(user)]
+        self._buckets[session.id] = _Flow(self._limits)
         first = self.hub.add(session)
         self.hub.hold(session, channels)
         if first:
@@ -109,6 +148,7 @@ class Router:
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""
+        self._buckets.pop(session.id, None)
         if self.hub.remove(session) and not self._withdrawn:
             task = asyncio.create_task(self._unregister(session.user))
             self._unregistering[session.user] = task
@@ -135,6 +175,15 @@ class Router:
 
     async def handle(self, session: ClientSession, raw: str | bytes) -> None:
         """Act on one client frame. Never raises: every refusal becomes an ``error`` frame."""
+        flow = self._buckets.get(session.id)
+        if flow is not None and not flow.bucket.take():
+            self._refuse(session, p.RATE_LIMITED, "too many frames: slow down", _cid_of(raw, session.codec))
+            flow.strikes += 1
+            if flow.strikes >= self._limits.flood_strikes:
+                session.close(CLOSE_POLICY, "policy violation: kept flooding after rate_limited errors")
+            return
+        if flow is not None:
+            flow.strikes = 0
         try:
             frame = p.decode_frame(raw, session.codec)
         except p.ProtocolError as exc:
@@ -163,8 +212,20 @@ class Router:
         except HistoryError as exc:
             log.warning("history store unavailable for %s: %s", session.user, exc)
             self._refuse(session, p.INTERNAL, "the message store is unavailable; retry", frame.cid)
+        except LimitError as exc:
+            log.warning("rate limit store unavailable for %s: %s", session.user, exc)
+            self._refuse(session, p.INTERNAL, "message not sent: the rate limiter is unavailable; retry", frame.cid)
+
+    async def _user_may_send(self, session: ClientSession, cid: str | None) -> bool:
+        limiter = self._limits.user
+        if limiter is None or await limiter.allow(session.user):
+            return True
+        self._refuse(session, p.RATE_LIMITED, "you are sending too fast across your sessions; retry shortly", cid)
+        return False
 
     async def _send_public(self, session: ClientSession, frame: p.PublicFrame) -> None:
+        if not await self._user_may_send(session, frame.cid):
+            return
         envelope = p.Envelope(
             kind="public",
             id=self._new_id(),
@@ -179,6 +240,8 @@ class Router:
         self._publish(session, frame.cid, envelope, servers)
 
     async def _send_private(self, session: ClientSession, frame: p.PrivateFrame) -> None:
+        if not await self._user_may_send(session, frame.cid):
+            return
         sender, recipient = session.user, frame.to
         envelope = p.Envelope(
             kind="private",

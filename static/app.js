@@ -11,15 +11,26 @@
  *   4. sign in / sign out
  *   5. connection: connect, reconnect with backoff, ping, send(frame)
  *   6. handleFrame(frame): one switch on frame.type
- *   7. conversations and messages (model updates)
+ *   7. channels, history, conversations and messages (model updates)
  *   8. render functions, one per region of the page
  *   9. UI event wiring and start-up
  *
- * Extension points for later features (rooms, presence, typing, history):
+ * Extension points for later features (rooms, presence, typing):
  *   - a conversation is keyed "public", "dm:<user>" (and later "room:<name>");
- *     see convKeyForMessage() and ensureConv().
- *   - state.positions keeps the last offset seen per channel, ready for `resume`.
+ *     see convKeyForMessage(), channelOfConv() and ensureConv().
  *   - add a `case` in handleFrame() and, if needed, a render function.
+ *
+ * Durability (shared/PROTOCOL.md, "Channels, offsets, recovery"):
+ *   - state.positions: the highest offset seen per channel ("public", "user:<me>"), from
+ *     live messages, history and replay; kept in localStorage per user (chat.positions.<user>),
+ *     so a reload or a new connection sends `resume` from there (see onWelcome).
+ *   - a channel this page has not loaded yet gets its recent history (`history`), which also
+ *     fills the DM conversations (user:<me> holds every private message to or from me).
+ *   - a live message that skips offsets asks `history` for the missing range (requestGap);
+ *     what cannot be recovered shows a marker in the conversations it concerns.
+ *   - scrolling to the top of a conversation loads older messages (loadOlder).
+ *   - within a conversation, messages are ordered by (ts, offset); own messages not yet
+ *     acknowledged stay at the bottom (see sortsBefore).
  */
 (function () {
   'use strict';
@@ -40,6 +51,14 @@
   const MAX_MESSAGES_PER_CONV = 1000;
   const GROUP_WINDOW_MS = 5 * 60 * 1000;
   const AT_BOTTOM_PX = 48;
+  const PUBLIC = 'public';
+  const RECENT_PUBLIC = 50;            // history loaded for Public on a first sign-in
+  const RECENT_DMS = 100;              // ... and for user:<me>, which fills the DM conversations
+  const OLDER_PAGE = 50;               // history loaded per scroll to the top
+  const HISTORY_MAX = 200;             // the server's largest `limit`
+  const LOAD_OLDER_PX = 60;            // this close to the top of the list: load older messages
+  const AUTO_OLDER_ROUNDS = 10;        // older pages loaded in a row without the user scrolling
+  const GAP_TEXT = 'Some messages could not be recovered';
 
   const STORE = {
     token: 'chat.token',
@@ -47,6 +66,8 @@
     convs: 'chat.convs',
     active: 'chat.active',
   };
+  // localStorage (shared by the tabs of this browser, kept after sign-out): 'chat.positions.<user>'.
+  const POSITIONS_PREFIX = 'chat.positions.';
 
   /**
    * The whole client state. Render functions read it; event handlers change it
@@ -75,10 +96,18 @@
     convs: new Map(),         // key -> conversation (see newConv)
     order: [],                // DM keys, most recent activity first ("public" is always first)
     active: 'public',         // key of the open conversation
-    seen: new Set(),          // message ids already shown (drop duplicates)
+    seen: new Map(),          // message id -> message shown (drop duplicates, learn offsets)
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
     outbox: [],               // messages typed while not connected, sent on welcome
-    positions: {},            // channel -> last offset seen (for a later `resume`)
+    positions: {},            // channel -> highest offset seen (saved per user, for `resume`)
+    positionsDirty: false,    // positions changed since they were last saved
+    oldest: {},               // channel -> lowest offset loaded on this page
+    loaded: {},               // channel -> its recent history has been loaded on this page
+    atStart: {},              // channel -> no older message left in history
+    requests: new Map(),      // cid -> history request in flight (see requestHistory)
+    loadingOlder: {},         // channel -> cid of the older-messages request in flight
+    resuming: null,           // { cid, from: {channel: offset} } from `resume` until `resumed`
+    gapsToRetry: [],          // gap requests whose socket closed before the answer
     cidSeq: 0,
     sidebarOpen: false,       // phone layout only
     loginBusy: false,
@@ -127,6 +156,8 @@
     send: $('send'),
     hint: $('composer-hint'),
     count: $('composer-count'),
+    // First row of the message list: "Loading earlier messages…" / "Beginning of conversation".
+    topRow: el('div', { class: 'history-row' }),
   };
 
   const phoneQuery = window.matchMedia('(max-width: 700px)');
@@ -176,6 +207,7 @@
   }
 
   const validUsername = (name) => USERNAME_RE.test(name);
+  const isOffset = (v) => typeof v === 'number' && Number.isInteger(v) && v > 0;
   const initial = (name) => (name ? name.replace(/[^A-Za-z0-9]/g, '').charAt(0) || name.charAt(0) : '?').toUpperCase();
 
   /** A stable pleasant hue per username, used for the avatar / name colour. */
@@ -215,6 +247,25 @@
 
   function clearSession() {
     for (const k of Object.values(STORE)) storeDel(k);
+  }
+
+  /** Positions per channel of `user` saved on this browser: {} when none (a first sign-in here). */
+  function loadPositions(user) {
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(POSITIONS_PREFIX + user) || 'null'); } catch (e) { saved = null; }
+    const positions = {};
+    if (saved && typeof saved === 'object' && !Array.isArray(saved)) {
+      for (const [ch, off] of Object.entries(saved)) if (isOffset(off) || off === 0) positions[ch] = off;
+    }
+    return positions;
+  }
+
+  function savePositions() {
+    state.positionsDirty = false;
+    if (!state.me) return;
+    try {
+      localStorage.setItem(POSITIONS_PREFIX + state.me, JSON.stringify(state.positions));
+    } catch (e) { /* private mode or full: positions live as long as the page */ }
   }
 
   // ----------------------------------------------------- 4. sign in and out
@@ -271,6 +322,7 @@
     }
     saveSession();
     resetChat();
+    state.positions = loadPositions(username);
     restoreConvs();
     renderScreen();
     renderMe();
@@ -308,11 +360,19 @@
     state.convs = new Map();
     state.order = [];
     state.active = 'public';
-    state.seen = new Set();
+    state.seen = new Map();
     for (const m of state.pending.values()) clearTimeout(m.ackTimer);
     state.pending = new Map();
     state.outbox = [];
     state.positions = {};
+    state.positionsDirty = false;
+    state.oldest = {};
+    state.loaded = {};
+    state.atStart = {};
+    state.requests = new Map();
+    state.loadingOlder = {};
+    state.resuming = null;
+    state.gapsToRetry = [];
     ensureConv('public');
     ui.messages.replaceChildren();
     ui.text.value = '';
@@ -384,6 +444,7 @@
     c.ready = false;
     c.server = '';
     stopPing();
+    forgetRequests();
     failInFlight('Connection lost before the server confirmed this message.');
     if (!state.token) return;
     if (code === CLOSE_AUTH) { expireSession(); return; }
@@ -434,6 +495,7 @@
     state.conn.ready = false;
     state.conn.server = '';
     stopPing();
+    forgetRequests();
     if (ws) { try { ws.close(code || 1000); } catch (e) { /* ignore */ } }
   }
 
@@ -501,12 +563,15 @@
     switch (frame.type) {
       case 'welcome': onWelcome(frame); break;
       case 'message': onMessage(frame); break;
+      case 'history': onHistory(frame); break;
+      case 'resumed': onResumed(frame); break;
       case 'ack': onAck(frame); break;
       case 'error': onError(frame); break;
       case 'pong': break;                       // lastFrameAt already refreshed
-      // later: 'presence', 'typing', 'history', 'resumed', 'who'
+      // later: 'presence', 'typing', 'who'
       default: break;                           // unknown types are ignored
     }
+    if (state.positionsDirty) savePositions();
   }
 
   function onWelcome(f) {
@@ -524,51 +589,131 @@
       renderServerId();
       renderConn(false);
     }
-    if (f.positions && typeof f.positions === 'object') {
-      for (const [ch, off] of Object.entries(f.positions)) {
-        if (typeof off === 'number' && !(ch in state.positions)) state.positions[ch] = off;
-      }
-    }
+    startChannels(f.positions && typeof f.positions === 'object' ? f.positions : {});
     flushOutbox();
   }
 
-  function onMessage(f) {
-    if (f.id === undefined || f.id === null) return;
-    if (typeof f.text !== 'string' || typeof f.from !== 'string') return;
-    trackPosition(f);
-    const id = String(f.id);
-    if (state.seen.has(id)) return;                       // duplicate copy
-    const key = convKeyForMessage(f);
-    if (!key) return;                                     // a kind this page does not show yet
-    const ts = typeof f.ts === 'number' ? f.ts : Date.now();
-    const own = f.from === state.me;
-
-    if (own) {
-      // Our own public message may come back before its ack: confirm the pending copy.
-      const mine = findPendingEcho(key, f.text);
-      if (mine) {
-        state.seen.add(id);
-        confirmMessage(mine, id, ts);
-        return;
+  /**
+   * After `welcome`, whose positions are the latest offsets (nothing up to them comes live on
+   * this socket): load the recent history of each channel this page has not shown yet, and
+   * `resume` from the positions this browser has for the user, if it has any. On a reload the
+   * history ends where the saved position is and the replay starts there, so the conversation
+   * shows what was read before and everything since, without a hole.
+   */
+  function startChannels(latest) {
+    const resumeFrom = {};
+    let stored = false;
+    for (const ch of [PUBLIC, myChannel()]) {
+      const top = typeof latest[ch] === 'number' ? latest[ch] : null;
+      const have = state.positions[ch];
+      let before;                               // undefined: the newest messages
+      if (typeof have === 'number') {
+        stored = true;
+        resumeFrom[ch] = have;
+        // Beyond the latest offset: the store was reset. The server reports the gap
+        // (`resumed` lists the channel); from now on this page counts from the latest offset.
+        if (top !== null && have > top) setPosition(ch, top, true);
+        before = Math.min(have, top === null ? have : top) + 1;
+      } else if (top !== null) {
+        resumeFrom[ch] = top;
+        setPosition(ch, top, true);
+      }
+      if (!state.loaded[ch]) {
+        requestHistory({ purpose: 'recent', channel: ch, before, limit: ch === PUBLIC ? RECENT_PUBLIC : RECENT_DMS });
       }
     }
-    state.seen.add(id);
-    addMessage(key, {
-      id, cid: null, kind: f.kind, from: f.from, to: typeof f.to === 'string' ? f.to : null,
-      text: f.text, ts, own, status: 'sent', error: null,
-    });
+    if (stored) {
+      const cid = newCid();
+      if (send({ type: 'resume', positions: resumeFrom, cid })) state.resuming = { cid, from: resumeFrom };
+    }
+    for (const gap of state.gapsToRetry.splice(0)) requestHistory(gap);
+  }
+
+  function onMessage(f) {
+    const ch = typeof f.channel === 'string' ? f.channel : null;
+    const offset = isOffset(f.offset) ? f.offset : null;
+    if (ch && offset !== null && !state.resuming) {
+      const pos = state.positions[ch];
+      if (typeof pos === 'number' && offset > pos + 1) requestGap(ch, pos, offset);
+    }
+    ingest(f, 'live');
+  }
+
+  /** An answer to one of our `history` requests (see requestHistory for the purposes). */
+  function onHistory(f) {
+    const req = typeof f.cid === 'string' ? state.requests.get(f.cid) : undefined;
+    if (req) state.requests.delete(f.cid);
+    const found = Array.isArray(f.messages) ? f.messages.filter((m) => m && typeof m === 'object') : [];
+    const ch = typeof f.channel === 'string' ? f.channel : (req ? req.channel : '');
+    const createdBefore = new Set(state.convs.keys());
+    const added = new Map();                    // conversation key -> messages added
+    for (const m of found) {
+      const msg = ingest(m, 'history');
+      if (msg) added.set(msg.conv, (added.get(msg.conv) || 0) + 1);
+    }
+    let more = -1;                              // >= 0: load older again, after that many rounds
+    if (req && req.purpose === 'recent') {
+      state.loaded[ch] = true;
+      if (found.length < req.limit) state.atStart[ch] = true;
+      more = 0;
+    } else if (req && req.purpose === 'older') {
+      if (state.loadingOlder[ch] === f.cid) delete state.loadingOlder[ch];
+      if (found.length < req.limit) state.atStart[ch] = true;
+      if (req.conv === state.active) more = req.rounds + 1;
+    } else if (req && req.purpose === 'gap') {
+      const got = found.filter((m) => isOffset(m.offset) && m.offset > req.after && m.offset < req.before).length;
+      if (got < req.before - req.after - 1) addGapMarkers(ch, req.after);
+    }
+    for (const key of added.keys()) {
+      if (!createdBefore.has(key)) placeByActivity(state.convs.get(key));
+    }
+    if (added.size) saveConvs();
+    renderMessages(true);                       // keeps what is on screen where it is
+    if (more >= 0) maybeLoadOlder(more);
+    renderConvList();
+    renderTitle();
+  }
+
+  function onResumed(f) {
+    const r = state.resuming;
+    if (!r || (typeof f.cid === 'string' && f.cid !== r.cid)) return;
+    state.resuming = null;
+    if (f.recovered !== false) return;
+    // `gaps` (an addition of this server) names the channels that lost messages; without it, all.
+    const gaps = Array.isArray(f.gaps) && f.gaps.length ? f.gaps : Object.keys(r.from);
+    for (const ch of gaps) if (typeof r.from[ch] === 'number') addGapMarkers(ch, r.from[ch]);
   }
 
   function onAck(f) {
     const m = typeof f.cid === 'string' ? state.pending.get(f.cid) : null;
     if (!m) return;
     const id = f.id !== undefined && f.id !== null ? String(f.id) : m.id;
-    if (id) state.seen.add(id);
+    const shown = id ? state.seen.get(id) : undefined;
+    if (shown && shown !== m) { removeMessage(m); return; }   // its copy came back first
     confirmMessage(m, id, typeof f.ts === 'number' ? f.ts : m.ts);
+    // The ack says where our own copy is stored (the sending tab gets no echo of a DM):
+    // take the offset, and advance the position only over what is contiguous.
+    if (typeof f.channel === 'string' && isOffset(f.offset)) {
+      if (m.offset === null || m.offset === undefined) m.offset = f.offset;
+      if (state.positions[f.channel] === f.offset - 1) setPosition(f.channel, f.offset);
+    }
   }
 
   function onError(f) {
     const text = typeof f.message === 'string' && f.message ? f.message : (f.code || 'Error');
+    const req = typeof f.cid === 'string' ? state.requests.get(f.cid) : undefined;
+    if (req) {
+      state.requests.delete(f.cid);
+      if (state.loadingOlder[req.channel] === f.cid) { delete state.loadingOlder[req.channel]; renderTopRow(); }
+      if (req.purpose === 'gap') state.gapsToRetry.push(req);   // asked again on the next welcome
+      showNotice('Could not load messages: ' + text);
+      return;
+    }
+    if (state.resuming && f.cid === state.resuming.cid && f.code !== 'forbidden') {
+      state.resuming = null;                    // no `resumed` follows; live gaps are filled one by one
+      showNotice('Could not catch up with missed messages: ' + text);
+      return;
+    }
     const m = typeof f.cid === 'string' ? state.pending.get(f.cid) : null;
     if (m) {
       clearTimeout(m.ackTimer);
@@ -582,14 +727,112 @@
     showNotice(text);
   }
 
-  function trackPosition(f) {
-    if (typeof f.channel === 'string' && typeof f.offset === 'number') {
-      const prev = state.positions[f.channel];
-      if (prev === undefined || f.offset > prev) state.positions[f.channel] = f.offset;
+  // ------------------------------------------------ 7. channels and history
+
+  const myChannel = () => 'user:' + state.me;
+
+  /** The channel a conversation's messages are stored in. */
+  const channelOfConv = (conv) => (conv.kind === 'public' ? PUBLIC : myChannel());
+
+  /** The highest offset seen in `ch`; `force` also lowers it (a reset store). */
+  function setPosition(ch, offset, force) {
+    const prev = state.positions[ch];
+    if (prev === offset) return;
+    if (force || prev === undefined || offset > prev) {
+      state.positions[ch] = offset;
+      state.positionsDirty = true;
     }
   }
 
-  // ------------------------------------------- 7. conversations and messages
+  /**
+   * Send `history` for `req` = { purpose, channel, before?, limit, ... }; purposes:
+   *   'recent': the newest messages of a channel not loaded yet (or those up to a saved position)
+   *   'older':  the page before the oldest offset loaded (scrolled to the top of `req.conv`)
+   *   'gap':    offsets after `req.after` and before `req.before` that a live message skipped
+   */
+  function requestHistory(req) {
+    const cid = newCid();
+    const frame = { type: 'history', channel: req.channel, limit: req.limit, cid };
+    if (req.before !== undefined) frame.before = req.before;
+    if (!state.conn.ready || !send(frame)) {
+      if (req.purpose === 'gap') state.gapsToRetry.push(req);
+      return null;
+    }
+    state.requests.set(cid, req);
+    return cid;
+  }
+
+  /** A live message skipped offsets (after, before): fetch them (at most HISTORY_MAX). */
+  function requestGap(ch, after, before) {
+    requestHistory({ purpose: 'gap', channel: ch, after, before, limit: Math.min(before - after - 1, HISTORY_MAX) });
+  }
+
+  /** Requests in flight die with their socket; gap requests are asked again on the next welcome. */
+  function forgetRequests() {
+    for (const req of state.requests.values()) if (req.purpose === 'gap') state.gapsToRetry.push(req);
+    state.requests.clear();
+    state.loadingOlder = {};
+    state.resuming = null;
+    renderTopRow();
+  }
+
+  /** Scrolled to the top of the open conversation: load the page of its channel before it. */
+  function loadOlder(rounds) {
+    const conv = state.convs.get(state.active);
+    if (!conv || !state.conn.ready) return;
+    const ch = channelOfConv(conv);
+    if (!state.loaded[ch] || state.atStart[ch] || state.loadingOlder[ch]) return;
+    const oldest = state.oldest[ch];
+    if (oldest === undefined || oldest <= 1) {
+      state.atStart[ch] = true;
+      renderTopRow();
+      return;
+    }
+    const cid = requestHistory({ purpose: 'older', channel: ch, before: oldest, limit: OLDER_PAGE, conv: conv.key, rounds });
+    if (cid) {
+      state.loadingOlder[ch] = cid;
+      renderTopRow();
+    }
+  }
+
+  /** Keep loading while the top of the list is in view (a short conversation), a few rounds at most. */
+  function maybeLoadOlder(rounds) {
+    if (rounds < AUTO_OLDER_ROUNDS && ui.messages.scrollTop <= LOAD_OLDER_PX) loadOlder(rounds);
+  }
+
+  /** Messages after offset `after` of `ch` are lost: mark the conversations of that channel. */
+  function addGapMarkers(ch, after) {
+    let keys = [];
+    if (ch === PUBLIC) keys = [PUBLIC];
+    else if (ch === myChannel()) keys = state.order.slice();
+    if (ch === myChannel() && !keys.length) showNotice(GAP_TEXT + ' (private messages).');
+    let active = false;
+    for (const key of keys) {
+      const conv = state.convs.get(key);
+      if (conv && addMarker(conv, after)) active = active || key === state.active;
+    }
+    if (active) renderMessages(true);
+  }
+
+  /** A marker after offset `after` (sorted as offset after + 0.5); false if one is there. */
+  function addMarker(conv, after) {
+    const at = after + 0.5;
+    if (conv.messages.some((m) => m.marker && m.offset === at)) return false;
+    let lastTs = null;
+    let nextTs = null;
+    for (const m of conv.messages) {
+      if (m.marker || m.offset === null || m.offset === undefined) continue;
+      if (m.offset <= after) lastTs = lastTs === null ? m.ts : Math.max(lastTs, m.ts);
+      else nextTs = nextTs === null ? m.ts : Math.min(nextTs, m.ts);
+    }
+    const ts = lastTs !== null ? lastTs : (nextTs !== null ? nextTs : Date.now());
+    const marker = { marker: true, id: null, own: false, ts, offset: at, conv: conv.key, el: null, sepEl: null };
+    const i = insertSorted(conv, marker);
+    invalidateFrom(conv, i + 1);
+    return true;
+  }
+
+  // ------------------------------------------- 7b. conversations and messages
 
   const dmKey = (user) => 'dm:' + user;
 
@@ -597,7 +840,7 @@
   function convKeyForMessage(f) {
     if (f.kind === 'public') return 'public';
     if (f.kind === 'private') {
-      const other = f.from === state.me ? f.to : f.from;    // from == me: a copy from my other tab
+      const other = f.from === state.me ? f.to : f.from;    // from == me: sent by me (another tab, or history)
       return typeof other === 'string' && other ? dmKey(other) : null;
     }
     return null;                                            // 'room' later: 'room:' + f.room
@@ -629,6 +872,16 @@
     else if (i < 0) state.order.unshift(conv.key);
   }
 
+  /** Put a DM that history brought among the others by its latest message. */
+  function placeByActivity(conv) {
+    if (!conv || conv.kind === 'public') return;
+    const i = state.order.indexOf(conv.key);
+    if (i >= 0) state.order.splice(i, 1);
+    let j = state.order.findIndex((k) => state.convs.get(k).lastTs < conv.lastTs);
+    if (j < 0) j = state.order.length;
+    state.order.splice(j, 0, conv.key);
+  }
+
   /** Open a private conversation with `name` (from the sidebar input or a name click). */
   function openDM(name) {
     if (!validUsername(name)) return 'Not a valid username (1–32 letters, digits, "_", "." or "-").';
@@ -656,13 +909,114 @@
     renderComposer();
     renderSidebar();
     renderTitle();
+    maybeLoadOlder(0);
     if (focusAfter) focusComposer();
   }
 
-  /** Find our own message sent on the wire, not yet acked, with this text. */
+  /**
+   * A message frame (live, replayed, or from history) into its conversation. Returns the new
+   * message, or null: a copy of one shown already (by `id`; then its offset is learned if it
+   * lacked one: own private messages are acked without echo), an own message waiting for its
+   * echo, or a kind this page does not show.
+   */
+  function ingest(f, source) {
+    if (f.id === undefined || f.id === null) return null;
+    if (typeof f.text !== 'string' || typeof f.from !== 'string') return null;
+    const ch = typeof f.channel === 'string' ? f.channel : null;
+    const offset = isOffset(f.offset) ? f.offset : null;
+    if (ch && offset !== null) {
+      setPosition(ch, offset);
+      if (!(state.oldest[ch] <= offset)) state.oldest[ch] = offset;
+    }
+    const id = String(f.id);
+    const key = convKeyForMessage(f);
+    const shown = state.seen.get(id);
+    if (shown) {
+      if (shown.offset === null && offset !== null && shown.conv === key) {
+        shown.offset = offset;
+        reposition(shown);
+      }
+      return null;
+    }
+    if (!key) return null;                                // a kind this page does not show yet
+    const ts = typeof f.ts === 'number' ? f.ts : Date.now();
+    const own = f.from === state.me;
+    if (own) {
+      // Our own message may come back before its ack (or after its socket died): confirm our copy.
+      const mine = findPendingEcho(key, f.text);
+      if (mine) {
+        mine.offset = offset;
+        confirmMessage(mine, id, ts);
+        return null;
+      }
+    }
+    const msg = {
+      id, cid: null, kind: f.kind, from: f.from, to: typeof f.to === 'string' ? f.to : null,
+      text: f.text, ts, offset, own, status: 'sent', error: null,
+    };
+    state.seen.set(id, msg);
+    insertMessage(key, msg, source);
+    return msg;
+  }
+
+  /** Own messages not acknowledged yet (no id): they stay at the bottom, in sending order. */
+  const isUnconfirmed = (m) => !m.marker && m.own && !m.id;
+
+  /** Order within a conversation: by (ts, offset); unconfirmed own messages last. */
+  function sortsBefore(a, b) {
+    const ua = isUnconfirmed(a);
+    const ub = isUnconfirmed(b);
+    if (ua !== ub) return ub;
+    if (ua) return false;
+    if (a.ts !== b.ts) return a.ts < b.ts;
+    const oa = a.offset === null || a.offset === undefined ? Infinity : a.offset;
+    const ob = b.offset === null || b.offset === undefined ? Infinity : b.offset;
+    return oa < ob;
+  }
+
+  /** Insert `item` into its sorted place (searching from the end, where most land); its index. */
+  function insertSorted(conv, item) {
+    let i = conv.messages.length;
+    while (i > 0 && sortsBefore(item, conv.messages[i - 1])) i--;
+    conv.messages.splice(i, 0, item);
+    return i;
+  }
+
+  /** The nodes from index `i` to the next message (included) depend on what precedes them. */
+  function invalidateFrom(conv, i) {
+    for (let k = i; k < conv.messages.length; k++) {
+      const m = conv.messages[k];
+      m.el = null;
+      if (!m.marker) break;
+    }
+  }
+
+  /** Move `m` if its sort key changed (an ack's ts, a learned offset). */
+  function reposition(m) {
+    const conv = state.convs.get(m.conv);
+    if (!conv) return;
+    const list = conv.messages;
+    const i = list.indexOf(m);
+    if (i < 0) return;
+    if ((i === 0 || !sortsBefore(m, list[i - 1])) && (i === list.length - 1 || !sortsBefore(list[i + 1], m))) return;
+    list.splice(i, 1);
+    invalidateFrom(conv, i);
+    const j = insertSorted(conv, m);
+    m.el = null;
+    invalidateFrom(conv, j + 1);
+    if (m.conv === state.active) renderMessages(true);
+  }
+
+  /** Our own message sent on the wire and not acked (pending, or failed with its socket), with this text. */
   function findPendingEcho(key, text) {
     for (const m of state.pending.values()) {
       if (m.conv === key && m.text === text && !m.id) return m;
+    }
+    const conv = state.convs.get(key);
+    if (!conv) return null;
+    for (let i = conv.messages.length - 1; i >= 0; i--) {
+      const m = conv.messages[i];
+      if (m.own && !m.id && m.status === 'failed' && m.text === text) return m;
     }
     return null;
   }
@@ -671,31 +1025,36 @@
     clearTimeout(m.ackTimer);
     if (m.cid) state.pending.delete(m.cid);
     m.id = id || m.id;
+    if (m.id) state.seen.set(m.id, m);
     m.ts = ts;
     m.status = 'sent';
     m.error = null;
     updateMessageNode(m);
+    reposition(m);
   }
 
-  /** Add a message to a conversation, render it if the conversation is open. */
-  function addMessage(key, msg) {
+  /**
+   * Add a message to its conversation, in order. Live ones (and our own, source 'send') are
+   * rendered at once; history is rendered by its caller, in one go (onHistory).
+   */
+  function insertMessage(key, msg, source) {
     const conv = ensureConv(key);
     msg.conv = key;
     msg.el = null;
+    msg.sepEl = null;
+    const i = insertSorted(conv, msg);
+    conv.lastTs = Math.max(conv.lastTs, msg.ts);
+    if (source === 'history') {
+      invalidateFrom(conv, i + 1);
+      return;
+    }
     const isActive = key === state.active;
     const wasAtBottom = isActive && isAtBottom();
-    conv.messages.push(msg);
-    conv.lastTs = Math.max(conv.lastTs, msg.ts);
     touchConv(conv);
-
-    let rebuild = false;
-    while (conv.messages.length > MAX_MESSAGES_PER_CONV) {
-      const old = conv.messages.shift();
-      if (old.el) old.el.remove();
-      if (old.sepEl) old.sepEl.remove();
-      conv.messages[0].el = null;       // its grouping / day separator may change
-      rebuild = true;
-    }
+    let rebuild = i !== conv.messages.length - 1;
+    if (rebuild) invalidateFrom(conv, i + 1);
+    // Trim the oldest, unless the reader is up there (reading what scrolling loaded).
+    if (!isActive || wasAtBottom) rebuild = trimConv(conv) || rebuild;
 
     if (!msg.own && (!isActive || document.hidden)) conv.unread += 1;
 
@@ -703,18 +1062,42 @@
       if (rebuild) {
         renderMessages(true);
       } else {
-        const prev = conv.messages[conv.messages.length - 2] || null;
-        buildMessageNode(msg, prev);
+        const prev = conv.messages[i - 1];
+        buildItemNode(msg, prevMessage(conv, i), !!(prev && prev.marker));
         if (msg.sepEl) ui.messages.append(msg.sepEl);
         ui.messages.append(msg.el);
         renderEmpty();
+        renderTopRow();
       }
-      if (wasAtBottom || msg.own) scrollToBottom();
+      if (wasAtBottom || source === 'send') scrollToBottom();
       else ui.newPill.hidden = false;
     }
     renderConvList();
     renderTitle();
     if (key !== 'public') saveConvs();
+  }
+
+  /** The last message (not marker) before index `i`. */
+  function prevMessage(conv, i) {
+    for (let k = i - 1; k >= 0; k--) if (!conv.messages[k].marker) return conv.messages[k];
+    return null;
+  }
+
+  /** Drop the oldest messages beyond MAX_MESSAGES_PER_CONV; true if any went. */
+  function trimConv(conv) {
+    let trimmed = false;
+    while (conv.messages.length > MAX_MESSAGES_PER_CONV && !isUnconfirmed(conv.messages[0])) {
+      const old = conv.messages.shift();
+      if (old.id && state.seen.get(old.id) === old) state.seen.delete(old.id);   // history may bring it back
+      trimmed = true;
+    }
+    if (!trimmed) return false;
+    invalidateFrom(conv, 0);
+    if (conv.kind === 'public') {
+      const first = conv.messages.find((m) => !m.marker && isOffset(m.offset));
+      if (first) { state.oldest[PUBLIC] = first.offset; state.atStart[PUBLIC] = false; }
+    }
+    return true;
   }
 
   function removeMessage(m) {
@@ -724,10 +1107,9 @@
     if (i < 0) return;
     conv.messages.splice(i, 1);
     clearTimeout(m.ackTimer);
-    if (m.cid) state.pending.delete(m.cid);
-    if (m.el) m.el.remove();
-    if (m.sepEl) m.sepEl.remove();
-    if (conv.messages[i]) conv.messages[i].el = null;    // next one may need a new header
+    if (m.cid && state.pending.get(m.cid) === m) state.pending.delete(m.cid);
+    if (m.id && state.seen.get(m.id) === m) state.seen.delete(m.id);
+    invalidateFrom(conv, i);
     if (m.conv === state.active) renderMessages(true);
   }
 
@@ -750,13 +1132,14 @@
     return null;
   }
 
-  function queueOutgoing(key, text) {
+  /** `cid`: a retry keeps its first attempt's, so the server recognises it (same id, no copy). */
+  function queueOutgoing(key, text, cid) {
     const conv = ensureConv(key);
     const msg = {
-      id: null, cid: newCid(), kind: conv.kind === 'public' ? 'public' : 'private',
-      from: state.me, to: conv.peer, text, ts: Date.now(), own: true, status: 'queued', error: null,
+      id: null, cid: cid || newCid(), kind: conv.kind === 'public' ? 'public' : 'private',
+      from: state.me, to: conv.peer, text, ts: Date.now(), offset: null, own: true, status: 'queued', error: null,
     };
-    addMessage(key, msg);
+    insertMessage(key, msg, 'send');
     transmit(msg);
   }
 
@@ -803,8 +1186,9 @@
   function retryMessage(m) {
     const key = m.conv;
     const text = m.text;
+    const cid = m.cid;
     removeMessage(m);
-    queueOutgoing(key, text);
+    queueOutgoing(key, text, cid);
   }
 
   // ------------------------------------------------------- 8. rendering
@@ -952,38 +1336,97 @@
     document.title = (total ? '(' + total + ') ' : '') + 'Chat' + (state.me ? ' · ' + state.me : '');
   }
 
-  /** Re-render the message list of the open conversation from its cached nodes. */
+  /**
+   * Re-render the message list of the open conversation from its cached nodes. `keepScroll`:
+   * the same conversation changed; keep the reader at the bottom if they were, else keep the
+   * message at the top of the view where it was (messages prepended above it do not move it).
+   */
   function renderMessages(keepScroll) {
     const conv = state.convs.get(state.active);
     const list = ui.messages;
-    const scrollTop = list.scrollTop;
-    const wasAtBottom = isAtBottom();
+    const anchor = keepScroll ? captureAnchor() : null;
     // Do not let a screen reader re-read the whole list on a conversation switch.
     list.setAttribute('aria-live', 'off');
-    const nodes = [];
+    const nodes = [ui.topRow];
     let prev = null;
+    let afterMarker = false;
     for (const m of conv.messages) {
-      if (!m.el) buildMessageNode(m, prev);
+      if (!m.el) buildItemNode(m, prev, afterMarker);
       if (m.sepEl) nodes.push(m.sepEl);
       nodes.push(m.el);
-      prev = m;
+      if (m.marker) afterMarker = true;
+      else { prev = m; afterMarker = false; }
     }
-    list.replaceChildren(...nodes);
+    // Move, add and remove only what changed: nodes that stay keep their place (and focus).
+    const children = list.children;
+    for (let k = 0; k < nodes.length; k++) {
+      if (children[k] !== nodes[k]) list.insertBefore(nodes[k], children[k] || null);
+    }
+    while (children.length > nodes.length) list.lastElementChild.remove();
     requestAnimationFrame(() => list.setAttribute('aria-live', 'polite'));
+    renderTopRow();
     renderEmpty();
-    ui.newPill.hidden = true;
     if (keepScroll) {
-      if (wasAtBottom) scrollToBottom(); else list.scrollTop = scrollTop;
-    } else if (conv.scroll === null || conv.scroll === undefined) {
-      scrollToBottom();
+      restoreAnchor(anchor);
     } else {
-      list.scrollTop = conv.scroll;
+      ui.newPill.hidden = true;
+      if (conv.scroll === null || conv.scroll === undefined) scrollToBottom();
+      else list.scrollTop = conv.scroll;
     }
+  }
+
+  /** The conversation item (message or marker) each node of the list shows. */
+  const itemOf = new WeakMap();
+
+  /**
+   * Where the reader is: at the bottom, or the first item in view and where its bottom edge
+   * is. An item, not a node: its node may be rebuilt when its neighbours change (it may lose
+   * its name header or day separator, which is why its bottom edge, not its top, is kept).
+   */
+  function captureAnchor() {
+    const list = ui.messages;
+    if (isAtBottom()) return { bottom: true };
+    const top = list.getBoundingClientRect().top;
+    for (const node of list.children) {
+      if (node === ui.topRow || node.getBoundingClientRect().bottom <= top) continue;
+      // A day separator belongs to the message after it, which may lose it when rebuilt.
+      const shown = itemOf.has(node) ? node : node.nextElementSibling;
+      const item = shown ? itemOf.get(shown) : undefined;
+      if (!item) break;
+      return { item, delta: shown.getBoundingClientRect().bottom - top, scrollTop: list.scrollTop };
+    }
+    return { scrollTop: list.scrollTop };
+  }
+
+  function restoreAnchor(anchor) {
+    const list = ui.messages;
+    if (!anchor || anchor.bottom) { scrollToBottom(); return; }
+    const node = anchor.item ? anchor.item.el : null;
+    if (node && node.isConnected) {
+      list.scrollTop += node.getBoundingClientRect().bottom - list.getBoundingClientRect().top - anchor.delta;
+    } else {
+      list.scrollTop = anchor.scrollTop;
+    }
+  }
+
+  /** The first row of the list: older messages loading, or the start of the channel reached. */
+  function renderTopRow() {
+    const conv = state.convs.get(state.active);
+    let text = '';
+    let mode = '';
+    if (conv && state.me) {
+      const ch = channelOfConv(conv);
+      if (state.loadingOlder[ch]) { text = 'Loading earlier messages…'; mode = 'loading'; }
+      else if (state.atStart[ch] && conv.messages.some((m) => !m.marker)) { text = 'Beginning of conversation'; mode = 'start'; }
+    }
+    // Always there, with a fixed height: its text changing never moves the messages.
+    ui.topRow.textContent = text;
+    ui.topRow.dataset.state = mode;
   }
 
   function renderEmpty() {
     const conv = state.convs.get(state.active);
-    const empty = conv.messages.length === 0;
+    const empty = conv.messages.length === 0 && !state.loadingOlder[channelOfConv(conv)];
     ui.empty.hidden = !empty;
     if (!empty) return;
     if (conv.kind === 'public') {
@@ -996,13 +1439,26 @@
   }
 
   /**
-   * Build the DOM of one message (and of the day separator before it, if any).
+   * Build the DOM of one item of a conversation: a message (and the day separator before it,
+   * if any), or a marker where messages could not be recovered. `prev`: the previous message;
+   * `afterMarker`: a marker is between them.
    * Grouping: a message follows the previous one without a header when it is
-   * from the same sender, on the same day, within GROUP_WINDOW_MS.
+   * from the same sender, on the same day, within GROUP_WINDOW_MS, with no marker between.
    */
-  function buildMessageNode(m, prev) {
+  function buildItemNode(m, prev, afterMarker) {
+    if (m.marker) {
+      m.sepEl = null;
+      m.el = el('div', { class: 'day-sep gap-sep', role: 'status' }, [el('span', { text: GAP_TEXT })]);
+    } else {
+      buildMessageNode(m, prev, afterMarker);
+    }
+    itemOf.set(m.el, m);
+    return m.el;
+  }
+
+  function buildMessageNode(m, prev, afterMarker) {
     const newDay = !prev || dayStamp(prev.ts) !== dayStamp(m.ts);
-    const grouped = !newDay && prev && prev.from === m.from && m.ts - prev.ts < GROUP_WINDOW_MS;
+    const grouped = !newDay && !afterMarker && prev && prev.from === m.from && m.ts - prev.ts < GROUP_WINDOW_MS;
     const conv = state.convs.get(m.conv);
 
     m.sepEl = newDay
@@ -1194,6 +1650,7 @@
 
     ui.messages.addEventListener('scroll', () => {
       if (isAtBottom()) ui.newPill.hidden = true;
+      if (ui.messages.scrollTop <= LOAD_OLDER_PX) loadOlder(0);
     }, { passive: true });
     ui.newPill.addEventListener('click', () => {
       scrollToBottom();

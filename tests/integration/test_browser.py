@@ -2,22 +2,38 @@
 
 Debian's Chromium (/usr/bin/chromium; ./scripts/ensure-chromium.sh installs it), headless,
 driven by Playwright's sync API, against the module's two real chat servers behind the
-repository's nginx.conf. Each person is a browser context of their own (own sessionStorage,
-own socket). Screenshots go to test-output/browser/.
+repository's nginx.conf. Each person is a browser context of their own (own sessionStorage
+and localStorage, own socket); the frames of each of their sockets are recorded. Screenshots
+go to test-output/browser/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import signal
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Dialog, Locator, Page, Response, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Locator,
+    Page,
+    Response,
+    WebSocket,
+    expect,
+    sync_playwright,
+)
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from websockets.sync.client import connect as ws_connect
 
 from tests.integration.conftest import OUTPUT, NginxFront, RealCluster
 
@@ -34,6 +50,9 @@ CHROMIUM_ARGS = [
 SHOTS = OUTPUT / "browser"
 WAIT_MS = 10_000  # default timeout of every Playwright action, wait and expect() here
 XSS = "<img src=x onerror=alert(1)>"
+GAP_TEXT = "Some messages could not be recovered"
+
+Frame = dict[str, Any]
 
 
 @dataclass
@@ -47,6 +66,7 @@ class Person:
     page_errors: list[str] = field(default_factory=list)  # uncaught exceptions in the page
     readyz: list[int] = field(default_factory=list)  # statuses of the page's GET /readyz
     server: str = ""  # SERVER_ID of the server holding this person's socket
+    sockets: list[list[tuple[str, Frame]]] = field(default_factory=list)  # per socket: ("sent"|"received", frame)
 
     def message(self, text: str) -> Locator:
         """The message (the whole .msg) in the open conversation whose text is exactly ``text``."""
@@ -54,6 +74,32 @@ class Person:
 
     def shot(self, label: str = "") -> None:
         self.page.screenshot(path=str(SHOTS / f"{self.name}{'-' + label if label else ''}.png"))
+
+    def frames(self, direction: str, kind: str, socket: int = -1) -> list[Frame]:
+        """Frames of one type the page sent or received on one socket (the latest by default)."""
+        return [f for d, f in self.sockets[socket] if d == direction and f.get("type") == kind]
+
+    def wait_for_frame(
+        self, direction: str, kind: str, where: Callable[[Frame], bool] = lambda f: True, timeout_s: float = 10.0
+    ) -> Frame:
+        """The first such frame on the latest socket, waiting for it (events arrive while Playwright runs)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [f for f in self.frames(direction, kind) if where(f)] if self.sockets else []
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name}'s page {direction} no such {kind!r} frame on its latest socket")
+            self.page.wait_for_timeout(50)
+
+    def saved_positions(self) -> dict[str, int]:
+        """What the page keeps in localStorage to resume from: {channel: offset}."""
+        saved = self.page.evaluate(f"localStorage.getItem('chat.positions.{self.name}')")
+        return json.loads(saved) if saved else {}
+
+    def texts(self) -> list[str]:
+        """The texts of the messages of the open conversation, top to bottom."""
+        return self.page.locator("#messages .msg .msg-text").all_text_contents()
 
     def close(self) -> None:
         self.context.close()
@@ -88,17 +134,32 @@ def open_page(browser: Browser, nginx: NginxFront, name: str) -> Person:
         if response.url.endswith("/readyz"):
             person.readyz.append(response.status)
 
+    def on_websocket(ws: WebSocket) -> None:
+        frames: list[tuple[str, Frame]] = []
+        person.sockets.append(frames)
+
+        def record(direction: str) -> Callable[[str | bytes], None]:
+            return lambda payload: frames.append((direction, json.loads(payload)))
+
+        ws.on("framesent", record("sent"))
+        ws.on("framereceived", record("received"))
+
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda exc: person.page_errors.append(str(exc)))
     page.on("response", on_response)
+    page.on("websocket", on_websocket)
     page.goto(nginx.url + "/")
     return person
 
 
 def sign_in(browser: Browser, nginx: NginxFront, name: str) -> Person:
     """Sign in through the page's form; returns once the page is online and knows its server."""
-    person = open_page(browser, nginx, name)
-    page = person.page
+    return sign_in_on(open_page(browser, nginx, name))
+
+
+def sign_in_on(person: Person) -> Person:
+    """Sign in on a page opened with ``open_page`` (whose storage a test may have prepared)."""
+    name, page = person.name, person.page
     expect(page.get_by_role("heading", name="Chat")).to_be_visible()
     page.get_by_label("Username").fill(name)
     page.get_by_role("button", name="Sign in").click()
@@ -149,7 +210,19 @@ def chat(pair: Pair) -> Iterator[Pair]:
 
 
 def open_conversation(person: Person, label: str) -> None:
-    person.page.locator("#conv-list").get_by_role("button", name=re.compile("^" + re.escape(label))).click()
+    conversation(person, label).click()
+
+
+def conversation(person: Person, label: str) -> Locator:
+    """The sidebar button of a conversation, by the start of its label ("Public channel", ...)."""
+    return person.page.locator("#conv-list").get_by_role("button", name=re.compile("^" + re.escape(label)))
+
+
+def open_dm(person: Person, name: str) -> None:
+    """Open the private conversation with ``name`` through the sidebar's "Message a user…" box."""
+    person.page.get_by_role("textbox", name="Message a user…").fill(name)
+    person.page.get_by_role("button", name="Open private conversation").click()
+    expect(person.page.locator("#conv-title")).to_have_text(name)
 
 
 def send(person: Person, text: str) -> None:
@@ -231,6 +304,13 @@ def test_private_message_shows_unread_badge_until_opened(chat: Pair) -> None:
     send(alice, reply)
     expect(bob.message(reply)).to_be_visible()
     expect_acked(alice, reply)
+    # bob's own DM was acked, not echoed; the ack told his page its offset, so alice's reply
+    # follows on with no gap: no history request to fill one, and no gap marker.
+    offset = bob.wait_for_frame("received", "message", lambda f: f["text"] == reply)["offset"]
+    acked = bob.wait_for_frame("received", "ack", lambda f: f.get("channel") == "user:bob")
+    assert acked["offset"] == offset - 1
+    assert not any(f.get("before") == offset for f in bob.frames("sent", "history")), "no gap to fill"
+    expect(bob.page.get_by_text(GAP_TEXT)).to_have_count(0)
     expect(bob.page.locator("#conv-list .badge")).to_have_count(0)
     assert_clean(alice, bob)
 
@@ -249,6 +329,243 @@ def test_markup_in_a_message_is_shown_as_text(chat: Pair) -> None:
     send(bob, "after the markup")
     expect(alice.message("after the markup")).to_be_visible()
     assert_clean(alice, bob)
+
+
+def server_number(cluster: RealCluster, server_id: str) -> int:
+    return next(n for n, s in cluster.servers.items() if s.server_id == server_id)
+
+
+def reconnect_now(person: Person, timeout_s: float = 15.0) -> None:
+    """Press "Retry now" (a person would rather than wait out the backoff) until the page is online."""
+    conn = person.page.locator("#conn")
+    deadline = time.monotonic() + timeout_s
+    while conn.get_attribute("data-state") != "online":
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"{person.name}'s page did not come back online: {person.page.locator('#conn-text').inner_text()}"
+            )
+        with contextlib.suppress(PlaywrightTimeoutError):  # hidden while an attempt is under way
+            person.page.get_by_role("button", name="Retry now").click(timeout=500)
+        person.page.wait_for_timeout(200)
+    expect(conn).to_have_attribute("data-server", re.compile(r"^ws-\d+$"))
+
+
+def post_public(cluster: RealCluster, user: str, texts: list[str]) -> None:
+    """Send public messages over a plain WebSocket to ws-1, as fast as acks come back."""
+    base = cluster.url(1)
+    url = base.replace("http://", "ws://") + "/ws?token=" + cluster.token(user)
+    with ws_connect(url, origin=base, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        for i, text in enumerate(texts):
+            ws.send(json.dumps({"type": "public", "text": text, "cid": str(i)}))
+        acked: set[str] = set()
+        while len(acked) < len(texts):
+            frame = json.loads(ws.recv(timeout=10))
+            assert frame["type"] != "error", frame
+            if frame["type"] == "ack":
+                acked.add(frame["cid"])
+
+
+def test_a_page_that_reconnects_resumes_what_it_missed(cluster: RealCluster, nginx: NginxFront, chat: Pair) -> None:
+    """bob's server dies (SIGKILL). alice writes while his page cannot reconnect yet; when it does,
+    through nginx to the other server, it resumes from its saved positions: each message once,
+    in order, and no gap marker."""
+    alice, bob = chat.alice, chat.bob
+    bob.server = bob.page.locator("#conn").get_attribute("data-server") or ""
+    doomed = server_number(cluster, bob.server)
+    survivor = next(n for n in cluster.servers if n != doomed)
+    tag = uuid.uuid4().hex[:6]
+    dms = [f"are you there? {tag}", f"call me back {tag}"]
+    public = f"meeting moved to 3pm {tag}"
+    saved = bob.saved_positions()
+    assert set(saved) == {"public", "user:bob"}, saved
+    sockets = len(bob.sockets)
+    try:
+        # nginx knows only the doomed server until alice has written: bob's page retries in vain.
+        nginx.set_upstream([cluster.servers[doomed].port])
+        time.sleep(0.5)  # `nginx -s reload` returns before the new workers take over
+        cluster.stop(doomed, signal.SIGKILL)
+        expect(bob.page.locator("#conn")).not_to_have_attribute("data-state", "online")
+
+        open_dm(alice, "bob")
+        for text in dms:
+            send(alice, text)
+            expect_acked(alice, text)
+        open_conversation(alice, "Public channel")
+        send(alice, public)
+        expect_acked(alice, public)
+        assert bob.page.locator("#conn").get_attribute("data-state") != "online", "bob must miss them live"
+
+        nginx.set_upstream([cluster.servers[survivor].port])
+        reconnect_now(bob)
+        expect(bob.page.locator("#conn")).to_have_attribute("data-server", cluster.server_id(survivor))
+        assert len(bob.sockets) > sockets
+        resumed = bob.wait_for_frame("received", "resumed")
+        assert resumed["recovered"] is True and "gaps" not in resumed, resumed
+        # The new socket sent `resume` from what was saved, and the three came back in the replay.
+        assert [f["positions"] for f in bob.frames("sent", "resume")] == [saved]
+        received = [f for d, f in bob.sockets[-1] if d == "received"]
+        replayed = received[: received.index(resumed)]
+        assert [f["text"] for f in replayed if f.get("type") == "message" and tag in f["text"]] == [public, *dms]
+        assert bob.frames("sent", "history") == [], "a page that has its channels loaded only resumes"
+
+        # bob is on Public: the public message is there once, last; the DMs wait unread.
+        expect(bob.message(public)).to_have_count(1)
+        assert bob.texts()[-1] == public
+        dm_conv = conversation(bob, "Private conversation with alice")
+        expect(dm_conv).to_have_attribute("aria-label", "Private conversation with alice, 2 unread")
+        expect(bob.page.locator("#messages .gap-sep")).to_have_count(0)
+        dm_conv.click()
+        for text in dms:
+            expect(bob.message(text)).to_have_count(1)
+        assert [t for t in bob.texts() if tag in t] == dms
+        expect(bob.page.get_by_text(GAP_TEXT)).to_have_count(0)
+        after = bob.saved_positions()
+        assert after["public"] >= saved["public"] + 1 and after["user:bob"] >= saved["user:bob"] + 2, after
+        bob.shot("resumed")
+        assert_clean(alice, bob)
+    finally:
+        if doomed not in cluster.servers:
+            cluster.start(doomed)
+        nginx.set_upstream([s.port for s in cluster.servers.values()])
+
+
+def test_a_reload_shows_earlier_messages_again(chat: Pair) -> None:
+    """After a reload the page has its saved positions: history up to them, and resume after them."""
+    alice, bob = chat.alice, chat.bob
+    tag = uuid.uuid4().hex[:6]
+    public, dm, reply = f"minutes are in the wiki {tag}", f"lunch tomorrow? {tag}", f"yes, at noon {tag}"
+    send(alice, public)
+    expect(bob.message(public)).to_have_count(1)
+    open_dm(alice, "bob")
+    send(alice, dm)
+    expect_acked(alice, dm)
+    open_dm(bob, "alice")
+    expect(bob.message(dm)).to_have_count(1)
+    send(bob, reply)
+    expect_acked(bob, reply)  # acked only: bob's page learns its offset later (a gap it fills, or a replay)
+    expect(alice.message(reply)).to_have_count(1)
+    saved = bob.saved_positions()
+
+    bob.page.reload()
+    expect(bob.page.locator("#conn")).to_have_attribute("data-state", "online")
+    expect(bob.page.locator("#conv-title")).to_have_text("alice")  # the open conversation is kept too
+    for text in (dm, reply):
+        expect(bob.message(text)).to_have_count(1)
+    expect(bob.message(reply)).to_have_class(re.compile(r"\bis-own\b.*\bis-sent\b"))
+    assert [t for t in bob.texts() if tag in t] == [dm, reply]
+    # History up to the saved positions, then resume from them.
+    sent = [f for d, f in bob.sockets[-1] if d == "sent" and f.get("type") in ("history", "resume")]
+    assert [(f["type"], f.get("channel"), f.get("before"), f.get("limit")) for f in sent] == [
+        ("history", "public", saved["public"] + 1, 50),
+        ("history", "user:bob", saved["user:bob"] + 1, 100),
+        ("resume", None, None, None),
+    ]
+    assert sent[-1]["positions"] == saved
+    assert bob.wait_for_frame("received", "resumed")["recovered"] is True
+    open_conversation(bob, "Public channel")
+    expect(bob.message(public)).to_have_count(1)
+    expect(bob.page.get_by_text(GAP_TEXT)).to_have_count(0)
+    bob.shot("reloaded")
+    assert_clean(alice, bob)
+
+
+def test_a_first_sign_in_shows_recent_history(browser: Browser, nginx: NginxFront, chat: Pair) -> None:
+    """A browser that never saw frank: recent Public history, and his DMs from user:frank."""
+    alice = chat.alice
+    tag = uuid.uuid4().hex[:6]
+    public, dm = f"welcome aboard, newcomers {tag}", f"frank, your desk is ready {tag}"
+    send(alice, public)
+    expect_acked(alice, public)
+    open_dm(alice, "frank")
+    send(alice, dm)
+    expect_acked(alice, dm)
+
+    frank = sign_in(browser, nginx, "frank")
+    try:
+        expect(frank.message(public)).to_have_count(1)
+        # Fewer than the 50 asked for: the whole channel is there.
+        expect(frank.page.locator("#messages .history-row")).to_have_text("Beginning of conversation")
+        sent = [f for d, f in frank.sockets[-1] if d == "sent" and f.get("type") in ("history", "resume")]
+        assert [(f["type"], f["channel"], f.get("before"), f["limit"]) for f in sent] == [
+            ("history", "public", None, 50),
+            ("history", "user:frank", None, 100),
+        ]
+        dm_conv = conversation(frank, "Private conversation with alice")
+        expect(dm_conv).to_be_visible()
+        dm_conv.click()
+        expect(frank.message(dm)).to_have_count(1)
+        expect(frank.message(dm).locator(".msg-from")).to_have_text("alice")
+        saved = frank.saved_positions()
+        newest = {
+            f["channel"]: max([0, *(m["offset"] for m in f["messages"])]) for f in frank.frames("received", "history")
+        }
+        assert saved == newest and saved["user:frank"] >= 1, (saved, newest)
+        frank.shot("first-sign-in")
+        assert_clean(frank)
+    finally:
+        frank.close()
+
+
+def test_a_position_history_no_longer_covers_shows_a_marker(browser: Browser, nginx: NginxFront, chat: Pair) -> None:
+    """A saved position beyond the server's newest offset (its store was reset): `resumed` reports
+    the gap; the page marks it and counts from the server's offsets again."""
+    gus = open_page(browser, nginx, "gus")
+    try:
+        gus.page.evaluate(
+            "localStorage.setItem('chat.positions.gus', JSON.stringify({public: 1000000, 'user:gus': 0}))"
+        )
+        sign_in_on(gus)
+        resumed = gus.wait_for_frame("received", "resumed")
+        assert (resumed["recovered"], resumed.get("gaps")) == (False, ["public"])
+        marker = gus.page.get_by_role("status").filter(has_text=GAP_TEXT)
+        expect(marker).to_have_count(1)
+        expect(marker).to_be_visible()
+        expect(marker).to_have_class(re.compile(r"\bgap-sep\b"))
+        assert gus.saved_positions()["public"] < 1000000
+
+        after = f"after the gap {uuid.uuid4().hex[:6]}"
+        send(chat.alice, after)
+        expect(gus.message(after)).to_have_count(1)
+        expect(gus.page.locator("#messages .gap-sep ~ .msg").filter(has_text=after)).to_have_count(1)
+        expect(marker).to_have_count(1)
+        gus.shot("gap")
+        assert_clean(gus)
+    finally:
+        gus.close()
+
+
+def test_scrolling_to_the_top_loads_earlier_messages(browser: Browser, cluster: RealCluster, nginx: NginxFront) -> None:
+    """60 public messages: a new page shows the newest 50; at the top it loads the rest, and
+    the message that was at the top of the view stays where it was."""
+    tag = uuid.uuid4().hex[:6]
+    texts = [f"burst {tag} {i:02d}" for i in range(60)]
+    post_public(cluster, "loud", texts)
+    hana = sign_in(browser, nginx, "hana")
+    top_of = (
+        "t => [...document.querySelectorAll('#messages .msg-text')]"
+        ".find(n => n.textContent === t).getBoundingClientRect().top"
+    )
+    try:
+        expect(hana.message(texts[-1])).to_be_visible()
+        expect(hana.message(texts[10])).to_have_count(1)
+        expect(hana.message(texts[9])).to_have_count(0)
+        row = hana.page.locator("#messages .history-row")
+        expect(row).to_have_text("")
+        before = hana.page.evaluate(
+            f"t => {{ document.getElementById('messages').scrollTop = 0; return ({top_of})(t); }}", texts[10]
+        )
+        expect(hana.message(texts[0])).to_have_count(1)
+        expect(row).to_have_text("Beginning of conversation")
+        assert abs(hana.page.evaluate(top_of, texts[10]) - before) < 2, "the view moved"
+        assert [t for t in hana.texts() if t.startswith(f"burst {tag} ")] == texts
+        first = next(m for f in hana.frames("received", "history") for m in f["messages"] if m["text"] == texts[10])
+        older = [f for f in hana.frames("sent", "history") if f.get("before") is not None]
+        assert [(f["channel"], f["before"], f["limit"]) for f in older] == [("public", first["offset"], 50)]
+        hana.shot("older")
+        assert_clean(hana)
+    finally:
+        hana.close()
 
 
 def test_expired_session_goes_back_to_sign_in(browser: Browser, cluster: RealCluster, nginx: NginxFront) -> None:

@@ -1,0 +1,120 @@
+"""Rate limits: a token bucket per connection, and a per-user limit across the cluster.
+
+The per-connection bucket bounds every frame a client sends (bad ones too). The per-user
+limit bounds the messages one user sends from all sessions on all servers together, with a
+one-second window in Redis. A limit of 0 turns that limit off (benchmarks, trusted clients).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from chatserver.names import Names
+
+Clock = Callable[[], float]
+
+
+class LimitError(Exception):
+    """The limit store could not be reached."""
+
+
+class TokenBucket:
+    """``rate`` events per second on average, bursts of up to ``burst``; ``rate`` 0 is unlimited."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = max(burst, 1.0)
+        self._clock = clock
+        self._tokens = self._burst
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        if self._rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class UserLimiter(Protocol):
+    async def allow(self, user: str) -> bool:
+        """True while ``user`` has sent fewer than the limit this second, cluster-wide."""
+        ...
+
+
+class RedisUserLimiter:
+    def __init__(self, client: aioredis.Redis, names: Names, per_second: int, clock: Clock = time.time) -> None:
+        self._redis = client
+        self._names = names
+        self._limit = per_second
+        self._clock = clock
+
+    async def allow(self, user: str) -> bool:
+        if self._limit <= 0:
+            return True
+        key = self._names.user_rate(user, int(self._clock()))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.pexpire(key, 2000)
+                count, _ = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise LimitError(f"redis: {exc}") from exc
+        return int(count) <= self._limit
+
+
+class MemoryUserLimiter:
+    def __init__(self, per_second: int, clock: Clock = time.time) -> None:
+        self._limit = per_second
+        self._clock = clock
+        self._window = -1
+        self._counts: dict[str, int] = {}
+
+    async def allow(self, user: str) -> bool:
+        if self._limit <= 0:
+            return True
+        window = int(self._clock())
+        if window != self._window:
+            self._window, self._counts = window, {}
+        self._counts[user] = self._counts.get(user, 0) + 1
+        return self._counts[user] <= self._limit
+
+
+class ConnectionCounter:
+    """Open connections on this server, by user and by client address, against two limits."""
+
+    def __init__(self, max_per_user: int, max_per_ip: int) -> None:
+        self._max_user = max_per_user
+        self._max_ip = max_per_ip
+        self._users: dict[str, int] = {}
+        self._ips: dict[str, int] = {}
+
+    def refusal(self, user: str, ip: str) -> str | None:
+        """Why a new connection of ``user`` from ``ip`` must be refused, or None."""
+        if self._users.get(user, 0) >= self._max_user:
+            return f"too many connections for {user} on this server (limit {self._max_user}): close some"
+        if self._ips.get(ip, 0) >= self._max_ip:
+            return f"too many connections from your address (limit {self._max_ip})"
+        return None
+
+    def opened(self, user: str, ip: str) -> None:
+        self._users[user] = self._users.get(user, 0) + 1
+        self._ips[ip] = self._ips.get(ip, 0) + 1
+
+    def closed(self, user: str, ip: str) -> None:
+        for table, key in ((self._users, user), (self._ips, ip)):
+            left = table.get(key, 0) - 1
+            if left > 0:
+                table[key] = left
+            else:
+                table.pop(key, None)
