@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import jwt
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -189,7 +190,15 @@ def hostile_frames(draw: st.DrawFn) -> str | bytes:
             },
         )
     )
-    return draw(st.sampled_from([json.dumps(frame), json.dumps(frame)[:-1], b"\x93\x01", "[]"]))
+    return draw(st.sampled_from([json.dumps(frame), json.dumps(frame)[:-1], b"\x93\x01", "[]", _packed(frame)]))
+
+
+def _packed(frame: dict[str, Any]) -> bytes:
+    """The frame as msgpack: on a JSON connection, refused as binary, never a crash."""
+    try:
+        return bytes(msgpack.packb(frame))
+    except OverflowError:
+        return b"\xc1"
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

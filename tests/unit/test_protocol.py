@@ -7,7 +7,7 @@ import json
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from chatserver import protocol as p
@@ -175,3 +175,29 @@ def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     for codec in (p.JSON, p.MSGPACK):
         with contextlib.suppress(p.ProtocolError):
             p.decode_frame(data, codec)
+
+
+@pytest.mark.parametrize("depth", [100, 10_000, 200_000])
+def test_deeply_nested_frames_are_refused_cleanly(depth: int) -> None:
+    nested_json = "[" * depth + "]" * depth
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_frame('{"type": "public", "text": "x", "cid": ' + nested_json + "}", p.JSON)
+    assert info.value.code == p.BAD_FRAME
+    nested_msgpack = b"\x91" * depth + b"\xc0"  # fixarray of one element, nested
+    with pytest.raises(p.ProtocolError):
+        p.decode_frame(nested_msgpack, p.MSGPACK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(frame_like, json_values))
+def test_any_msgpack_value_decodes_or_raises_protocol_error(obj: object) -> None:
+    try:
+        raw = msgpack.packb(obj)
+    except OverflowError:  # integers beyond 64 bits have no msgpack form
+        assume(False)
+    try:
+        frame = p.decode_frame(raw, p.MSGPACK)
+    except p.ProtocolError as exc:
+        assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
+    else:
+        assert isinstance(frame, p.PublicFrame | p.PrivateFrame | p.PingFrame | p.HistoryFrame | p.ResumeFrame)
