@@ -51,7 +51,7 @@ class Settings:
     conn_rate_per_s: float = 50.0  # CHAT_CONN_RATE_PER_S: frames per second per connection (0: off)
     conn_burst: int = 100  # CHAT_CONN_BURST: ... with bursts up to this
     user_rate_per_s: int = 100  # CHAT_USER_RATE_PER_S: messages per second per user, cluster-wide (0: off)
-    flood_strikes: int = 200  # CHAT_FLOOD_STRIKES: refused frames in a row before closing with 1008
+    flood_strikes: int = 200  # CHAT_FLOOD_STRIKES: net refused frames before closing with 1008
     max_sessions_per_user: int = 20  # CHAT_MAX_SESSIONS_PER_USER: per server
     max_conns_per_ip: int = 500  # CHAT_MAX_CONNS_PER_IP: per server
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")  # CHAT_TRUSTED_PROXIES: may set X-Real-IP

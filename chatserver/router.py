@@ -72,7 +72,7 @@ class Limits:
 
 
 class _Flow:
-    """One connection's rate: its bucket and how many frames in a row were refused."""
+    """One connection's rate: its bucket, and its refusals (less one per accepted frame)."""
 
     __slots__ = ("bucket", "strikes")
 
@@ -182,8 +182,8 @@ class Router:
             if flow.strikes >= self._limits.flood_strikes:
                 session.close(CLOSE_POLICY, "policy violation: kept flooding after rate_limited errors")
             return
-        if flow is not None:
-            flow.strikes = 0
+        if flow is not None and flow.strikes:
+            flow.strikes -= 1  # an accepted frame forgives one refusal: a steady flood still adds up
         try:
             frame = p.decode_frame(raw, session.codec)
         except p.ProtocolError as exc:
