@@ -240,6 +240,16 @@ running_servers() {  # the numbers N of the ws-N that run, ascending
     done | sort -n
 }
 
+serve_with() {  # serve_with N : ws-1..ws-N running (starting those that are not), ready, behind nginx
+    local count=$1 n servers=()
+    for ((n = 1; n <= count; n++)); do
+        start_server "$n"
+        servers+=("$n")
+    done
+    wait_servers_ready "${servers[@]}"
+    start_or_reload_nginx "${servers[@]}"
+}
+
 write_nginx_conf() {  # write_nginx_conf N... : nginx.conf and an upstream of those servers
     local dir="$RUN_DIR/nginx" n
     mkdir -p "$dir"

@@ -12,13 +12,7 @@ ensure_venv
 start_redis
 start_kafka
 
-keep=()
-for ((n = 1; n <= count; n++)); do
-    start_server "$n"
-    keep+=("$n")
-done
-wait_servers_ready "${keep[@]}"
-start_or_reload_nginx "${keep[@]}"
+serve_with "$count"
 for n in $(running_servers); do
     if ((n > count)); then stop_pid "ws-$n" TERM 20; fi
 done

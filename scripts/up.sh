@@ -13,13 +13,7 @@ ensure_system_packages
 ensure_venv
 start_redis
 start_kafka
-servers=()
-for ((n = 1; n <= count; n++)); do
-    start_server "$n"
-    servers+=("$n")
-done
-wait_servers_ready "${servers[@]}"
-start_or_reload_nginx "${servers[@]}"
+serve_with "$count"
 
 say "development mode (CHAT_DEV=1): dev login on, tokens signed with the secret in $RUN_DIR/secret"
 say "logs in $LOGS; stop with ./scripts/down.sh ($((SECONDS - started))s)"
