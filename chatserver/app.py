@@ -25,6 +25,7 @@ from chatserver.limits import ConnectionCounter, MemoryUserLimiter, RedisUserLim
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.registry import MemoryRegistry, RedisRegistry, Registry, RegistryError
+from chatserver.rooms import MemoryRooms, RedisRooms, Rooms
 from chatserver.router import Limits, Router
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class ChatNode:
         bus: Bus,
         on_close: Callable[[], Awaitable[None]] | None = None,
         user_limiter: UserLimiter | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -54,7 +56,7 @@ class ChatNode:
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
         self.hub = Hub()
         limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
-        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits)
+        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits, rooms)
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
         self._heartbeat_error = ""
@@ -70,7 +72,8 @@ class ChatNode:
             registry: Registry = MemoryRegistry(settings.session_ttl_s)
             history: History = MemoryHistory(retention)
             bus: Bus = MemoryBus(broker or MemoryBroker(), settings.server_id)
-            return cls(settings, registry, history, bus, user_limiter=MemoryUserLimiter(settings.user_rate_per_s))
+            limiter = MemoryUserLimiter(settings.user_rate_per_s)
+            return cls(settings, registry, history, bus, user_limiter=limiter, rooms=MemoryRooms())
         client = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
         )
@@ -84,8 +87,9 @@ class ChatNode:
             linger_ms=settings.kafka_linger_ms,
             send_timeout_s=settings.kafka_send_timeout_s,
         )
-        limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
-        return cls(settings, registry, history, bus, on_close=client.aclose, user_limiter=limiter)
+        redis_limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
+        rooms = RedisRooms(client, names)
+        return cls(settings, registry, history, bus, on_close=client.aclose, user_limiter=redis_limiter, rooms=rooms)
 
     async def start(self) -> None:
         # 1. consume this server's topic (readiness follows once a probe comes back);
@@ -99,6 +103,8 @@ class ChatNode:
             try:
                 await self.router.heartbeat(live)
                 self._announced, self._heartbeat_error = live, ""
+                if live:
+                    await self.router.sweep_presence()
             except RegistryError as exc:
                 log.warning("heartbeat failed (retrying): %s", exc)
                 self._announced, self._heartbeat_error = False, str(exc)

@@ -31,14 +31,18 @@ class Session(Protocol):
 class _Gate:
     """Live frames of a session held back while its channels are replayed (``resume``)."""
 
-    __slots__ = ("held", "queue", "upto")
+    __slots__ = ("all", "held", "queue", "upto")
 
     def __init__(self) -> None:
+        self.all = False  # hold every frame (until the session is greeted)
         self.held: set[str] = set()
         self.queue: list[OutFrame] = []
         self.upto: dict[str, int] = {}  # replayed up to this offset: older live copies are dropped
 
     def admit(self, frame: OutFrame) -> bool:
+        if self.all:
+            self.queue.append(frame)
+            return False
         channel = frame.body.get("channel")
         if channel is None:
             return True
@@ -97,11 +101,11 @@ class Hub:
                 sent += 1
         return sent
 
-    def broadcast(self, frame: OutFrame) -> int:
-        """Send ``frame`` to every local session; how many got it."""
+    def broadcast(self, frame: OutFrame, skip: str = "") -> int:
+        """Send ``frame`` to every local session but ``skip``; how many got it."""
         sent = 0
         for session in self.sessions():
-            if self._admit(session, frame):
+            if session.id != skip and self._admit(session, frame):
                 session.send(frame)
                 sent += 1
         return sent
@@ -112,10 +116,11 @@ class Hub:
         gate = self._gates.get(session.id)
         return gate is None or gate.admit(frame)
 
-    def hold(self, session: Session, channels: Iterable[str]) -> None:
-        """Queue live frames of ``channels`` for ``session`` until ``release``."""
+    def hold(self, session: Session, channels: Iterable[str], everything: bool = False) -> None:
+        """Queue live frames of ``channels`` (or all frames) for ``session`` until ``release``."""
         gate = self._gates.setdefault(session.id, _Gate())
         gate.held.update(channels)
+        gate.all = gate.all or everything
 
     def release(self, session: Session, upto: dict[str, int]) -> None:
         """End a replay that sent ``session`` every message up to ``upto[channel]``: flush the
@@ -125,6 +130,7 @@ class Hub:
             return
         gate.upto.update(upto)
         gate.held.difference_update(upto)
+        gate.all = False
         queued, gate.queue = gate.queue, []
         for frame in queued:
             if gate.admit(frame) and self.has_session(session):

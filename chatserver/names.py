@@ -44,3 +44,15 @@ class Names:
     def sent(self, user: str, fingerprint: str) -> str:
         """Redis string: a message ``user`` sent recently, so that a retry is not stored twice."""
         return f"{self.prefix}chat:sent:{user}:{fingerprint}"
+
+    def room_members(self, room: str) -> str:
+        """Redis set: the members of ``room``."""
+        return f"{self.prefix}chat:room:{room}:members"
+
+    def user_rooms(self, user: str) -> str:
+        """Redis set: the rooms ``user`` is a member of."""
+        return f"{self.prefix}chat:user:{user}:rooms"
+
+    def online(self) -> str:
+        """Redis sorted set: users with a session somewhere, scored by expiry (ms)."""
+        return f"{self.prefix}chat:online"

@@ -36,12 +36,17 @@ FORBIDDEN: Final = "forbidden"
 INTERNAL: Final = "internal"
 
 #: Frame types of the protocol that this server does not handle yet (rooms, durability).
-NOT_YET_SUPPORTED: Final = frozenset({"join", "leave", "room", "typing", "who"})
+MAX_WHO: Final = 1000
 
 
 def user_channel(user: str) -> str:
     """The channel of the private messages to or from ``user``."""
     return f"user:{user}"
+
+
+def room_channel(room: str) -> str:
+    """The channel of the messages of ``room``."""
+    return f"room:{room}"
 
 
 class ProtocolError(Exception):
@@ -89,7 +94,50 @@ class ResumeFrame:
     cid: str | None = None
 
 
-ClientFrame = PublicFrame | PrivateFrame | PingFrame | HistoryFrame | ResumeFrame
+@dataclass(frozen=True, slots=True)
+class JoinFrame:
+    room: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveFrame:
+    room: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFrame:
+    room: str
+    text: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypingFrame:
+    to: str | None = None
+    room: str | None = None
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WhoFrame:
+    room: str | None = None
+    cid: str | None = None
+
+
+ClientFrame = (
+    PublicFrame
+    | PrivateFrame
+    | PingFrame
+    | HistoryFrame
+    | ResumeFrame
+    | JoinFrame
+    | LeaveFrame
+    | RoomFrame
+    | TypingFrame
+    | WhoFrame
+)
 
 
 def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
@@ -116,8 +164,20 @@ def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
         )
     if kind == "resume":
         return ResumeFrame(positions=_positions(obj, cid), cid=cid)
-    if kind in NOT_YET_SUPPORTED:
-        raise ProtocolError(UNKNOWN_TYPE, f"frame type {kind!r} is not supported by this server yet", cid)
+    if kind == "join":
+        return JoinFrame(room=_name(obj, "room", cid), cid=cid)
+    if kind == "leave":
+        return LeaveFrame(room=_name(obj, "room", cid), cid=cid)
+    if kind == "room":
+        return RoomFrame(room=_name(obj, "room", cid), text=_text(obj, cid), cid=cid)
+    if kind == "typing":
+        if (obj.get("to") is None) == (obj.get("room") is None):
+            raise ProtocolError(BAD_FRAME, "a typing hint names either 'to' or 'room'", cid)
+        if obj.get("to") is not None:
+            return TypingFrame(to=_name(obj, "to", cid), cid=cid)
+        return TypingFrame(room=_name(obj, "room", cid), cid=cid)
+    if kind == "who":
+        return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)
 
 
@@ -258,7 +318,7 @@ class OutFrame:
         return data
 
 
-MessageKind = Literal["public", "private"]
+MessageKind = Literal["public", "private", "room", "event"]
 
 
 def welcome(user: str, server: str, positions: dict[str, int]) -> OutFrame:
@@ -290,6 +350,33 @@ def resumed(recovered: bool, cid: str | None, gaps: list[str]) -> OutFrame:
     body: dict[str, Any] = {"type": "resumed", "recovered": recovered}
     if gaps:
         body["gaps"] = gaps
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
+def presence(user: str, status: str, room: str | None = None, cid: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "presence", "user": user, "status": status}
+    if room is not None:
+        body["room"] = room
+    if cid is not None:
+        body["cid"] = cid
+    return body
+
+
+def typing(sender: str, to: str | None, room: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "typing", "from": sender}
+    if to is not None:
+        body["to"] = to
+    if room is not None:
+        body["room"] = room
+    return body
+
+
+def who(users: list[str], room: str | None, cid: str | None) -> OutFrame:
+    body: dict[str, Any] = {"type": "who", "users": users}
+    if room is not None:
+        body["room"] = room
     if cid is not None:
         body["cid"] = cid
     return OutFrame(body)
@@ -330,11 +417,17 @@ class Envelope:
     recipients: tuple[str, ...] = ()
     origin: str = ""
     offsets: tuple[tuple[str, int], ...] = ()
+    room: str | None = None
+    event: dict[str, Any] | None = None  # kind "event": a transient frame (presence, typing)
 
     def channels(self) -> tuple[str, ...]:
-        """The channels that store this message: ``public``, or both users' channels."""
+        """The channels that store this message: ``public``, the room's, or both users'."""
         if self.kind == "public":
             return (PUBLIC,)
+        if self.kind == "room" and self.room is not None:
+            return (room_channel(self.room),)
+        if self.kind == "event":
+            return ()
         return tuple(dict.fromkeys(user_channel(u) for u in self.recipients))
 
     def to_bytes(self) -> bytes:
@@ -350,6 +443,8 @@ class Envelope:
                 "r": list(self.recipients),
                 "o": self.origin,
                 "c": dict(self.offsets),
+                "m": self.room,
+                "e": self.event,
             },
             use_bin_type=True,
         )
@@ -362,7 +457,7 @@ class Envelope:
             if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
                 raise EnvelopeError("not a version-1 envelope")
             kind = obj["k"]
-            if kind not in ("public", "private"):
+            if kind not in ("public", "private", "room", "event"):
                 raise EnvelopeError(f"unknown envelope kind {kind!r}")
             return cls(
                 kind=kind,
@@ -374,6 +469,8 @@ class Envelope:
                 recipients=tuple(str(r) for r in obj.get("r") or ()),
                 origin=str(obj.get("o") or ""),
                 offsets=tuple((str(c), int(o)) for c, o in (obj.get("c") or {}).items()),
+                room=None if obj.get("m") is None else str(obj["m"]),
+                event=obj.get("e") if isinstance(obj.get("e"), dict) else None,
             )
         except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             if isinstance(exc, EnvelopeError):
@@ -393,6 +490,8 @@ class Envelope:
         }
         if self.to is not None:
             body["to"] = self.to
+        if self.room is not None:
+            body["room"] = self.room
         return body
 
     def message_frame(self, channel: str) -> OutFrame:

@@ -47,6 +47,18 @@ class Registry(Protocol):
         """Servers that announced themselves and have not expired."""
         ...
 
+    async def online(self, limit: int) -> list[str]:
+        """Up to ``limit`` users with a session somewhere, sorted."""
+        ...
+
+    async def went_offline(self, user: str) -> bool:
+        """After this server dropped ``user``: True (once, cluster-wide) if no server holds them."""
+        ...
+
+    async def sweep_offline(self) -> list[str]:
+        """Users whose every server died without a goodbye; each is returned by one caller only."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``RegistryError`` unless the backing store answers."""
 
@@ -71,8 +83,10 @@ class RedisRegistry:
         key = self._names.user_servers(user)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(key, {server_id: self._now_ms() + self._ttl_ms})
+                expiry = self._now_ms() + self._ttl_ms
+                pipe.zadd(key, {server_id: expiry})
                 pipe.pexpire(key, self._ttl_ms)
+                pipe.zadd(self._names.online(), {user: expiry}, gt=True)
                 await pipe.execute()
         except aioredis.RedisError as exc:
             raise RegistryError(f"redis: {exc}") from exc
@@ -106,7 +120,10 @@ class RedisRegistry:
                         if live:
                             pipe.zadd(servers, {server_id: expiry})
                         pipe.zremrangebyscore(servers, "-inf", now)
-                    for user in batch[start : start + self._BATCH]:
+                    chunk = batch[start : start + self._BATCH]
+                    if chunk:
+                        pipe.zadd(self._names.online(), dict.fromkeys(chunk, expiry), gt=True)
+                    for user in chunk:
                         key = self._names.user_servers(user)
                         pipe.zadd(key, {server_id: expiry})
                         pipe.zremrangebyscore(key, "-inf", now)
@@ -132,6 +149,32 @@ class RedisRegistry:
             raise RegistryError(f"redis: {exc}") from exc
         return {m.decode() for m in cast(list[bytes], members)}
 
+    async def online(self, limit: int) -> list[str]:
+        try:
+            found = await self._redis.zrangebyscore(self._names.online(), self._now_ms(), "+inf", start=0, num=limit)
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        return sorted(m.decode() for m in cast(list[bytes], found))
+
+    async def went_offline(self, user: str) -> bool:
+        if (await self.servers_of([user]))[user]:
+            return False
+        try:
+            return bool(await self._redis.zrem(self._names.online(), user))
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def sweep_offline(self) -> list[str]:
+        try:
+            expired = await self._redis.zrangebyscore(self._names.online(), "-inf", self._now_ms(), start=0, num=200)
+            gone = []
+            for member in cast(list[bytes], expired):
+                if await self._redis.zrem(self._names.online(), member):  # only one server wins
+                    gone.append(member.decode())
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        return gone
+
     async def ping(self) -> None:
         try:
             await self._redis.ping()
@@ -153,9 +196,12 @@ class MemoryRegistry:
         self._clock = clock
         self._users: dict[str, dict[str, float]] = {}
         self._servers: dict[str, float] = {}
+        self._online: dict[str, float] = {}
 
     async def add(self, user: str, server_id: str) -> None:
-        self._users.setdefault(user, {})[server_id] = self._clock() + self._ttl_s
+        expiry = self._clock() + self._ttl_s
+        self._users.setdefault(user, {})[server_id] = expiry
+        self._online[user] = max(self._online.get(user, 0.0), expiry)
 
     async def remove(self, user: str, server_id: str) -> None:
         entries = self._users.get(user)
@@ -174,6 +220,7 @@ class MemoryRegistry:
             self._servers[server_id] = expiry
         for user in users:
             self._users.setdefault(user, {})[server_id] = expiry
+            self._online[user] = max(self._online.get(user, 0.0), expiry)
 
     async def withdraw(self, server_id: str, users: Iterable[str]) -> None:
         self._servers.pop(server_id, None)
@@ -183,6 +230,22 @@ class MemoryRegistry:
     async def live_servers(self) -> set[str]:
         now = self._clock()
         return {s for s, exp in self._servers.items() if exp > now}
+
+    async def online(self, limit: int) -> list[str]:
+        now = self._clock()
+        return sorted(u for u, exp in self._online.items() if exp > now)[:limit]
+
+    async def went_offline(self, user: str) -> bool:
+        if (await self.servers_of([user]))[user]:
+            return False
+        return self._online.pop(user, None) is not None
+
+    async def sweep_offline(self) -> list[str]:
+        now = self._clock()
+        gone = [u for u, exp in self._online.items() if exp <= now]
+        for user in gone:
+            del self._online[user]
+        return gone
 
     async def ping(self) -> None:
         return None

@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatserver import protocol as p
 from chatserver.bus import Bus
@@ -33,6 +33,7 @@ from chatserver.hub import Hub, Session
 from chatserver.limits import LimitError, TokenBucket, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.registry import Registry, RegistryError
+from chatserver.rooms import MemoryRooms, Rooms, RoomsError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class ClientSession(Session, Protocol):
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _ignore_failure(future: asyncio.Future[None]) -> None:
+    """Transient events are best effort: a lost typing hint or presence is not an error."""
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("a transient event was not published: %s", future.exception())
 
 
 def _cid_of(raw: str | bytes, codec: p.Codec) -> str | None:
@@ -97,6 +104,7 @@ class Router:
         bus: Bus,
         metrics: Metrics,
         limits: Limits | None = None,
+        rooms: Rooms | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
@@ -106,6 +114,8 @@ class Router:
         self._history = history
         self._bus = bus
         self._limits = limits or Limits()
+        self._rooms: Rooms = rooms or MemoryRooms()
+        self._typing_sent: dict[tuple[str, str], float] = {}  # (session id, target) -> when
         self._buckets: dict[str, _Flow] = {}
         self._metrics = metrics
         self._clock = clock
@@ -127,13 +137,16 @@ class Router:
         channels = [p.PUBLIC, p.user_channel(user)]
         self._buckets[session.id] = _Flow(self._limits)
         first = self.hub.add(session)
-        self.hub.hold(session, channels)
+        self.hub.hold(session, channels, everything=True)  # welcome goes first
         if first:
             pending = self._unregistering.get(user)
             if pending is not None:  # the user's last session here just closed: let it finish
                 await asyncio.shield(pending)
             try:
+                was_online = bool((await self._registry.servers_of([user]))[user])
                 await self._registry.add(user, self.server_id)
+                if not was_online:
+                    await self.announce(user, "online", skip=session.id)
             except RegistryError as exc:  # the next heartbeat records it
                 self._metrics.registry_failures.inc()
                 log.warning("could not register %s: %s", user, exc)
@@ -160,6 +173,8 @@ class Router:
         try:
             if not self.hub.has_user(user):  # else: came back meanwhile
                 await self._registry.remove(user, self.server_id)
+                if await self._registry.went_offline(user):
+                    await self.announce(user, "offline")
         except RegistryError as exc:  # the entry expires by itself
             self._metrics.registry_failures.inc()
             log.warning("could not unregister %s: %s", user, exc)
@@ -202,6 +217,18 @@ class Router:
             elif isinstance(frame, p.ResumeFrame):
                 self._metrics.frames_in.labels("resume").inc()
                 await self._resume(session, frame)
+            elif isinstance(frame, p.RoomFrame):
+                self._metrics.frames_in.labels("room").inc()
+                await self._send_room(session, frame)
+            elif isinstance(frame, p.JoinFrame | p.LeaveFrame):
+                self._metrics.frames_in.labels("join" if isinstance(frame, p.JoinFrame) else "leave").inc()
+                await self._membership(session, frame)
+            elif isinstance(frame, p.TypingFrame):
+                self._metrics.frames_in.labels("typing").inc()
+                await self._typing(session, frame)
+            elif isinstance(frame, p.WhoFrame):
+                self._metrics.frames_in.labels("who").inc()
+                await self._who(session, frame)
             else:
                 self._metrics.frames_in.labels("ping").inc()
                 session.send(p.pong(frame.cid))
@@ -212,6 +239,9 @@ class Router:
         except HistoryError as exc:
             log.warning("history store unavailable for %s: %s", session.user, exc)
             self._refuse(session, p.INTERNAL, "the message store is unavailable; retry", frame.cid)
+        except RoomsError as exc:
+            log.warning("room store unavailable for %s: %s", session.user, exc)
+            self._refuse(session, p.INTERNAL, "the room store is unavailable; retry", frame.cid)
         except LimitError as exc:
             log.warning("rate limit store unavailable for %s: %s", session.user, exc)
             self._refuse(session, p.INTERNAL, "message not sent: the rate limiter is unavailable; retry", frame.cid)
@@ -269,14 +299,120 @@ class Router:
             self._metrics.retries_recognised.inc()
         return dataclasses.replace(envelope, id=stored.id, ts=stored.ts, offsets=stored.offsets)
 
+    # ------------------------------------------------------------------ rooms
+
+    async def _send_room(self, session: ClientSession, frame: p.RoomFrame) -> None:
+        members = await self._rooms.members(frame.room)
+        if session.user not in members:
+            self._refuse(session, p.NOT_MEMBER, f"join {frame.room!r} before writing to it", frame.cid)
+            return
+        if not await self._user_may_send(session, frame.cid):
+            return
+        envelope = p.Envelope(
+            kind="room",
+            id=self._new_id(),
+            sender=session.user,
+            text=frame.text,
+            ts=self._now_ms(),
+            room=frame.room,
+            recipients=tuple(members),
+            origin=session.id,
+        )
+        envelope = await self._store(envelope, frame.cid)
+        self._publish(session, frame.cid, envelope, await self._servers_holding(members))
+
+    async def _servers_holding(self, users: list[str]) -> set[str]:
+        """The servers with a session of any of ``users`` (always this one): a room message
+        costs what its members need, not what the cluster has."""
+        where = await self._registry.servers_of(users)
+        return set().union(*where.values(), {self.server_id})
+
+    async def _membership(self, session: ClientSession, frame: p.JoinFrame | p.LeaveFrame) -> None:
+        joining = isinstance(frame, p.JoinFrame)
+        change = self._rooms.join if joining else self._rooms.leave
+        changed = await change(session.user, frame.room)
+        status = "join" if joining else "leave"
+        body = p.presence(session.user, status, frame.room)
+        session.send(p.OutFrame({**body, "cid": frame.cid} if frame.cid is not None else body))
+        if changed:  # tell the members (and the user's other sessions)
+            members = await self._rooms.members(frame.room)
+            audience = sorted({*members, session.user})
+            await self._emit(body, audience, skip=session.id)
+
+    async def _typing(self, session: ClientSession, frame: p.TypingFrame) -> None:
+        target = frame.to if frame.to is not None else f"#{frame.room}"
+        now = time.monotonic()
+        key = (session.id, target)
+        if now - self._typing_sent.get(key, 0.0) < 1.0:
+            return  # at most one hint per second per sender and target; dropping is harmless
+        self._typing_sent[key] = now
+        if frame.room is not None:
+            members = await self._rooms.members(frame.room)
+            if session.user not in members:
+                self._refuse(session, p.NOT_MEMBER, f"you are not in {frame.room!r}", frame.cid)
+                return
+            audience = [m for m in members if m != session.user]
+        else:
+            audience = [frame.to] if frame.to is not None and frame.to != session.user else []
+        if audience:
+            await self._emit(p.typing(session.user, frame.to, frame.room), audience, skip=session.id)
+
+    async def _who(self, session: ClientSession, frame: p.WhoFrame) -> None:
+        if frame.room is None:
+            users = await self._registry.online(p.MAX_WHO)
+        else:
+            members = await self._rooms.members(frame.room)
+            if session.user not in members:
+                self._refuse(session, p.NOT_MEMBER, f"join {frame.room!r} to see who is in it", frame.cid)
+                return
+            where = await self._registry.servers_of(members[: p.MAX_WHO * 4])
+            users = sorted(u for u, servers in where.items() if servers)[: p.MAX_WHO]
+        session.send(p.who(users, frame.room, frame.cid))
+
+    async def _emit(self, body: dict[str, Any], audience: list[str] | None, skip: str = "") -> None:
+        """A transient event (presence, typing) to ``audience``'s sessions, or to everyone."""
+        envelope = p.Envelope(
+            kind="event",
+            id="",
+            sender="",
+            text="",
+            ts=self._now_ms(),
+            recipients=tuple(audience or ()),
+            origin=skip,
+            event=body,
+        )
+        if audience is None:
+            servers = await self._registry.live_servers() | {self.server_id}
+        else:
+            servers = await self._servers_holding(audience)
+        payload = envelope.to_bytes()
+        for server in servers:
+            self._bus.publish(server, payload).add_done_callback(_ignore_failure)
+
+    async def announce(self, user: str, status: str, skip: str = "") -> None:
+        """Online/offline presence of ``user`` to everyone (but the session ``skip``)."""
+        try:
+            await self._emit(p.presence(user, status), None, skip=skip)
+        except RegistryError as exc:
+            log.warning("presence of %s not announced: %s", user, exc)
+
+    async def sweep_presence(self) -> None:
+        """Announce users whose servers all died without a goodbye (run by every heartbeat)."""
+        for user in await self._registry.sweep_offline():
+            await self.announce(user, "offline")
+
     # ------------------------------------------------------------------ reading
 
-    def may_read(self, user: str, channel: str) -> bool:
-        """``public`` and the user's own channel; room channels once rooms exist."""
-        return channel == p.PUBLIC or channel == p.user_channel(user)
+    async def may_read(self, user: str, channel: str) -> bool:
+        """``public``, the user's own channel, and the channels of rooms they are in."""
+        if channel == p.PUBLIC or channel == p.user_channel(user):
+            return True
+        if channel.startswith("room:"):
+            return await self._rooms.is_member(user, channel[5:])
+        return False
 
     async def _history_page(self, session: ClientSession, frame: p.HistoryFrame) -> None:
-        if not self.may_read(session.user, frame.channel):
+        if not await self.may_read(session.user, frame.channel):
             self._refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
             return
         messages = await self._history.before(frame.channel, frame.before, frame.limit)
@@ -287,8 +423,9 @@ class Router:
 
         Live frames of those channels are held while the replay runs and flushed after it,
         minus those it already sent: nothing published meanwhile is lost or doubled."""
-        wanted = [(c, o) for c, o in frame.positions if self.may_read(session.user, c)]
-        refused = [c for c, _ in frame.positions if not self.may_read(session.user, c)]
+        readable = {c: await self.may_read(session.user, c) for c, _ in frame.positions}
+        wanted = [(c, o) for c, o in frame.positions if readable[c]]
+        refused = [c for c, _ in frame.positions if not readable[c]]
         if refused:
             self._refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
         latest = await self._history.latest([c for c, _ in wanted])
@@ -329,7 +466,7 @@ class Router:
                 return
             self._metrics.publish_seconds.observe(time.perf_counter() - started)
             self._metrics.messages_acked.inc()
-            own = p.PUBLIC if envelope.kind == "public" else p.user_channel(envelope.sender)
+            own = envelope.channels()[0] if envelope.kind != "private" else p.user_channel(envelope.sender)
             session.send(p.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(report)
@@ -347,8 +484,16 @@ class Router:
         except p.EnvelopeError as exc:
             log.error("dropped an undecodable message from the bus: %s", exc)
             return
+        if envelope.kind == "event":
+            self._deliver_event(envelope)
+            return
         if envelope.kind == "public":
             delivered = self.hub.broadcast(envelope.message_frame(p.PUBLIC))
+        elif envelope.kind == "room" and envelope.room is not None:
+            frame = envelope.message_frame(p.room_channel(envelope.room))
+            delivered = sum(  # every member, the sender included (as for public messages)
+                self.hub.deliver(user, frame) for user in envelope.recipients if self.hub.has_user(user)
+            )
         else:
             delivered = 0
             for user in envelope.recipients:
@@ -358,6 +503,17 @@ class Router:
         if delivered:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
+
+    def _deliver_event(self, envelope: p.Envelope) -> None:
+        if envelope.event is None:
+            return
+        frame = p.OutFrame(envelope.event)
+        if not envelope.recipients:
+            self.hub.broadcast(frame, skip=envelope.origin)
+            return
+        for user in envelope.recipients:
+            if self.hub.has_user(user):
+                self.hub.deliver(user, frame, skip=envelope.origin)
 
     # ------------------------------------------------------------------ lifecycle
 

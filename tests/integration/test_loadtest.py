@@ -162,11 +162,13 @@ def test_ramp_stops_at_the_first_step_over_the_latency_bound(cluster: RealCluste
     assert "p99" in ramp["stopped_because"]
 
 
-def test_room_scenario_says_the_server_has_no_rooms_yet(cluster: RealCluster) -> None:
-    status, report, stderr = loadtest("--url", cluster.url(1), "--scenario", "room", "--users", "2")
-    assert status == 2
-    assert "rooms are not supported by the server yet" in stderr
-    assert report["ok"] is False
+def test_room_messages_reach_every_member_across_servers(cluster: RealCluster) -> None:
+    status, report, stderr = loadtest(
+        *both_servers(cluster),
+        *("--scenario", "room", "--users", "8", "--rate", "40", "--duration", "2", "--warmup", "0.5"),
+    )
+    assert_clean(status, report, stderr)
+    assert report["acked"] > 0 and report["delivered"] == report["expected_deliveries"]
 
 
 def test_nothing_listening_fails_at_once_with_a_clear_message() -> None:

@@ -29,3 +29,19 @@ def test_deliver_skips_the_origin_session_and_broadcast_reaches_all() -> None:
     assert hub.deliver("carol", p.pong(None)) == 0
     assert hub.broadcast(p.pong("x")) == 3
     assert all(s.frames[-1] == {"type": "pong", "cid": "x"} for s in (a1, a2, b))
+
+
+def test_a_held_session_gets_nothing_before_release_then_everything_in_order() -> None:
+    hub = Hub()
+    new = FakeSession("ann")
+    hub.add(new)
+    hub.hold(new, ["public"], everything=True)
+    event = p.OutFrame({"type": "presence", "user": "ben", "status": "online"})
+    old = p.OutFrame({"type": "message", "channel": "public", "offset": 3})
+    fresh = p.OutFrame({"type": "message", "channel": "public", "offset": 4})
+    for frame in (event, old, fresh):
+        hub.broadcast(frame)
+    assert new.frames == []
+    new.send(p.pong("welcome first"))
+    hub.release(new, {"public": 3})  # offsets up to 3 are history to this session
+    assert [f.get("offset", f["type"]) for f in new.frames] == ["pong", "presence", 4]

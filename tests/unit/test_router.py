@@ -11,6 +11,7 @@ from chatserver.history import MemoryHistory, Retention
 from chatserver.hub import Hub
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry, RegistryError
+from chatserver.rooms import MemoryRooms
 from chatserver.router import Router
 from tests.fakes import FailingBus, FakeSession, settle
 
@@ -19,9 +20,18 @@ class Cluster:
     def __init__(self, count: int = 2) -> None:
         self.registry = MemoryRegistry(ttl_s=30)
         self.history = MemoryHistory()
+        self.rooms = MemoryRooms()
         self.broker = MemoryBroker()
         self.routers = [
-            Router(f"ws-{n}", Hub(), self.registry, self.history, MemoryBus(self.broker, f"ws-{n}"), Metrics())
+            Router(
+                f"ws-{n}",
+                Hub(),
+                self.registry,
+                self.history,
+                MemoryBus(self.broker, f"ws-{n}"),
+                Metrics(),
+                rooms=self.rooms,
+            )
             for n in range(1, count + 1)
         ]
 
@@ -302,3 +312,95 @@ async def test_a_retried_send_keeps_its_id_and_is_stored_once() -> None:
     assert len(acks) == 2 and acks[0]["id"] == acks[1]["id"]
     assert (await c.history.latest(["user:bob"]))["user:bob"] == 1
     assert {m["id"] for m in bob.of_type("message")} == {acks[0]["id"]}
+
+
+@pytest.mark.gen_test
+async def test_a_room_message_reaches_every_member_on_every_server_and_no_one_else() -> None:
+    c = Cluster(3)
+    await c.start()
+    ann, ben, cy, outsider = (
+        await c.join("ann", 1),
+        await c.join("ben", 2),
+        await c.join("cy", 2),
+        await c.join("dee", 3),
+    )
+    for session, server in ((ann, 1), (ben, 2), (cy, 2)):
+        await c.send(session, server, '{"type": "join", "room": "lobby", "cid": "j"}')
+    await c.send(ben, 2, '{"type": "room", "room": "lobby", "text": "hi room", "cid": "r1"}')
+    for session in (ann, ben, cy):  # every member, the sender included
+        [msg] = session.of_type("message")
+        assert (msg["kind"], msg["room"], msg["channel"], msg["offset"], msg["from"]) == (
+            "room",
+            "lobby",
+            "room:lobby",
+            1,
+            "ben",
+        )
+    assert ben.of_type("ack")[0]["channel"] == "room:lobby"
+    assert outsider.of_type("message") == []
+    await c.send(outsider, 3, '{"type": "room", "room": "lobby", "text": "let me in", "cid": "x"}')
+    assert outsider.frames[-1]["code"] == "not_member" and outsider.frames[-1]["cid"] == "x"
+
+
+@pytest.mark.gen_test
+async def test_a_room_message_goes_only_to_servers_holding_members() -> None:
+    c = Cluster(3)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    await c.join("dee", 3)
+    for session, server in ((ann, 1), (ben, 2)):
+        await c.send(session, server, '{"type": "join", "room": "quiet"}')
+    published: list[str] = []
+    bus = c.routers[0]._bus
+    original = bus.publish
+
+    def spy(server_id: str, payload: bytes) -> asyncio.Future[None]:
+        published.append(server_id)
+        return original(server_id, payload)
+
+    bus.publish = spy  # type: ignore[method-assign]
+    await c.send(ann, 1, '{"type": "room", "room": "quiet", "text": "psst"}')
+    assert sorted(published) == ["ws-1", "ws-2"], "ws-3 holds no member"
+
+
+@pytest.mark.gen_test
+async def test_members_see_joins_and_leaves_and_who_answers_from_the_cluster() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    await c.send(ann, 1, '{"type": "join", "room": "club", "cid": "a"}')
+    assert {"type": "presence", "user": "ann", "status": "join", "room": "club", "cid": "a"} in ann.frames
+    await c.send(ben, 2, '{"type": "join", "room": "club"}')
+    assert {"type": "presence", "user": "ben", "status": "join", "room": "club"} in ann.frames
+    await c.send(ann, 1, '{"type": "who", "room": "club", "cid": "w"}')
+    assert ann.frames[-1] == {"type": "who", "room": "club", "users": ["ann", "ben"], "cid": "w"}
+    await c.send(ann, 1, '{"type": "who"}')
+    assert ann.frames[-1]["users"] == ["ann", "ben"]
+    await c.send(ben, 2, '{"type": "leave", "room": "club"}')
+    assert {"type": "presence", "user": "ben", "status": "leave", "room": "club"} in ann.frames
+    await c.send(ben, 2, '{"type": "history", "channel": "room:club", "cid": "h"}')
+    assert ben.frames[-1]["code"] == "forbidden", "a former member may not read the room"
+
+
+@pytest.mark.gen_test
+async def test_online_and_offline_presence_reach_others() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann = await c.join("ann", 1)
+    ben = await c.join("ben", 2)
+    await settle()
+    assert {"type": "presence", "user": "ben", "status": "online"} in ann.frames
+    c.routers[1].disconnect(ben)
+    await settle(50)
+    assert {"type": "presence", "user": "ben", "status": "offline"} in ann.frames
+
+
+@pytest.mark.gen_test
+async def test_typing_hints_reach_the_target_at_most_once_a_second() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    for _ in range(5):
+        await c.send(ann, 1, '{"type": "typing", "to": "ben"}')
+    assert ben.of_type("typing") == [{"type": "typing", "from": "ann", "to": "ben"}]
+    assert ann.of_type("typing") == [] and ann.of_type("error") == []
