@@ -126,6 +126,18 @@ class WhoFrame:
     cid: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptFrame:
+    """An addition to the protocol: tell the sender of private message ``id`` it was read."""
+
+    to: str
+    id: str
+    status: str
+    cid: str | None = None
+
+
+RECEIPT_STATUSES: Final = frozenset({"delivered", "read"})
+
 ClientFrame = (
     PublicFrame
     | PrivateFrame
@@ -137,6 +149,7 @@ ClientFrame = (
     | RoomFrame
     | TypingFrame
     | WhoFrame
+    | ReceiptFrame
 )
 
 
@@ -176,6 +189,13 @@ def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
         if obj.get("to") is not None:
             return TypingFrame(to=_name(obj, "to", cid), cid=cid)
         return TypingFrame(room=_name(obj, "room", cid), cid=cid)
+    if kind == "receipt":
+        message_id, status = obj.get("id"), obj.get("status")
+        if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_CID_CHARS:
+            raise ProtocolError(BAD_FRAME, "field 'id' must be the id of a message", cid)
+        if status not in RECEIPT_STATUSES:
+            raise ProtocolError(BAD_FRAME, "field 'status' must be 'delivered' or 'read'", cid)
+        return ReceiptFrame(to=_name(obj, "to", cid), id=message_id, status=status, cid=cid)
     if kind == "who":
         return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)
@@ -371,6 +391,10 @@ def typing(sender: str, to: str | None, room: str | None) -> dict[str, Any]:
     if room is not None:
         body["room"] = room
     return body
+
+
+def receipt(message_id: str, reader: str, status: str) -> dict[str, Any]:
+    return {"type": "receipt", "id": message_id, "from": reader, "status": status}
 
 
 def who(users: list[str], room: str | None, cid: str | None) -> OutFrame:

@@ -226,6 +226,10 @@ class Router:
             elif isinstance(frame, p.TypingFrame):
                 self._metrics.frames_in.labels("typing").inc()
                 await self._typing(session, frame)
+            elif isinstance(frame, p.ReceiptFrame):
+                self._metrics.frames_in.labels("receipt").inc()
+                if frame.to != session.user:
+                    await self._emit(p.receipt(frame.id, session.user, frame.status), [frame.to])
             elif isinstance(frame, p.WhoFrame):
                 self._metrics.frames_in.labels("who").inc()
                 await self._who(session, frame)
@@ -499,10 +503,26 @@ class Router:
             for user in envelope.recipients:
                 if self.hub.has_user(user):
                     frame = envelope.message_frame(p.user_channel(user))
-                    delivered += self.hub.deliver(user, frame, skip=envelope.origin)
+                    got = self.hub.deliver(user, frame, skip=envelope.origin)
+                    delivered += got
+                    if got and user == envelope.to and user != envelope.sender:
+                        self._receipt_delivered(envelope)
         if delivered:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
+
+    def _receipt_delivered(self, envelope: p.Envelope) -> None:
+        """Tell the sender a session of the recipient got the message (an addition to the protocol)."""
+        body = p.receipt(envelope.id, envelope.to or "", "delivered")
+        task = asyncio.create_task(self._emit_quietly(body, [envelope.sender]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _emit_quietly(self, body: dict[str, Any], audience: list[str]) -> None:
+        try:
+            await self._emit(body, audience)
+        except RegistryError as exc:
+            log.debug("receipt not sent: %s", exc)
 
     def _deliver_event(self, envelope: p.Envelope) -> None:
         if envelope.event is None:

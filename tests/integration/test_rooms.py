@@ -76,3 +76,15 @@ async def test_a_user_whose_server_dies_goes_offline_within_seconds() -> None:
         assert "ghost21" not in (await watcher.recv_type("who"))["users"]
     finally:
         c.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_delivered_and_read_receipts_cross_servers(cluster: RealCluster) -> None:
+    ann, ben = await connect(cluster, 1, "ann22"), await connect(cluster, 2, "ben22")
+    await ann.send({"type": "private", "to": "ben22", "text": "receipt please", "cid": "c"})
+    msg = await ben.recv_type("message")
+    delivered = await ann.recv_type("receipt")
+    assert delivered == {"type": "receipt", "id": msg["id"], "from": "ben22", "status": "delivered"}
+    await ben.send({"type": "receipt", "to": "ann22", "id": msg["id"], "status": "read"})
+    read = await ann.recv_type("receipt")
+    assert read == {"type": "receipt", "id": msg["id"], "from": "ben22", "status": "read"}

@@ -404,3 +404,26 @@ async def test_typing_hints_reach_the_target_at_most_once_a_second() -> None:
         await c.send(ann, 1, '{"type": "typing", "to": "ben"}')
     assert ben.of_type("typing") == [{"type": "typing", "from": "ann", "to": "ben"}]
     assert ann.of_type("typing") == [] and ann.of_type("error") == []
+
+
+@pytest.mark.gen_test
+async def test_the_sender_gets_delivered_then_read_receipts_for_a_private_message() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "did you get this?"}')
+    [msg] = ben.of_type("message")
+    assert ann.of_type("receipt") == [{"type": "receipt", "id": msg["id"], "from": "ben", "status": "delivered"}]
+    await c.send(ben, 2, f'{{"type": "receipt", "to": "ann", "id": "{msg["id"]}", "status": "read"}}')
+    assert ann.of_type("receipt")[-1] == {"type": "receipt", "id": msg["id"], "from": "ben", "status": "read"}
+    await c.send(ben, 2, '{"type": "receipt", "to": "ann", "id": "x", "status": "seen", "cid": "b"}')
+    assert ben.frames[-1]["code"] == "bad_frame"
+
+
+@pytest.mark.gen_test
+async def test_no_delivered_receipt_while_the_recipient_is_offline() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann = await c.join("ann", 1)
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "later"}')
+    assert ann.of_type("receipt") == []
