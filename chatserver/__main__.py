@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from chatserver import logs
 from chatserver.app import ChatNode, make_app
 from chatserver.config import DEV_SECRET, ConfigError, Settings
 
@@ -40,10 +41,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"chatserver: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s {settings.server_id} %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format, settings.server_id)
     if settings.dev and settings.secret == DEV_SECRET:
         log.warning("CHAT_DEV=1 without CHAT_SECRET: tokens use a public development secret")
     asyncio.run(serve(settings))

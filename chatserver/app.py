@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 import tornado.web
@@ -56,6 +57,7 @@ class ChatNode:
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
         self.hub = Hub()
         limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
+        self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
         self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits, rooms)
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
@@ -105,11 +107,32 @@ class ChatNode:
                 self._announced, self._heartbeat_error = live, ""
                 if live:
                     await self.router.sweep_presence()
+                    await self.registry.publish_stats(self.settings.server_id, self.stats())
             except RegistryError as exc:
                 log.warning("heartbeat failed (retrying): %s", exc)
                 self._announced, self._heartbeat_error = False, str(exc)
             # Until announced, check often, so a server is reachable soon after it is ready.
             await asyncio.sleep(self.settings.heartbeat_s if self._announced else 0.25)
+
+    def stats(self) -> dict[str, str]:
+        """This server's figures for the operator page (totals: the page derives rates)."""
+
+        def total(counter: Any) -> float:
+            return float(
+                sum(sample.value for m in counter.collect() for sample in m.samples if sample.name.endswith("_total"))
+            )
+
+        ready, reason = self.bus.status()
+        return {
+            "ts": f"{time.time():.3f}",
+            "connections": str(len(self.hub)),
+            "users": str(len(self.hub.users())),
+            "routed": f"{total(self.metrics.messages_routed):.0f}",
+            "delivered": f"{total(self.metrics.deliveries):.0f}",
+            "errors": f"{total(self.metrics.errors):.0f}",
+            "lag": str(self.bus.lag()),
+            "state": "draining" if self._draining else ("ready" if ready and self._announced else reason),
+        }
 
     async def readiness(self) -> tuple[bool, str]:
         """(ready, reason): not draining, Kafka consumed, Redis answering (checked at most 1/s)."""
@@ -172,6 +195,10 @@ def make_app(node: ChatNode) -> tornado.web.Application:
     ]
     if settings.dev_login:
         routes.append(tornado.web.url(r"/api/login", h.LoginHandler, {"auth": node.auth}))
+    if settings.admin_token:
+        routes.append(tornado.web.url(r"/admin", h.AdminPageHandler))
+        admin = {"token": settings.admin_token, "cluster_stats": node.registry.cluster_stats}
+        routes.append(tornado.web.url(r"/admin/api/cluster", h.AdminApiHandler, admin))
     return tornado.web.Application(
         routes,
         template_path=str(ROOT / "templates"),

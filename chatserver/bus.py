@@ -16,6 +16,7 @@ so nothing produced to it afterwards is skipped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class Bus(Protocol):
 
     def status(self) -> tuple[bool, str]:
         """(ready, reason): ready while this server demonstrably consumes its topic."""
+        ...
+
+    def lag(self) -> int:
+        """Messages in this server's topic not consumed yet (as last reported)."""
         ...
 
     async def close(self) -> None:
@@ -104,6 +109,8 @@ class KafkaBus:
                 "fetch.wait.max.ms": 100,
                 "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 2000,
+                "statistics.interval.ms": 5000,  # consumer lag for /metrics and /admin
+                "stats_cb": self._on_stats,
             }
         )
         self._admin = AdminClient(common)
@@ -111,7 +118,8 @@ class KafkaBus:
         self._timer: PeriodicCallback | None = None
         self._topic_task: asyncio.Task[None] | None = None
         self._assigned = False
-        self._next_offsets: dict[int, int] = {}  # partition -> next offset this process consumes
+        self._next_offsets: dict[int, int] = {}
+        self._lag = 0  # partition -> next offset this process consumes
         self._topic_ready = False
         self._last_error = ""
         self._probe_seq = 0
@@ -158,6 +166,17 @@ class KafkaBus:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions revoked from %s", self._topic)
         self._assigned = False
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka's statistics (served from consume(), on the IOLoop thread)."""
+        try:
+            partitions = json.loads(raw)["topics"][self._topic]["partitions"]
+            self._lag = sum(max(0, int(p.get("consumer_lag", 0))) for k, p in partitions.items() if k != "-1")
+        except (KeyError, ValueError, TypeError):
+            return
+
+    def lag(self) -> int:
+        return self._lag
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         self._last_error = f"kafka at {self._bootstrap}: {err.str()}"
@@ -300,6 +319,9 @@ class MemoryBus:
 
     def status(self) -> tuple[bool, str]:
         return True, "ok"
+
+    def lag(self) -> int:
+        return 0
 
     async def close(self) -> None:
         self._broker.handlers.pop(self._server_id, None)

@@ -59,6 +59,8 @@ class Settings:
     max_frame_bytes: int = 64 * 1024  # fixed by the protocol (close 1009 above it)
     ping_interval_s: float = 25.0  # CHAT_WS_PING_S: WebSocket pings keep proxies from timing out
     log_level: str = "INFO"  # CHAT_LOG_LEVEL
+    log_format: str = "text"  # CHAT_LOG_FORMAT: text (for a terminal) or json (one object a line)
+    admin_token: str = ""  # CHAT_ADMIN_TOKEN: enables /admin for whoever presents it (off when empty)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -116,7 +118,13 @@ class Settings:
             trusted_proxies=_list(env, "CHAT_TRUSTED_PROXIES", cls.trusted_proxies),
             max_send_buffer=_int(env, "CHAT_MAX_SEND_BUFFER", cls.max_send_buffer),
             log_level=env.get("CHAT_LOG_LEVEL", cls.log_level).upper(),
+            log_format=env.get("CHAT_LOG_FORMAT", cls.log_format),
+            admin_token=env.get("CHAT_ADMIN_TOKEN", ""),
         )
+        if settings.log_format not in ("text", "json"):
+            raise ConfigError(f"CHAT_LOG_FORMAT={settings.log_format!r}: use 'text' or 'json'")
+        if settings.admin_token and len(settings.admin_token) < 16:
+            raise ConfigError("CHAT_ADMIN_TOKEN is too short: use at least 16 random characters")
         if settings.history_max < settings.history_min:
             raise ConfigError("CHAT_HISTORY_MAX must be at least CHAT_HISTORY_MIN")
         if settings.heartbeat_s * 2 > settings.session_ttl_s:

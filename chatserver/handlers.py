@@ -7,6 +7,7 @@ handshake, picks the codec, and passes frames in and out.
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ from chatserver.config import Settings
 from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
 from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error
+from chatserver.registry import RegistryError
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,36 @@ class LoginHandler(JsonHandler):
         if not isinstance(username, str) or not USERNAME_RE.match(username):
             return self.fail(400, "bad_username", "username must be 1-32 of A-Z a-z 0-9 _ . -")
         self.finish({"token": self.auth.issue(username), "username": username})
+
+
+class AdminPageHandler(RequestHandler):
+    """The operator page; it asks for the admin token and reads /admin/api/cluster with it."""
+
+    def get(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+        self.render("admin.html")
+
+
+class AdminApiHandler(JsonHandler):
+    """Every live server's figures, for ``Authorization: Bearer <CHAT_ADMIN_TOKEN>`` only."""
+
+    def initialize(self, token: str, cluster_stats: Callable[[], Awaitable[dict[str, dict[str, str]]]]) -> None:
+        self.token = token
+        self.cluster_stats = cluster_stats
+
+    async def get(self) -> None:
+        given = self.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return self.fail(401, "unauthorized", "send Authorization: Bearer <CHAT_ADMIN_TOKEN>")
+        try:
+            servers = await self.cluster_stats()
+        except RegistryError as exc:
+            return self.fail(503, "not_ready", f"the registry does not answer: {exc}")
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"servers": servers})
 
 
 class HealthHandler(JsonHandler):

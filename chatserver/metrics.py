@@ -26,6 +26,7 @@ class Metrics:
             "chat_retries_recognised", "Sends recognised as retries of a stored message", registry=r
         )
         self.replayed = Counter("chat_replayed_messages", "Messages replayed by resume", registry=r)
+        self.consumer_lag = Gauge("chat_consumer_lag", "Messages in this server's topic not consumed yet", registry=r)
         self.bus_failures = Counter("chat_bus_publish_failures", "Publishes the bus refused", registry=r)
         self.registry_failures = Counter("chat_registry_failures", "Registry calls that failed", registry=r)
         self.publish_seconds = Histogram(

@@ -53,6 +53,10 @@ class Names:
         """Redis set: the rooms ``user`` is a member of."""
         return f"{self.prefix}chat:user:{user}:rooms"
 
+    def server_stats(self, server_id: str) -> str:
+        """Redis hash: a server's figures for the operator page, refreshed by its heartbeat."""
+        return f"{self.prefix}chat:server:{server_id}:stats"
+
     def online(self) -> str:
         """Redis sorted set: users with a session somewhere, scored by expiry (ms)."""
         return f"{self.prefix}chat:online"

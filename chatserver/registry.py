@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 
@@ -57,6 +57,13 @@ class Registry(Protocol):
 
     async def sweep_offline(self) -> list[str]:
         """Users whose every server died without a goodbye; each is returned by one caller only."""
+        ...
+
+    async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
+        """Record this server's figures for the operator page (they expire with the server)."""
+
+    async def cluster_stats(self) -> dict[str, dict[str, str]]:
+        """The latest figures of every live server."""
         ...
 
     async def ping(self) -> None:
@@ -175,6 +182,30 @@ class RedisRegistry:
             raise RegistryError(f"redis: {exc}") from exc
         return gone
 
+    async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
+        key = self._names.server_stats(server_id)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=cast(Any, stats))
+                pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+
+    async def cluster_stats(self) -> dict[str, dict[str, str]]:
+        servers = sorted(await self.live_servers())
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for server in servers:
+                    pipe.hgetall(self._names.server_stats(server))
+                replies = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
+        return {
+            server: {k.decode(): v.decode() for k, v in reply.items()}
+            for server, reply in zip(servers, replies, strict=True)
+        }
+
     async def ping(self) -> None:
         try:
             await self._redis.ping()
@@ -197,6 +228,7 @@ class MemoryRegistry:
         self._users: dict[str, dict[str, float]] = {}
         self._servers: dict[str, float] = {}
         self._online: dict[str, float] = {}
+        self._stats: dict[str, dict[str, str]] = {}
 
     async def add(self, user: str, server_id: str) -> None:
         expiry = self._clock() + self._ttl_s
@@ -246,6 +278,12 @@ class MemoryRegistry:
         for user in gone:
             del self._online[user]
         return gone
+
+    async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
+        self._stats[server_id] = dict(stats)
+
+    async def cluster_stats(self) -> dict[str, dict[str, str]]:
+        return {s: self._stats.get(s, {}) for s in sorted(await self.live_servers())}
 
     async def ping(self) -> None:
         return None

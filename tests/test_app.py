@@ -180,3 +180,32 @@ async def test_graceful_stop_closes_sessions_with_1001_and_reports_not_ready() -
         with pytest.raises(HTTPClientError) as ready:
             await AsyncHTTPClient().fetch(url + "/readyz")
         assert ready.value.code == 503
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_the_operator_page_is_off_by_default_and_guarded_by_its_token() -> None:
+    async with cluster(1) as [(url, _node)]:
+        with pytest.raises(HTTPClientError) as off:
+            await AsyncHTTPClient().fetch(url + "/admin")
+        assert off.value.code == 404
+    token = "operator-token-0123456789"
+    async with cluster(2, admin_token=token) as [(url, _node), (_url2, _node2)]:
+        http = AsyncHTTPClient()
+        page = await http.fetch(url + "/admin")
+        assert b"admin.js" in page.body and "script-src 'self'" in page.headers["Content-Security-Policy"]
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}):
+            with pytest.raises(HTTPClientError) as refused:
+                await http.fetch(url + "/admin/api/cluster", headers=headers)
+            assert refused.value.code == 401
+        alice = await connect(url, "alice")
+        await _node.router.heartbeat(live=True)
+        await _node.registry.publish_stats("ws-1", _node.stats())
+        await _node2.registry.publish_stats("ws-2", _node2.stats())
+        body = json.loads(
+            (await http.fetch(url + "/admin/api/cluster", headers={"Authorization": f"Bearer {token}"})).body
+        )
+        assert set(body["servers"]) == {"ws-1", "ws-2"}
+        assert body["servers"]["ws-1"]["connections"] == "1" and body["servers"]["ws-1"]["state"] == "ready"
+        metrics = (await http.fetch(url + "/metrics")).body.decode()
+        assert "chat_consumer_lag 0.0" in metrics
+        alice.close()
