@@ -3,7 +3,7 @@
 (() => {
   'use strict';
   const $ = (id) => document.getElementById(id);
-  const previous = new Map();  // server -> {ts, routed, delivered}
+  const reports = new Map();  // server -> {last, prev}: the two latest distinct reports
   let token = sessionStorage.getItem('chat.admin.token') || '';
   let timer = null;
 
@@ -27,7 +27,9 @@
     for (const name of names) {
       const s = servers[name];
       const now = { ts: Number(s.ts || 0), routed: Number(s.routed || 0), delivered: Number(s.delivered || 0) };
-      const before = previous.get(name);
+      const seen = reports.get(name) || { last: null, prev: null };
+      if (!seen.last || seen.last.ts !== now.ts) reports.set(name, { last: now, prev: seen.last });
+      const before = reports.get(name).prev;
       const row = document.createElement('tr');
       cell(row, name);
       cell(row, s.state || 'no report yet', s.state === 'ready' ? 'ok' : 'warn');
@@ -41,7 +43,6 @@
       cell(row, s.lag || '0', Number(s.lag) > 1000 ? 'warn' : '');
       cell(row, s.ts ? `${Math.max(0, Date.now() / 1000 - now.ts).toFixed(0)} s ago` : '–');
       rows.appendChild(row);
-      if (!before || now.ts !== before.ts) previous.set(name, now);
       sum.connections += Number(s.connections || 0);
       sum.users += Number(s.users || 0);
       sum.errors += Number(s.errors || 0);
