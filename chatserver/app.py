@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import tornado.web
+from redis.asyncio.sentinel import Sentinel
 from tornado.routing import URLSpec
 
 from chatserver import handlers as h
@@ -76,9 +77,7 @@ class ChatNode:
             bus: Bus = MemoryBus(broker or MemoryBroker(), settings.server_id)
             limiter = MemoryUserLimiter(settings.user_rate_per_s)
             return cls(settings, registry, history, bus, user_limiter=limiter, rooms=MemoryRooms())
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-        )
+        client = redis_client(settings.redis_url)
         registry = RedisRegistry(client, names, settings.session_ttl_s)
         history = RedisHistory(client, names, retention)
         bus = KafkaBus(
@@ -170,6 +169,31 @@ class ChatNode:
         if self._on_close is not None:
             await self._on_close()
             self._on_close = None
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A client for ``redis://...`` (or ``rediss://``), or for the master that Sentinel names:
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
+    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    if not url.startswith(SENTINEL_SCHEME):
+        direct: aioredis.Redis = aioredis.Redis.from_url(url, health_check_interval=10, **options)
+        return direct
+    rest = url[len(SENTINEL_SCHEME) :]
+    netloc, _, path = rest.partition("/")
+    password = None
+    if "@" in netloc:
+        credentials, netloc = netloc.rsplit("@", 1)
+        password = credentials.split(":", 1)[-1] or None
+    hosts = [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in netloc.split(",") if item)]
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError(f"REDIS_URL={url!r}: use redis+sentinel://host:port[,host:port]/service[/db]")
+    sentinel = Sentinel(hosts, sentinel_kwargs=options, password=password, **options)  # type: ignore[no-untyped-call]
+    master: aioredis.Redis = sentinel.master_for(service, db=int(db or 0))
+    return master
 
 
 def make_app(node: ChatNode) -> tornado.web.Application:
