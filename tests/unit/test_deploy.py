@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,3 +62,298 @@ def test_compose_runs_the_kafka_version_the_scripts_run() -> None:
     version = re.search(r'KAFKA_VERSION="\$\{KAFKA_VERSION:-([0-9.]+)\}"', lib)
     assert version is not None
     assert compose()["services"]["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+
+
+# --- Operating the cluster: profiles, the kafka3 override, monitoring, the systemd unit -------
+
+KAFKA3_OVERRIDE = ROOT / "deploy/compose.kafka3.yml"
+BROKERS = ("kafka-1", "kafka-2", "kafka-3")
+PROFILES = {"kafka3": set(BROKERS), "monitoring": {"prometheus", "grafana"}}
+# The keys of a service in the Compose specification that this project may use: a misspelt key
+# ("healtcheck") would otherwise pass the YAML-level checks below.
+SERVICE_KEYS = {
+    "build", "command", "container_name", "depends_on", "deploy", "entrypoint", "environment",
+    "env_file", "healthcheck", "image", "labels", "logging", "networks", "profiles", "ports",
+    "restart", "stop_grace_period", "stop_signal", "ulimits", "user", "volumes", "working_dir",
+}  # fmt: skip
+
+
+class _Override:
+    """A value tagged ``!override`` (Compose 2.24.4+): replaces instead of merging."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus Compose's merge tags, so the override file loads."""
+
+
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> _Override:
+    if isinstance(node, yaml.MappingNode):
+        return _Override(loader.construct_mapping(node, deep=True))
+    if isinstance(node, yaml.SequenceNode):
+        return _Override(loader.construct_sequence(node, deep=True))
+    assert isinstance(node, yaml.ScalarNode)
+    return _Override(loader.construct_scalar(node))
+
+
+_ComposeLoader.add_constructor("!override", _construct_override)
+
+
+def load_compose_file(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load(path.read_text(), Loader=_ComposeLoader)  # a SafeLoader subclass
+    return data
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Compose's merge of an override file, as far as these files use it: mappings merge key by
+    key, sequences append (profiles, ports), ``!override`` replaces, scalars replace."""
+    if isinstance(over, _Override):
+        return over.value
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else merge(None, value)
+        return out
+    if isinstance(base, list) and isinstance(over, list):
+        return base + [item for item in over if item not in base]
+    return over
+
+
+def compose_with_kafka3() -> dict[str, Any]:
+    merged: dict[str, Any] = merge(compose(), load_compose_file(KAFKA3_OVERRIDE))
+    return merged
+
+
+def enabled(services: dict[str, Any], profiles: set[str]) -> set[str]:
+    return {name for name, svc in services.items() if not svc.get("profiles") or set(svc["profiles"]) & profiles}
+
+
+def depends_on(svc: dict[str, Any]) -> set[str]:
+    deps = svc.get("depends_on", {})
+    return set(deps) if isinstance(deps, dict | list) else set()
+
+
+@functools.cache
+def docker_compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+# Each way the files are meant to be combined: (extra -f files, profiles).
+COMPOSE_VARIANTS = [
+    ((), ()),
+    ((), ("kafka3",)),
+    ((), ("monitoring",)),
+    ((), ("kafka3", "monitoring")),
+    (("deploy/compose.kafka3.yml",), ("kafka3",)),
+    (("deploy/compose.kafka3.yml",), ("kafka3", "monitoring")),
+]
+
+
+@pytest.mark.parametrize(("extra_files", "profiles"), COMPOSE_VARIANTS)
+def test_compose_files_are_valid_for_every_profile(extra_files: tuple[str, ...], profiles: tuple[str, ...]) -> None:
+    """`docker compose config -q` where the compose plugin is installed (it needs no engine);
+    PyYAML-level checks always. Never skipped: machines without the plugin (this project's
+    development machines and CI have the docker CLI but not its compose plugin) still get the
+    structural checks, which catch what the plugin would and the conventions it would not."""
+    if docker_compose_available():
+        args = ["docker", "compose", "-f", "docker-compose.yml"]
+        for extra in extra_files:
+            args += ["-f", extra]
+        for profile in profiles:
+            args += ["--profile", profile]
+        env = {**os.environ, "CHAT_SECRET": "x" * 32}
+        done = subprocess.run([*args, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+    data = compose_with_kafka3() if extra_files else compose()
+    assert {key for key in data if not key.startswith("x-")} <= {"services", "volumes", "networks", "name"}
+    services: dict[str, Any] = data["services"]
+    active = enabled(services, set(profiles))
+    declared_volumes = set(data.get("volumes") or {})
+    for name in active:
+        svc = services[name]
+        assert set(svc) <= SERVICE_KEYS, (name, set(svc) - SERVICE_KEYS)
+        assert "image" in svc or "build" in svc, name
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+        for dep in depends_on(svc):
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert dep in active, f"{name} depends on {dep}, disabled with profiles {profiles}"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), (name, volume)
+            else:
+                assert source in declared_volumes, (name, volume)
+    # Every published host port is published once.
+    published = [p.split(":")[1] for name in active for p in services[name].get("ports", [])]
+    assert len(published) == len(set(published)), published
+
+
+def test_every_service_restarts_has_a_health_check_and_resource_limits() -> None:
+    for name, svc in compose()["services"].items():
+        assert svc.get("restart") == "unless-stopped", name
+        assert svc.get("healthcheck", {}).get("test"), name
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert {"cpus", "memory"} <= set(limits), name
+
+
+def test_profiles_hold_the_optional_services_only() -> None:
+    services = compose()["services"]
+    for profile, names in PROFILES.items():
+        assert {name for name, svc in services.items() if profile in svc.get("profiles", [])} == names
+    always = {name for name, svc in services.items() if not svc.get("profiles")}
+    assert always == {"redis", "kafka", "kafka-ui", "nginx", *chat_services()}
+    # kafka-ui stays on 8090 (shared/PROTOCOL.md), also with the override.
+    assert "127.0.0.1:8090:8080" in compose_with_kafka3()["services"]["kafka-ui"]["ports"]
+
+
+def test_kafka3_profile_is_a_replicated_kraft_quorum() -> None:
+    services = compose()["services"]
+    envs = {name: services[name]["environment"] for name in BROKERS}
+    voters = {f"{n}@kafka-{n}:9093" for n in (1, 2, 3)}
+    assert {str(env["KAFKA_NODE_ID"]) for env in envs.values()} == {"1", "2", "3"}
+    assert len({env["CLUSTER_ID"] for env in envs.values()}) == 1
+    version = services["kafka"]["image"]
+    for name, env in envs.items():
+        svc = services[name]
+        assert svc["image"] == version == "apache/kafka:4.1.1", name
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller", name
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092", name
+        assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == 3, name
+        assert int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2, name
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 3, name
+        assert int(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == 3, name
+        assert int(env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"]) == 2, name
+        assert svc["volumes"] == [f"{name}-data:{env['KAFKA_LOG_DIRS']}"], name
+    assert len({tuple(services[name]["volumes"]) for name in BROKERS}) == 3
+
+
+def test_kafka3_override_points_every_chat_server_at_the_three_brokers() -> None:
+    override = load_compose_file(KAFKA3_OVERRIDE)["services"]
+    assert set(chat_services()) <= set(override), "each ws-N service needs its lines in the override"
+    merged = compose_with_kafka3()["services"]
+    brokers = {f"{name}:9092" for name in BROKERS}
+    for name in chat_services():
+        assert set(merged[name]["environment"]["KAFKA_BOOTSTRAP"].split(",")) == brokers, name
+        assert depends_on(merged[name]) == {"redis", *BROKERS}, name
+        assert merged[name]["environment"]["SERVER_ID"] == name  # the rest of the environment is kept
+    assert set(merged["kafka-ui"]["environment"]["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"].split(",")) == brokers
+    assert "kafka" not in enabled(merged, {"kafka3", "monitoring"}), "the single broker stays out"
+
+
+def test_prometheus_scrapes_every_chat_server() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "chat"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = {(group["labels"]["server"], target) for group in job["static_configs"] for target in group["targets"]}
+    assert targets == {(name, f"{name}:{svc['environment']['PORT']}") for name, svc in chat_services().items()}
+    prometheus = compose()["services"]["prometheus"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_grafana_is_provisioned_from_the_repository() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    datasources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/chat.yml").read_text())
+    (provider,) = providers["providers"]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    for panel in dashboard()["panels"]:
+        for target in [panel, *panel["targets"]]:
+            assert target["datasource"]["uid"] == source["uid"], panel["title"]
+
+
+def defined_metric_names() -> set[str]:
+    """The series names Prometheus sees, from chatserver/metrics.py's source: a Counter's name
+    gets ``_total``, a Histogram's ``_bucket``, ``_sum`` and ``_count``."""
+    source = (ROOT / "chatserver/metrics.py").read_text()
+    found = re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', source)
+    assert len(found) >= 10, "metrics.py no longer parses as expected"
+    suffixes = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count")}
+    return {name + suffix for kind, name in found for suffix in suffixes[kind]}
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "deploy/grafana/dashboards/chat.json").read_text())
+    return data
+
+
+def test_dashboard_panels_query_metrics_the_server_defines() -> None:
+    board = dashboard()
+    assert board["uid"] and board["title"]
+    defined = defined_metric_names()
+    used: set[str] = set()
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in board["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"\bchat_[a-z0-9_]+\b", target["expr"]))
+            assert names, (panel["title"], target["expr"])
+            assert names <= defined, (panel["title"], names - defined)
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+            used |= names
+    wanted = {
+        "chat_connections", "chat_local_users", "chat_frames_in_total", "chat_messages_routed_total",
+        "chat_deliveries_total", "chat_errors_total", "chat_publish_seconds_bucket",
+        "chat_delivery_seconds_bucket", "chat_bus_publish_failures_total", "chat_registry_failures_total",
+        "chat_consumer_lag",
+    }  # fmt: skip
+    assert wanted <= used, wanted - used
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for quantile in ("0.5", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (le) (rate(chat_publish_seconds_bucket" in exprs
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """A systemd unit's settings by key (a key may repeat), sections ignored."""
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_unit_runs_one_server_with_a_graceful_stop_and_hardening() -> None:
+    text = (ROOT / "deploy/chatserver.service").read_text()
+    assert {"[Unit]", "[Service]", "[Install]"} <= set(re.findall(r"^\[\w+\]", text, re.M))
+    unit = unit_settings(text)
+    assert unit["EnvironmentFile"] == ["/etc/chatserver/ws-1.env"]
+    assert unit["ExecStart"][0].endswith("/bin/python -m chatserver")
+    assert unit["Restart"] == ["on-failure"]
+    assert unit["KillSignal"] == ["SIGTERM"] and unit["TimeoutStopSec"] == ["30"]
+    for key in ("NoNewPrivileges", "PrivateTmp"):
+        assert unit[key] == ["true"], key
+    assert unit["ProtectSystem"] == ["strict"]
+    assert unit["LimitNOFILE"] == ["65536"]
+    assert unit.get("DynamicUser") == ["true"] or "User" in unit
+
+
+def test_env_example_lists_every_configuration_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", table, re.M))
+    assert len(documented) >= 20
+    example = (ROOT / "deploy/ws-1.env.example").read_text()
+    listed = set(re.findall(r"^#?\s?([A-Z][A-Z0-9_]+)=", example, re.M))
+    assert documented <= listed, documented - listed
+    config = (ROOT / "chatserver/config.py").read_text()
+    assert {name for name in listed if f'"{name}"' not in config} == set(), "listed but not read by config.py"
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M))
+    assert values["SERVER_ID"] == "ws-1" and values["PORT"] == "8081"
