@@ -341,8 +341,12 @@ class OutFrame:
 MessageKind = Literal["public", "private", "room", "event"]
 
 
-def welcome(user: str, server: str, positions: dict[str, int]) -> OutFrame:
-    return OutFrame({"type": "welcome", "user": user, "server": server, "positions": positions})
+def welcome(user: str, server: str, positions: dict[str, int], rooms: list[str] | None = None) -> OutFrame:
+    """``rooms`` (an addition): the rooms the user is in; ``positions`` then covers their channels too."""
+    body: dict[str, Any] = {"type": "welcome", "user": user, "server": server, "positions": positions}
+    if rooms:
+        body["rooms"] = rooms
+    return OutFrame(body)
 
 
 def ack(cid: str | None, message_id: str, ts: int, channel: str, offset: int) -> OutFrame:

@@ -115,7 +115,7 @@ class Router:
         self._bus = bus
         self._limits = limits or Limits()
         self._rooms: Rooms = rooms or MemoryRooms()
-        self._typing_sent: dict[tuple[str, str], float] = {}  # (session id, target) -> when
+        self._typing_sent: dict[str, dict[str, float]] = {}  # session id -> target -> when
         self._buckets: dict[str, _Flow] = {}
         self._metrics = metrics
         self._clock = clock
@@ -134,7 +134,12 @@ class Router:
         held; then only those newer than the positions it reports are sent: older ones are
         history to this client, and ``resume`` replays them when it wants them."""
         user = session.user
-        channels = [p.PUBLIC, p.user_channel(user)]
+        try:
+            rooms = await self._rooms.rooms_of(user)
+        except RoomsError as exc:
+            log.warning("rooms of %s unknown: %s", user, exc)
+            rooms = []
+        channels = [p.PUBLIC, p.user_channel(user), *(p.room_channel(r) for r in rooms)]
         self._buckets[session.id] = _Flow(self._limits)
         first = self.hub.add(session)
         self.hub.hold(session, channels, everything=True)  # welcome goes first
@@ -156,12 +161,13 @@ class Router:
         except HistoryError as exc:
             log.warning("positions of %s unknown: %s", user, exc)
             positions = {}
-        session.send(p.welcome(user, self.server_id, positions))
+        session.send(p.welcome(user, self.server_id, positions, rooms))
         self.hub.release(session, {c: positions.get(c, 0) for c in channels})
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""
         self._buckets.pop(session.id, None)
+        self._typing_sent.pop(session.id, None)
         if self.hub.remove(session) and not self._withdrawn:
             task = asyncio.create_task(self._unregister(session.user))
             self._unregistering[session.user] = task
@@ -346,10 +352,12 @@ class Router:
     async def _typing(self, session: ClientSession, frame: p.TypingFrame) -> None:
         target = frame.to if frame.to is not None else f"#{frame.room}"
         now = time.monotonic()
-        key = (session.id, target)
-        if now - self._typing_sent.get(key, 0.0) < 1.0:
+        sent = self._typing_sent.setdefault(session.id, {})
+        if now - sent.get(target, 0.0) < 1.0:
             return  # at most one hint per second per sender and target; dropping is harmless
-        self._typing_sent[key] = now
+        if len(sent) > 64:  # forget old targets: the map stays small however long a session lives
+            sent.clear()
+        sent[target] = now
         if frame.room is not None:
             members = await self._rooms.members(frame.room)
             if session.user not in members:

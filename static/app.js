@@ -59,6 +59,11 @@
   const LOAD_OLDER_PX = 60;            // this close to the top of the list: load older messages
   const AUTO_OLDER_ROUNDS = 10;        // older pages loaded in a row without the user scrolling
   const GAP_TEXT = 'Some messages could not be recovered';
+  const RECENT_ROOM = 50;              // history loaded for a room this page has not shown yet
+  const MAX_ONLINE = 1000;             // the server's largest `who` answer
+  const TYPING_SEND_MS = 2000;         // at most one typing hint per conversation this often
+  const TYPING_SHOW_MS = 3000;         // "bob is typing…" lasts this long after a hint
+  const ROOM_PREFIX = 'room:';
 
   const STORE = {
     token: 'chat.token',
@@ -68,6 +73,8 @@
   };
   // localStorage (shared by the tabs of this browser, kept after sign-out): 'chat.positions.<user>'.
   const POSITIONS_PREFIX = 'chat.positions.';
+  // localStorage: 'chat.rooms.<user>', the rooms this browser joined for the user (no frame lists them).
+  const ROOMS_PREFIX = 'chat.rooms.';
 
   /**
    * The whole client state. Render functions read it; event handlers change it
@@ -95,6 +102,12 @@
     },
     convs: new Map(),         // key -> conversation (see newConv)
     order: [],                // DM keys, most recent activity first ("public" is always first)
+    rooms: [],                // names of the rooms joined (sorted), saved per user in localStorage
+    joining: new Map(),       // cid -> room name of a `join` sent from the sidebar (opened when confirmed)
+    online: new Set(),        // users online anywhere (from `who` and presence online/offline)
+    roomOnline: {},           // room -> number of its members online (from `who` with room)
+    typingSent: {},           // conversation key -> when we last sent a typing hint for it
+    typing: new Map(),        // conversation key -> Map(user -> until when they are shown typing)
     active: 'public',         // key of the open conversation
     seen: new Map(),          // message id -> message shown (drop duplicates, learn offsets)
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
@@ -134,6 +147,14 @@
     dmForm: $('dm-form'),
     dmName: $('dm-name'),
     dmError: $('dm-error'),
+    roomForm: $('room-form'),
+    roomName: $('room-name'),
+    roomError: $('room-error'),
+    roomList: $('room-list'),
+    onlineList: $('online-list'),
+    onlineEmpty: $('online-empty'),
+    roomLeave: $('room-leave'),
+    typing: $('typing'),
     meName: $('me-name'),
     meAvatar: $('me-avatar'),
     signout: $('signout'),
@@ -207,6 +228,7 @@
   }
 
   const validUsername = (name) => USERNAME_RE.test(name);
+  const validRoom = (name) => USERNAME_RE.test(name);     // room names follow the username rules
   const isOffset = (v) => typeof v === 'number' && Number.isInteger(v) && v > 0;
   const initial = (name) => (name ? name.replace(/[^A-Za-z0-9]/g, '').charAt(0) || name.charAt(0) : '?').toUpperCase();
 
@@ -268,6 +290,20 @@
     } catch (e) { /* private mode or full: positions live as long as the page */ }
   }
 
+  /** Rooms of `user` this browser joined: [] when none. */
+  function loadRooms(user) {
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(ROOMS_PREFIX + user) || 'null'); } catch (e) { saved = null; }
+    return Array.isArray(saved) ? [...new Set(saved.filter((r) => typeof r === 'string' && validRoom(r)))].sort() : [];
+  }
+
+  function saveRooms() {
+    if (!state.me) return;
+    try {
+      localStorage.setItem(ROOMS_PREFIX + state.me, JSON.stringify(state.rooms));
+    } catch (e) { /* private mode or full */ }
+  }
+
   // ----------------------------------------------------- 4. sign in and out
 
   async function signIn(name) {
@@ -323,6 +359,7 @@
     saveSession();
     resetChat();
     state.positions = loadPositions(username);
+    for (const room of loadRooms(username)) addRoom(room);
     restoreConvs();
     renderScreen();
     renderMe();
@@ -373,6 +410,13 @@
     state.loadingOlder = {};
     state.resuming = null;
     state.gapsToRetry = [];
+    state.rooms = [];
+    state.joining = new Map();
+    state.online = new Set();
+    state.roomOnline = {};
+    state.typingSent = {};
+    for (const who of state.typing.values()) for (const t of who.values()) clearTimeout(t.timer);
+    state.typing = new Map();
     ensureConv('public');
     ui.messages.replaceChildren();
     ui.text.value = '';
@@ -568,7 +612,9 @@
       case 'ack': onAck(frame); break;
       case 'error': onError(frame); break;
       case 'pong': break;                       // lastFrameAt already refreshed
-      // later: 'presence', 'typing', 'who'
+      case 'presence': onPresence(frame); break;
+      case 'typing': onTyping(frame); break;
+      case 'who': onWho(frame); break;
       default: break;                           // unknown types are ignored
     }
     if (state.positionsDirty) savePositions();
@@ -603,7 +649,11 @@
   function startChannels(latest) {
     const resumeFrom = {};
     let stored = false;
-    for (const ch of [PUBLIC, myChannel()]) {
+    // Membership is durable, but this browser may be the only one that remembers it: join again
+    // (idempotent) before reading the room channels. Frames are handled in order by the server.
+    for (const room of state.rooms) send({ type: 'join', room });
+    send({ type: 'who', cid: newCid() });
+    for (const ch of [PUBLIC, myChannel(), ...state.rooms.map(roomChannel)]) {
       const top = typeof latest[ch] === 'number' ? latest[ch] : null;
       const have = state.positions[ch];
       let before;                               // undefined: the newest messages
@@ -619,7 +669,7 @@
         setPosition(ch, top, true);
       }
       if (!state.loaded[ch]) {
-        requestHistory({ purpose: 'recent', channel: ch, before, limit: ch === PUBLIC ? RECENT_PUBLIC : RECENT_DMS });
+        requestHistory({ purpose: 'recent', channel: ch, before, limit: recentLimit(ch) });
       }
     }
     if (stored) {
@@ -632,7 +682,7 @@
   function onMessage(f) {
     const ch = typeof f.channel === 'string' ? f.channel : null;
     const offset = isOffset(f.offset) ? f.offset : null;
-    if (ch && offset !== null && !state.resuming) {
+    if (ch && offset !== null && !state.resuming && knownChannel(ch)) {
       const pos = state.positions[ch];
       if (typeof pos === 'number' && offset > pos + 1) requestGap(ch, pos, offset);
     }
@@ -645,6 +695,7 @@
     if (req) state.requests.delete(f.cid);
     const found = Array.isArray(f.messages) ? f.messages.filter((m) => m && typeof m === 'object') : [];
     const ch = typeof f.channel === 'string' ? f.channel : (req ? req.channel : '');
+    if (!knownChannel(ch)) return;              // a room left meanwhile
     const createdBefore = new Set(state.convs.keys());
     const added = new Map();                    // conversation key -> messages added
     for (const m of found) {
@@ -654,6 +705,8 @@
     let more = -1;                              // >= 0: load older again, after that many rounds
     if (req && req.purpose === 'recent') {
       state.loaded[ch] = true;
+      // A room has no position in `welcome`: an empty channel starts at 0, so gaps can be seen.
+      if (state.positions[ch] === undefined && req.before === undefined) setPosition(ch, 0);
       if (found.length < req.limit) state.atStart[ch] = true;
       more = 0;
     } else if (req && req.purpose === 'older') {
@@ -702,6 +755,13 @@
   function onError(f) {
     const text = typeof f.message === 'string' && f.message ? f.message : (f.code || 'Error');
     const req = typeof f.cid === 'string' ? state.requests.get(f.cid) : undefined;
+    if (typeof f.cid === 'string' && state.joining.has(f.cid)) {
+      state.joining.delete(f.cid);
+      ui.roomError.textContent = 'Could not join: ' + text;
+      ui.roomError.hidden = false;
+      ui.roomName.setAttribute('aria-invalid', 'true');
+      return;
+    }
     if (req) {
       state.requests.delete(f.cid);
       if (state.loadingOlder[req.channel] === f.cid) { delete state.loadingOlder[req.channel]; renderTopRow(); }
@@ -730,9 +790,17 @@
   // ------------------------------------------------ 7. channels and history
 
   const myChannel = () => 'user:' + state.me;
+  const roomChannel = (room) => ROOM_PREFIX + room;
+  /** Not the channel of a room this page has left (or never joined). */
+  const knownChannel = (ch) => !ch.startsWith(ROOM_PREFIX) || state.rooms.includes(ch.slice(ROOM_PREFIX.length));
+  const recentLimit = (ch) => (ch === PUBLIC ? RECENT_PUBLIC : ch.startsWith(ROOM_PREFIX) ? RECENT_ROOM : RECENT_DMS);
 
   /** The channel a conversation's messages are stored in. */
-  const channelOfConv = (conv) => (conv.kind === 'public' ? PUBLIC : myChannel());
+  function channelOfConv(conv) {
+    if (conv.kind === 'public') return PUBLIC;
+    if (conv.kind === 'room') return roomChannel(conv.room);
+    return myChannel();
+  }
 
   /** The highest offset seen in `ch`; `force` also lowers it (a reset store). */
   function setPosition(ch, offset, force) {
@@ -805,6 +873,7 @@
     let keys = [];
     if (ch === PUBLIC) keys = [PUBLIC];
     else if (ch === myChannel()) keys = state.order.slice();
+    else if (ch.startsWith(ROOM_PREFIX) && state.convs.has(ch)) keys = [ch];
     if (ch === myChannel() && !keys.length) showNotice(GAP_TEXT + ' (private messages).');
     let active = false;
     for (const key of keys) {
@@ -843,12 +912,20 @@
       const other = f.from === state.me ? f.to : f.from;    // from == me: sent by me (another tab, or history)
       return typeof other === 'string' && other ? dmKey(other) : null;
     }
-    return null;                                            // 'room' later: 'room:' + f.room
+    if (f.kind === 'room') {
+      // Only rooms this page knows: a late copy after leaving must not bring the room back.
+      return typeof f.room === 'string' && state.rooms.includes(f.room) ? roomKey(f.room) : null;
+    }
+    return null;
   }
 
   function newConv(key) {
     if (key === 'public') {
       return { key, kind: 'public', peer: null, title: 'Public', messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
+    }
+    if (key.startsWith(ROOM_PREFIX)) {
+      const room = key.slice(ROOM_PREFIX.length);
+      return { key, kind: 'room', peer: null, room, title: room, messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
     }
     const peer = key.slice(3);
     return { key, kind: 'dm', peer, title: peer, messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
@@ -859,14 +936,14 @@
     if (!conv) {
       conv = newConv(key);
       state.convs.set(key, conv);
-      if (conv.kind !== 'public') state.order.push(key);
+      if (conv.kind === 'dm') state.order.push(key);
     }
     return conv;
   }
 
   /** Move a DM to the top of the list. */
   function touchConv(conv) {
-    if (conv.kind === 'public') return;
+    if (conv.kind !== 'dm') return;
     const i = state.order.indexOf(conv.key);
     if (i > 0) { state.order.splice(i, 1); state.order.unshift(conv.key); }
     else if (i < 0) state.order.unshift(conv.key);
@@ -874,12 +951,194 @@
 
   /** Put a DM that history brought among the others by its latest message. */
   function placeByActivity(conv) {
-    if (!conv || conv.kind === 'public') return;
+    if (!conv || conv.kind !== 'dm') return;
     const i = state.order.indexOf(conv.key);
     if (i >= 0) state.order.splice(i, 1);
     let j = state.order.findIndex((k) => state.convs.get(k).lastTs < conv.lastTs);
     if (j < 0) j = state.order.length;
     state.order.splice(j, 0, conv.key);
+  }
+
+  // ------------------------------------------ 7c. rooms, who is online, typing
+
+  const roomKey = (room) => ROOM_PREFIX + room;
+
+  /** Remember `room` as joined (its conversation, the sidebar list, localStorage). */
+  function addRoom(room) {
+    if (!state.rooms.includes(room)) {
+      state.rooms.push(room);
+      state.rooms.sort();
+      saveRooms();
+    }
+    return ensureConv(roomKey(room));
+  }
+
+  /** Forget `room` (left here or in another session): its conversation, channel and position. */
+  function removeRoom(room) {
+    const key = roomKey(room);
+    const ch = roomChannel(room);
+    const i = state.rooms.indexOf(room);
+    if (i >= 0) state.rooms.splice(i, 1);
+    saveRooms();
+    const conv = state.convs.get(key);
+    if (conv) {
+      for (const m of conv.messages) {
+        clearTimeout(m.ackTimer);
+        if (m.cid && state.pending.get(m.cid) === m) state.pending.delete(m.cid);
+        if (m.id && state.seen.get(m.id) === m) state.seen.delete(m.id);
+      }
+      state.outbox = state.outbox.filter((m) => m.conv !== key);
+      state.convs.delete(key);
+    }
+    delete state.positions[ch];
+    state.positionsDirty = true;
+    delete state.loaded[ch];
+    delete state.oldest[ch];
+    delete state.atStart[ch];
+    delete state.loadingOlder[ch];
+    delete state.roomOnline[room];
+    stopTyping(key);
+    if (state.active === key) openConv(PUBLIC, false);
+    else { renderConvList(); renderTitle(); }
+  }
+
+  /** The sidebar's "Join or create a room": returns a problem to show, or null. */
+  function joinRoom(name) {
+    if (!validRoom(name)) return 'Not a valid room name (1–32 letters, digits, "_", "." or "-").';
+    if (state.rooms.includes(name)) { openConv(roomKey(name), true); return null; }
+    if (!state.conn.ready) return 'Not connected: try again when the connection is back.';
+    const cid = newCid();
+    if (!send({ type: 'join', room: name, cid })) return 'Not connected: try again when the connection is back.';
+    state.joining.set(cid, name);
+    return null;
+  }
+
+  function leaveRoom(room) {
+    if (!state.conn.ready || !send({ type: 'leave', room, cid: newCid() })) {
+      showNotice('Not connected: you can leave the room when the connection is back.');
+    }
+  }
+
+  /** We are in `room` (confirmed by the server, here or in another session of ours). */
+  function roomJoined(room, cid) {
+    const known = state.rooms.includes(room);
+    addRoom(room);
+    const ch = roomChannel(room);
+    if (!known && !state.loaded[ch]) requestHistory({ purpose: 'recent', channel: ch, limit: RECENT_ROOM });
+    const mine = typeof cid === 'string' && state.joining.get(cid) === room;
+    if (mine) {
+      state.joining.delete(cid);
+      ui.roomName.value = '';
+      openConv(roomKey(room), true);
+    } else {
+      renderConvList();
+    }
+  }
+
+  function onPresence(f) {
+    if (typeof f.user !== 'string' || !validUsername(f.user)) return;
+    if (typeof f.room === 'string' && validRoom(f.room)) {
+      if (f.user === state.me) {
+        if (f.status === 'join') roomJoined(f.room, f.cid);
+        else if (f.status === 'leave') removeRoom(f.room);
+        if (typeof f.cid === 'string') state.joining.delete(f.cid);
+        return;
+      }
+      if (f.status !== 'join' && f.status !== 'leave') return;
+      if (!state.rooms.includes(f.room)) return;
+      const conv = state.convs.get(roomKey(f.room));
+      if (f.status === 'leave') stopTyping(conv.key, f.user);
+      addSystemLine(conv, f.user + (f.status === 'join' ? ' joined' : ' left'));
+      if (conv.key === state.active) refreshRoomWho();
+      return;
+    }
+    if (f.status === 'online') {
+      if (f.user !== state.me && state.online.size < MAX_ONLINE) state.online.add(f.user);
+    } else if (f.status === 'offline') {
+      state.online.delete(f.user);
+      for (const key of state.typing.keys()) stopTyping(key, f.user);
+    } else {
+      return;
+    }
+    renderOnline();
+    const conv = state.convs.get(state.active);
+    if (conv && conv.kind === 'room') refreshRoomWho();
+  }
+
+  function onWho(f) {
+    const users = Array.isArray(f.users) ? f.users.filter((u) => typeof u === 'string' && validUsername(u)) : [];
+    if (typeof f.room === 'string') {
+      state.roomOnline[f.room] = users.length;
+      if (state.active === roomKey(f.room)) renderHeader();
+      return;
+    }
+    state.online = new Set(users.filter((u) => u !== state.me).slice(0, MAX_ONLINE));
+    renderOnline();
+  }
+
+  /** Ask how many members of the open room are online (a few presence changes: one request). */
+  let roomWhoTimer = null;
+  function refreshRoomWho(now) {
+    clearTimeout(roomWhoTimer);
+    const ask = () => {
+      const conv = state.convs.get(state.active);
+      if (conv && conv.kind === 'room' && state.conn.ready) send({ type: 'who', room: conv.room, cid: newCid() });
+    };
+    if (now) ask();
+    else roomWhoTimer = setTimeout(ask, 500);
+  }
+
+  /** A "bob joined" line in a room (live only: not stored, not counted as unread). */
+  function addSystemLine(conv, text) {
+    const item = { marker: true, system: true, text, id: null, own: false, ts: Date.now(), offset: null, conv: conv.key, el: null, sepEl: null };
+    const i = insertSorted(conv, item);
+    invalidateFrom(conv, i + 1);
+    if (conv.key !== state.active) return;
+    const wasAtBottom = isAtBottom();
+    renderMessages(true);
+    if (wasAtBottom) scrollToBottom();
+  }
+
+  /** The key of the conversation a typing hint is about, or null. */
+  function typingKey(f) {
+    if (typeof f.from !== 'string' || f.from === state.me || !validUsername(f.from)) return null;
+    if (typeof f.room === 'string') return state.rooms.includes(f.room) ? roomKey(f.room) : null;
+    if (f.to === state.me) return dmKey(f.from);
+    return null;
+  }
+
+  function onTyping(f) {
+    const key = typingKey(f);
+    if (!key) return;
+    let who = state.typing.get(key);
+    if (!who) { who = new Map(); state.typing.set(key, who); }
+    const prev = who.get(f.from);
+    if (prev) clearTimeout(prev.timer);
+    who.set(f.from, { timer: setTimeout(() => stopTyping(key, f.from), TYPING_SHOW_MS) });
+    if (key === state.active) renderTyping();
+  }
+
+  /** `user` (or everyone, without `user`) no longer shown typing in `key`. */
+  function stopTyping(key, user) {
+    const who = state.typing.get(key);
+    if (!who) return;
+    for (const [name, t] of [...who]) {
+      if (user !== undefined && name !== user) continue;
+      clearTimeout(t.timer);
+      who.delete(name);
+    }
+    if (!who.size) state.typing.delete(key);
+    if (key === state.active) renderTyping();
+  }
+
+  /** The user types in the composer: tell the DM peer or the room, at most once per TYPING_SEND_MS. */
+  function sendTyping() {
+    const conv = state.convs.get(state.active);
+    if (!conv || conv.kind === 'public' || !state.conn.ready || ui.text.value.trim() === '') return;
+    const now = Date.now();
+    if (now - (state.typingSent[conv.key] || 0) < TYPING_SEND_MS) return;
+    const frame = conv.kind === 'room' ? { type: 'typing', room: conv.room } : { type: 'typing', to: conv.peer };
+    if (send(frame)) state.typingSent[conv.key] = now;
   }
 
   /** Open a private conversation with `name` (from the sidebar input or a name click). */
@@ -909,6 +1168,8 @@
     renderComposer();
     renderSidebar();
     renderTitle();
+    renderTyping();
+    if (conv.kind === 'room') refreshRoomWho(true);
     maybeLoadOlder(0);
     if (focusAfter) focusComposer();
   }
@@ -924,7 +1185,7 @@
     if (typeof f.text !== 'string' || typeof f.from !== 'string') return null;
     const ch = typeof f.channel === 'string' ? f.channel : null;
     const offset = isOffset(f.offset) ? f.offset : null;
-    if (ch && offset !== null) {
+    if (ch && offset !== null && knownChannel(ch)) {
       setPosition(ch, offset);
       if (!(state.oldest[ch] <= offset)) state.oldest[ch] = offset;
     }
@@ -952,9 +1213,10 @@
     }
     const msg = {
       id, cid: null, kind: f.kind, from: f.from, to: typeof f.to === 'string' ? f.to : null,
-      text: f.text, ts, offset, own, status: 'sent', error: null,
+      room: typeof f.room === 'string' ? f.room : null, text: f.text, ts, offset, own, status: 'sent', error: null,
     };
     state.seen.set(id, msg);
+    if (source === 'live') stopTyping(key, f.from);     // their message is what they were typing
     insertMessage(key, msg, source);
     return msg;
   }
@@ -1093,9 +1355,10 @@
     }
     if (!trimmed) return false;
     invalidateFrom(conv, 0);
-    if (conv.kind === 'public') {
+    if (conv.kind === 'public' || conv.kind === 'room') {
+      const ch = channelOfConv(conv);
       const first = conv.messages.find((m) => !m.marker && isOffset(m.offset));
-      if (first) { state.oldest[PUBLIC] = first.offset; state.atStart[PUBLIC] = false; }
+      if (first) { state.oldest[ch] = first.offset; state.atStart[ch] = false; }
     }
     return true;
   }
@@ -1119,6 +1382,7 @@
     const problem = textProblem(text);
     if (problem) { renderComposerHint(problem, true); return; }
     queueOutgoing(state.active, text);
+    delete state.typingSent[state.active];   // the message ends the hint: typing again says so at once
     ui.text.value = '';
     state.convs.get(state.active).draft = '';
     renderComposer();
@@ -1135,8 +1399,9 @@
   /** `cid`: a retry keeps its first attempt's, so the server recognises it (same id, no copy). */
   function queueOutgoing(key, text, cid) {
     const conv = ensureConv(key);
+    const kind = conv.kind === 'dm' ? 'private' : conv.kind;
     const msg = {
-      id: null, cid: cid || newCid(), kind: conv.kind === 'public' ? 'public' : 'private',
+      id: null, cid: cid || newCid(), kind, room: conv.kind === 'room' ? conv.room : null,
       from: state.me, to: conv.peer, text, ts: Date.now(), offset: null, own: true, status: 'queued', error: null,
     };
     insertMessage(key, msg, 'send');
@@ -1145,9 +1410,10 @@
 
   /** Put an outgoing message on the wire, or in the outbox while not connected. */
   function transmit(msg) {
-    const frame = msg.kind === 'public'
-      ? { type: 'public', text: msg.text, cid: msg.cid }
-      : { type: 'private', to: msg.to, text: msg.text, cid: msg.cid };
+    let frame;
+    if (msg.kind === 'public') frame = { type: 'public', text: msg.text, cid: msg.cid };
+    else if (msg.kind === 'room') frame = { type: 'room', room: msg.room, text: msg.text, cid: msg.cid };
+    else frame = { type: 'private', to: msg.to, text: msg.text, cid: msg.cid };
     if (state.conn.ready && send(frame)) {
       msg.status = 'pending';
       state.pending.set(msg.cid, msg);
@@ -1198,9 +1464,11 @@
     renderConn(true);
     renderSidebar();
     renderConvList();
+    renderOnline();
     renderHeader();
     renderMessages();
     renderComposer();
+    renderTyping();
     renderTitle();
   }
 
@@ -1275,59 +1543,113 @@
 
   let convListSig = '';
 
+  /** The sidebar button of one conversation (public, DM or room). */
+  function convButton(conv) {
+    const key = conv.key;
+    const active = key === state.active;
+    const unread = active ? 0 : conv.unread;
+    let icon;
+    let label;
+    let what;
+    if (conv.kind === 'public') {
+      icon = el('span', { class: 'conv-icon conv-icon-public', 'aria-hidden': 'true', text: '#' });
+      label = 'Public';
+      what = 'Public channel';
+    } else if (conv.kind === 'room') {
+      icon = el('span', { class: 'conv-icon conv-icon-room', 'aria-hidden': 'true', text: '§' });
+      label = conv.room;
+      what = 'Room ' + conv.room;
+    } else {
+      icon = el('span', { class: 'avatar avatar-sm', 'aria-hidden': 'true', text: initial(conv.peer) });
+      icon.style.setProperty('--hue', hueOf(conv.peer));
+      label = conv.peer;
+      what = 'Private conversation with ' + conv.peer;
+    }
+    const btn = el('button', {
+      type: 'button',
+      class: 'conv' + (active ? ' is-active' : '') + (unread ? ' has-unread' : ''),
+      'data-conv': key,
+      'aria-current': active ? 'true' : null,
+      'aria-label': what + (unread ? ', ' + unread + ' unread' : ''),
+    }, [
+      icon,
+      el('span', { class: 'conv-name', text: label }),
+      unread ? el('span', { class: 'badge', 'aria-hidden': 'true', text: unread > 99 ? '99+' : String(unread) }) : null,
+    ]);
+    btn.addEventListener('click', () => openConv(key, true));
+    return el('li', null, [btn]);
+  }
+
   function renderConvList() {
-    // Skip the rebuild when nothing the list shows has changed (messages can come fast).
+    // Skip the rebuild when nothing the lists show has changed (messages can come fast).
     const keys = ['public', ...state.order];
-    const sig = state.active + '|' + keys.map((k) => k + ':' + (state.convs.get(k) || {}).unread).join(',');
+    const roomKeys = state.rooms.map(roomKey);
+    const sig = state.active + '|' + [...keys, '|', ...roomKeys].map((k) => k + ':' + (state.convs.get(k) || {}).unread).join(',');
     if (sig === convListSig && ui.convList.childElementCount) { renderSidebar(); return; }
     convListSig = sig;
     const focusedKey = document.activeElement && document.activeElement.dataset
       ? document.activeElement.dataset.conv : undefined;
-    const items = [];
-    for (const key of keys) {
-      const conv = state.convs.get(key);
-      if (!conv) continue;
-      const active = key === state.active;
-      const unread = active ? 0 : conv.unread;
-      const icon = conv.kind === 'public'
-        ? el('span', { class: 'conv-icon conv-icon-public', 'aria-hidden': 'true', text: '#' })
-        : el('span', { class: 'avatar avatar-sm', 'aria-hidden': 'true', text: initial(conv.peer) });
-      if (conv.kind !== 'public') icon.style.setProperty('--hue', hueOf(conv.peer));
-      const label = conv.kind === 'public' ? 'Public' : conv.peer;
-      const btn = el('button', {
-        type: 'button',
-        class: 'conv' + (active ? ' is-active' : '') + (unread ? ' has-unread' : ''),
-        'data-conv': key,
-        'aria-current': active ? 'true' : null,
-        'aria-label': (conv.kind === 'public' ? 'Public channel' : 'Private conversation with ' + label)
-          + (unread ? ', ' + unread + ' unread' : ''),
-      }, [
-        icon,
-        el('span', { class: 'conv-name', text: label }),
-        unread ? el('span', { class: 'badge', 'aria-hidden': 'true', text: unread > 99 ? '99+' : String(unread) }) : null,
-      ]);
-      btn.addEventListener('click', () => openConv(key, true));
-      items.push(el('li', null, [btn]));
-    }
-    ui.convList.replaceChildren(...items);
+    const build = (list) => list.map((k) => state.convs.get(k)).filter(Boolean).map(convButton);
+    ui.convList.replaceChildren(...build(keys));
+    ui.roomList.replaceChildren(...build(roomKeys));
     if (focusedKey) {
-      const again = ui.convList.querySelector('[data-conv="' + CSS.escape(focusedKey) + '"]');
+      const again = ui.sidebar.querySelector('.conv-list [data-conv="' + CSS.escape(focusedKey) + '"]');
       if (again) again.focus();
     }
     renderSidebar();
   }
 
+  let onlineSig = '';
+
+  /** "Who is online": the other users online anywhere, by name; a click opens a DM. */
+  function renderOnline() {
+    const names = [...state.online].sort((a, b) => a.localeCompare(b));
+    const sig = names.join(',');
+    if (sig === onlineSig && ui.onlineList.childElementCount === names.length) return;
+    onlineSig = sig;
+    const items = names.map((name) => {
+      const avatar = el('span', { class: 'avatar avatar-sm', 'aria-hidden': 'true', text: initial(name) });
+      avatar.style.setProperty('--hue', hueOf(name));
+      const btn = el('button', {
+        type: 'button', class: 'conv', 'data-user': name,
+        'aria-label': name + ', online, open a private conversation',
+      }, [avatar, el('span', { class: 'conv-name', text: name }), el('span', { class: 'online-dot', 'aria-hidden': 'true' })]);
+      btn.addEventListener('click', () => openDM(name));
+      return el('li', null, [btn]);
+    });
+    ui.onlineList.replaceChildren(...items);
+    ui.onlineEmpty.hidden = names.length > 0;
+  }
+
+  /** "bob is typing…" under the list, for the open conversation. */
+  function renderTyping() {
+    const who = state.typing.get(state.active);
+    const names = who ? [...who.keys()].sort() : [];
+    let text = '';
+    if (names.length === 1) text = names[0] + ' is typing…';
+    else if (names.length === 2) text = names[0] + ' and ' + names[1] + ' are typing…';
+    else if (names.length > 2) text = 'Several people are typing…';
+    if (ui.typing.textContent !== text) ui.typing.textContent = text;
+  }
+
   function renderHeader() {
     const conv = state.convs.get(state.active);
+    ui.roomLeave.hidden = conv.kind !== 'room';
     if (conv.kind === 'public') {
       ui.convTitle.textContent = 'Public';
       ui.convSub.textContent = 'Everyone online';
+      ui.messages.setAttribute('aria-label', 'Messages in Public');
+    } else if (conv.kind === 'room') {
+      const n = state.roomOnline[conv.room];
+      ui.convTitle.textContent = conv.room;
+      ui.convSub.textContent = 'Room' + (typeof n === 'number' ? ' · ' + n + ' online' : '');
+      ui.roomLeave.setAttribute('aria-label', 'Leave room ' + conv.room);
+      ui.messages.setAttribute('aria-label', 'Messages in room ' + conv.room);
     } else {
       ui.convTitle.textContent = conv.peer;
       ui.convSub.textContent = 'Private conversation';
+      ui.messages.setAttribute('aria-label', 'Messages with ' + conv.peer);
     }
-    ui.messages.setAttribute('aria-label', conv.kind === 'public'
-      ? 'Messages in Public' : 'Messages with ' + conv.peer);
   }
 
   function renderTitle() {
@@ -1432,6 +1754,9 @@
     if (conv.kind === 'public') {
       ui.emptyTitle.textContent = 'Welcome to Public';
       ui.emptyText.textContent = 'Messages here reach everyone who is online. Say hello!';
+    } else if (conv.kind === 'room') {
+      ui.emptyTitle.textContent = 'Welcome to ' + conv.room;
+      ui.emptyText.textContent = 'Only the members of this room read what is written here.';
     } else {
       ui.emptyTitle.textContent = 'You and ' + conv.peer;
       ui.emptyText.textContent = 'Only the two of you can read this conversation.';
@@ -1446,7 +1771,10 @@
    * from the same sender, on the same day, within GROUP_WINDOW_MS, with no marker between.
    */
   function buildItemNode(m, prev, afterMarker) {
-    if (m.marker) {
+    if (m.system) {
+      m.sepEl = null;
+      m.el = el('div', { class: 'sys-line', text: m.text });
+    } else if (m.marker) {
       m.sepEl = null;
       m.el = el('div', { class: 'day-sep gap-sep', role: 'status' }, [el('span', { text: GAP_TEXT })]);
     } else {
@@ -1472,7 +1800,7 @@
       if (m.own) {
         head = null;                 // own messages: aligned right, no name header
       } else {
-        const name = conv && conv.kind === 'public'
+        const name = conv && (conv.kind === 'public' || conv.kind === 'room')
           ? el('button', {
             type: 'button', class: 'msg-from msg-from-btn', text: m.from,
             title: 'Message ' + m.from + ' privately',
@@ -1546,7 +1874,9 @@
   function renderComposer() {
     const conv = state.convs.get(state.active);
     ui.text.value = conv.draft || '';
-    const label = conv.kind === 'public' ? 'Message everyone' : 'Message ' + conv.peer;
+    let label = 'Message ' + conv.peer;
+    if (conv.kind === 'public') label = 'Message everyone';
+    else if (conv.kind === 'room') label = 'Message room ' + conv.room;
     ui.text.placeholder = label + '…';
     ui.text.setAttribute('aria-label', label);
     autoGrow();
@@ -1600,7 +1930,7 @@
     renderSidebar();
     if (!focusAfter) return;
     if (open) {
-      const current = ui.convList.querySelector('.conv.is-active') || ui.convList.querySelector('.conv');
+      const current = ui.sidebar.querySelector('.conv-list .conv.is-active') || ui.convList.querySelector('.conv');
       if (current) current.focus();
     } else {
       ui.sidebarToggle.focus();
@@ -1633,6 +1963,25 @@
       ui.dmName.setAttribute('aria-invalid', 'false');
     });
 
+    ui.roomForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const name = ui.roomName.value.trim();
+      const problem = name ? joinRoom(name) : 'Type a room name.';
+      ui.roomError.textContent = problem || '';
+      ui.roomError.hidden = !problem;
+      ui.roomName.setAttribute('aria-invalid', problem ? 'true' : 'false');
+      if (problem) ui.roomName.focus();
+      else if (state.rooms.includes(name)) ui.roomName.value = '';
+    });
+    ui.roomName.addEventListener('input', () => {
+      ui.roomError.hidden = true;
+      ui.roomName.setAttribute('aria-invalid', 'false');
+    });
+    ui.roomLeave.addEventListener('click', () => {
+      const conv = state.convs.get(state.active);
+      if (conv && conv.kind === 'room') leaveRoom(conv.room);
+    });
+
     ui.composer.addEventListener('submit', (e) => {
       e.preventDefault();
       submitComposer();
@@ -1646,6 +1995,7 @@
     ui.text.addEventListener('input', () => {
       autoGrow();
       renderComposerHint();
+      sendTyping();
     });
 
     ui.messages.addEventListener('scroll', () => {

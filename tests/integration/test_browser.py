@@ -568,6 +568,151 @@ def test_scrolling_to_the_top_loads_earlier_messages(browser: Browser, cluster: 
         hana.close()
 
 
+def join_room(person: Person, room: str) -> None:
+    """Join (or create) ``room`` with the sidebar's "Join or create a room" box; the page opens it."""
+    person.page.get_by_role("textbox", name="Join or create a room").fill(room)
+    person.page.get_by_role("button", name="Join room").click()
+    expect(person.page.locator("#conv-title")).to_have_text(room)
+    expect(person.page.get_by_role("button", name=f"Leave room {room}")).to_be_visible()
+    expect(room_entry(person, room)).to_have_attribute("aria-current", "true")
+
+
+def room_entry(person: Person, room: str) -> Locator:
+    """The sidebar button of a joined room, in the "Rooms" list."""
+    return person.page.locator("#room-list").get_by_role("button", name=re.compile("^Room " + re.escape(room)))
+
+
+def system_line(person: Person, text: str) -> Locator:
+    return person.page.locator("#messages .sys-line").filter(has_text=re.compile("^" + re.escape(text) + "$"))
+
+
+def refusals_to_a_stranger(cluster: RealCluster, user: str, room: str) -> dict[str, str]:
+    """What a plain WebSocket of ``user`` (not in ``room``) gets for writing, reading and typing there."""
+    base = cluster.url(1)
+    url = base.replace("http://", "ws://") + "/ws?token=" + cluster.token(user)
+    codes: dict[str, str] = {}
+    with ws_connect(url, origin=base, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
+        ws.send(json.dumps({"type": "room", "room": room, "text": "let me in", "cid": "write"}))
+        ws.send(json.dumps({"type": "history", "channel": f"room:{room}", "cid": "read"}))
+        ws.send(json.dumps({"type": "who", "room": room, "cid": "who"}))
+        while len(codes) < 3:
+            frame = json.loads(ws.recv(timeout=10))
+            if frame["type"] == "error":
+                codes[frame["cid"]] = frame["code"]
+            else:
+                assert room not in json.dumps(frame), frame
+    return codes
+
+
+def test_a_room_with_presence_typing_and_who_is_online(
+    browser: Browser, cluster: RealCluster, nginx: NginxFront, chat: Pair
+) -> None:
+    """alice creates "lobby", bob (on the other server) joins and writes; ivan, signed in but
+    not a member, gets nothing of it. Presence, typing and the online list along the way."""
+    alice, bob = chat.alice, chat.bob
+    assert alice.server != bob.server
+    room = "lobby"
+    tag = uuid.uuid4().hex[:6]
+    text, typed = f"hello lobby {tag}", f"still typing {tag}"
+    ivan = sign_in(browser, nginx, "ivan")
+    try:
+        # Who is online: alice's sidebar lists bob (and ivan, who just came), not herself.
+        online = alice.page.locator("#online-list")
+        expect(online.get_by_role("button", name="bob, online, open a private conversation")).to_be_visible()
+        expect(online.get_by_role("button", name="ivan, online, open a private conversation")).to_be_visible()
+        expect(online.locator('[data-user="alice"]')).to_have_count(0)
+        assert alice.frames("sent", "who"), "the page asks who is online on welcome"
+
+        # A bad name is refused by the page itself.
+        alice.page.get_by_role("textbox", name="Join or create a room").fill("no spaces")
+        alice.page.get_by_role("button", name="Join room").click()
+        expect(alice.page.locator("#room-error")).to_contain_text("Not a valid room name")
+        assert not alice.frames("sent", "join")
+
+        join_room(alice, room)
+        expect(alice.page.locator("#conv-sub")).to_have_text("Room · 1 online")
+        join_room(bob, room)
+        expect(system_line(alice, "bob joined")).to_have_count(1)
+        expect(alice.page.locator("#conv-sub")).to_have_text("Room · 2 online")
+        assert json.loads(alice.page.evaluate("localStorage.getItem('chat.rooms.alice')")) == [room]
+
+        send(bob, text)
+        expect_acked(bob, text)
+        expect(alice.message(text)).to_have_count(1)
+        expect(alice.message(text).locator(".msg-from")).to_have_text("bob")
+        assert [(f["room"], f["text"]) for f in bob.frames("sent", "room")] == [(room, text)]
+        acked = bob.wait_for_frame("received", "ack", lambda f: f.get("channel") == f"room:{room}")
+        got = alice.wait_for_frame("received", "message", lambda f: f.get("text") == text)
+        assert (got["kind"], got["room"], got["channel"], got["offset"]) == (
+            "room",
+            room,
+            f"room:{room}",
+            acked["offset"],
+        )
+        # Not in Public, and the position of the room channel is saved for `resume`.
+        assert alice.saved_positions()[f"room:{room}"] == got["offset"]
+        open_conversation(alice, "Public channel")
+        expect(alice.message(text)).to_have_count(0)
+        room_entry(alice, room).click()
+        expect(alice.message(text)).to_have_count(1)
+
+        # bob types (without sending): alice sees it under the list, for about 3 s. (Typing his
+        # message above sent a hint too, which the message ended; the server drops a second
+        # hint within 1 s, so wait that out.)
+        hints = len(bob.frames("sent", "typing"))
+        bob.page.wait_for_timeout(1_100)
+        bob.page.locator("#composer-text").fill(typed)
+        typing = alice.page.locator("#typing")
+        expect(typing).to_have_text("bob is typing…")
+        expect(typing).to_have_attribute("aria-live", "polite")
+        assert bob.frames("sent", "typing")[hints:] == [{"type": "typing", "room": room}]
+        SHOTS.joinpath("room-alice.png").parent.mkdir(parents=True, exist_ok=True)
+        alice.page.screenshot(path=str(SHOTS / "room-alice.png"))
+        bob.page.screenshot(path=str(SHOTS / "room-bob.png"))
+        expect(typing).to_have_text("", timeout=6_000)
+        bob.page.locator("#composer-text").fill("")
+
+        # The same room on a phone.
+        alice.page.set_viewport_size({"width": 390, "height": 844})
+        try:
+            expect(alice.page.locator("#sidebar-toggle")).to_be_visible()
+            expect(alice.page.locator("#sidebar")).to_be_hidden()  # slid off-screen (visibility: hidden)
+            expect(alice.page.get_by_role("button", name=f"Leave room {room}")).to_be_visible()
+            alice.page.screenshot(path=str(SHOTS / "room-alice-phone.png"))
+            alice.page.locator("#sidebar-toggle").click()
+            expect(room_entry(alice, room)).to_be_visible()
+            alice.page.screenshot(path=str(SHOTS / "room-alice-phone-sidebar.png"))
+            alice.page.keyboard.press("Escape")
+            expect(alice.page.locator("#backdrop")).to_be_hidden()
+        finally:
+            alice.page.set_viewport_size({"width": 1100, "height": 700})
+
+        # ivan is not a member: nothing of the room reached his page, and the server refuses him.
+        received = [f for d, f in ivan.sockets[-1] if d == "received"]
+        assert not [f for f in received if room in json.dumps(f)], "a room frame reached a non-member"
+        expect(ivan.page.get_by_text(text)).to_have_count(0)
+        assert tag not in ivan.page.locator("body").inner_text()
+        assert refusals_to_a_stranger(cluster, "ivan", room) == {
+            "write": "not_member",
+            "read": "forbidden",
+            "who": "not_member",
+        }
+
+        # bob leaves: alice sees it; bob's page forgets the room.
+        bob.page.get_by_role("button", name=f"Leave room {room}").click()
+        expect(bob.page.locator("#conv-title")).to_have_text("Public")
+        expect(room_entry(bob, room)).to_have_count(0)
+        expect(system_line(alice, "bob left")).to_have_count(1)
+        expect(alice.page.locator("#conv-sub")).to_have_text("Room · 1 online")
+        assert json.loads(bob.page.evaluate("localStorage.getItem('chat.rooms.bob')")) == []
+        assert f"room:{room}" not in bob.saved_positions()
+        alice.page.screenshot(path=str(SHOTS / "room-alice-left.png"))
+        assert_clean(alice, bob, ivan)
+    finally:
+        ivan.close()
+
+
 def test_expired_session_goes_back_to_sign_in(browser: Browser, cluster: RealCluster, nginx: NginxFront) -> None:
     person = open_page(browser, nginx, "mallory")
     page = person.page

@@ -313,8 +313,10 @@ async def test_redis_restart_sessions_reregister_and_history_survives(tmp_path: 
         await alice.send({"type": "private", "to": "rb", "text": "after", "cid": "2"})
         got = await bob.recv_type("message", timeout=10)
         assert (got["text"], got["offset"]) == ("after", 2), "offsets continue: history survived"
-        await bob.send({"type": "history", "channel": "user:rb"})
-        assert [m["text"] for m in (await bob.recv_type("history"))["messages"]] == ["before", "after"]
+        await bob.send({"type": "history", "channel": "user:rb", "cid": "h"})
+        page = await bob.recv_until(lambda f: f.get("cid") == "h", timeout=10)
+        assert page["type"] == "history", page
+        assert [m["text"] for m in page["messages"]] == ["before", "after"]
         print(f"\nredis restart: sessions re-registered {reregistered:.1f}s after their keys vanished")
     finally:
         c.close()

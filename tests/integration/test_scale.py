@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
 
 from tests.chatclient import ChatClient, ConnectionClosed
 from tests.integration.test_scripts import Scripts, _login, scripts  # noqa: F401  (fixture)
@@ -76,21 +78,27 @@ async def send_until(sender: User, to: str, stop: asyncio.Event, interval: float
         try:
             assert sender.client is not None
             await sender.client.send(frames[cid])
-        except Exception:
+        except (WebSocketClosedError, StreamClosedError):
             pass  # the listener reconnects; the frame is re-sent below
         k += 1
         await asyncio.sleep(interval)
         if sender.reconnects != reconnects:
-            for cid, frame in frames.items():
-                if cid not in sender.acked and sender.client is not None:
-                    await sender.client.send(frame)
+            await resend_unacked(sender, frames)
     deadline = time.monotonic() + 20
     while len(sender.acked) < len(frames) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        for cid, frame in frames.items():
-            if cid not in sender.acked and sender.client is not None:
-                await sender.client.send(frame)
+        await resend_unacked(sender, frames)
     return len(frames)
+
+
+async def resend_unacked(sender: User, frames: dict[str, dict[str, Any]]) -> None:
+    """Send again what was not acked; a socket closed meanwhile is the listener's to reopen."""
+    for cid, frame in frames.items():
+        if cid not in sender.acked and sender.client is not None:
+            try:
+                await sender.client.send(frame)
+            except (WebSocketClosedError, StreamClosedError):
+                return
 
 
 @pytest.mark.gen_test(timeout=240)

@@ -427,3 +427,17 @@ async def test_no_delivered_receipt_while_the_recipient_is_offline() -> None:
     ann = await c.join("ann", 1)
     await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "later"}')
     assert ann.of_type("receipt") == []
+
+
+@pytest.mark.gen_test
+async def test_welcome_lists_the_users_rooms_with_their_positions() -> None:
+    c = Cluster(1)
+    await c.start()
+    ann = await c.join("ann", 1)
+    await c.send(ann, 1, '{"type": "join", "room": "book-club"}')
+    await c.send(ann, 1, '{"type": "room", "room": "book-club", "text": "chapter 1"}')
+    again = await c.join("ann", 1)
+    assert again.frames[0]["rooms"] == ["book-club"]
+    assert again.frames[0]["positions"]["room:book-club"] == 1
+    c.routers[0].disconnect(again)
+    assert again.id not in c.routers[0]._typing_sent
