@@ -110,6 +110,7 @@
     typing: new Map(),        // conversation key -> Map(user -> until when they are shown typing)
     active: 'public',         // key of the open conversation
     seen: new Map(),          // message id -> message shown (drop duplicates, learn offsets)
+    readSent: new Set(),      // ids of private messages whose read receipt was sent
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
     outbox: [],               // messages typed while not connected, sent on welcome
     positions: {},            // channel -> highest offset seen (saved per user, for `resume`)
@@ -398,6 +399,7 @@
     state.order = [];
     state.active = 'public';
     state.seen = new Map();
+    state.readSent = new Set();
     for (const m of state.pending.values()) clearTimeout(m.ackTimer);
     state.pending = new Map();
     state.outbox = [];
@@ -615,6 +617,7 @@
       case 'presence': onPresence(frame); break;
       case 'typing': onTyping(frame); break;
       case 'who': onWho(frame); break;
+      case 'receipt': onReceipt(frame); break;
       default: break;                           // unknown types are ignored
     }
     if (state.positionsDirty) savePositions();
@@ -677,6 +680,30 @@
       if (send({ type: 'resume', positions: resumeFrom, cid })) state.resuming = { cid, from: resumeFrom };
     }
     for (const gap of state.gapsToRetry.splice(0)) requestHistory(gap);
+  }
+
+  /** A receipt for one of our private messages: ✓✓ when delivered, "read" once read. */
+  function onReceipt(f) {
+    const m = typeof f.id === 'string' ? state.seen.get(f.id) : undefined;
+    if (!m || !m.own || m.kind !== 'private') return;
+    const rank = { delivered: 1, read: 2 };
+    if ((rank[f.status] || 0) > (rank[m.receipt] || 0)) {
+      m.receipt = f.status;
+      updateMessageNode(m);
+    }
+  }
+
+  /** Tell the sender we have shown their private message (once per message). */
+  function sendRead(m) {
+    if (!m || m.own || m.kind !== 'private' || !m.id || !m.from || state.readSent.has(m.id)) return;
+    if (document.visibilityState !== 'visible' || !state.conn.ready) return;
+    if (send({ type: 'receipt', to: m.from, id: m.id, status: 'read' })) state.readSent.add(m.id);
+  }
+
+  /** Read receipts for what the open conversation shows. */
+  function readActive() {
+    const conv = state.convs.get(state.active);
+    if (conv && conv.kind === 'dm') for (const m of conv.messages) sendRead(m);
   }
 
   function onMessage(f) {
@@ -1170,6 +1197,7 @@
     renderTitle();
     renderTyping();
     if (conv.kind === 'room') refreshRoomWho(true);
+    readActive();
     maybeLoadOlder(0);
     if (focusAfter) focusComposer();
   }
@@ -1218,6 +1246,7 @@
     state.seen.set(id, msg);
     if (source === 'live') stopTyping(key, f.from);     // their message is what they were typing
     insertMessage(key, msg, source);
+    if (key === state.active) sendRead(msg);
     return msg;
   }
 
@@ -1857,7 +1886,14 @@
     }
     status.textContent = STATUS_TEXT[m.status] || '';
     status.hidden = !status.textContent;
-    if (m.status === 'sent' && m.own) {
+    if (m.status === 'sent' && m.own && m.receipt) {
+      const read = m.receipt === 'read';
+      status.textContent = read ? '✓✓ read' : '✓✓';
+      status.hidden = false;
+      status.title = (read ? 'Read by ' : 'Delivered to ') + (m.to || 'them');
+      status.setAttribute('aria-label', read ? 'read' : 'delivered');
+      m.el.classList.add(read ? 'is-read' : 'is-delivered');
+    } else if (m.status === 'sent' && m.own) {
       status.textContent = '✓';
       status.hidden = false;
       status.title = 'Delivered to the server';
@@ -2040,6 +2076,7 @@
       if (document.hidden || !state.token) return;
       const conv = state.convs.get(state.active);
       if (conv && conv.unread) { conv.unread = 0; renderConvList(); renderTitle(); }
+      readActive();
     });
     window.addEventListener('resize', autoGrow);
   }

@@ -240,9 +240,10 @@ def expect_acked(person: Person, text: str) -> None:
     expect(mine).to_have_class(re.compile(r"\bis-own\b.*\bis-sent\b"))
     status = mine.locator(".msg-status")
     expect(status).to_be_visible()
-    expect(status).to_have_text("✓")
-    expect(status).to_have_attribute("aria-label", "sent")
-    expect(status).to_have_attribute("title", "Delivered to the server")
+    # ✓ acked; for a private message a receipt may already have upgraded it to ✓✓ (delivered/read)
+    expect(status).to_have_text(re.compile(r"^(✓|✓✓|✓✓ read)$"))
+    expect(status).to_have_attribute("aria-label", re.compile(r"^(sent|delivered|read)$"))
+    expect(status).to_have_attribute("title", re.compile(r"^(Delivered to the server|Delivered to \S+|Read by \S+)$"))
 
 
 def assert_clean(*people: Person) -> None:
@@ -291,10 +292,18 @@ def test_private_message_shows_unread_badge_until_opened(chat: Pair) -> None:
     expect(alice.page.locator("#conv-title")).to_have_text("Public")
     expect(alice.message(text)).to_have_count(0)  # not in Public
     alice.shot("unread")
+    # Delivered to alice's page, not read yet: bob sees two ticks.
+    bob_status = bob.message(text).locator(".msg-status")
+    expect(bob_status).to_have_attribute("aria-label", "delivered")
+    expect(bob_status).to_have_text("✓✓")
 
     conv.click()
     expect(alice.page.locator("#conv-title")).to_have_text("bob")
     expect(alice.message(text)).to_be_visible()
+    # alice's page showed it: bob's page says read.
+    expect(bob_status).to_have_attribute("aria-label", "read")
+    expect(bob_status).to_have_text("✓✓ read")
+    bob.shot("read-tick")
     expect(conv.locator(".badge")).to_have_count(0)
     expect(conv).to_have_attribute("aria-label", "Private conversation with bob")
     expect(alice.page).to_have_title("Chat · alice")
