@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import tornado.web
@@ -36,6 +37,26 @@ access_log = logging.getLogger("chatserver.access")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class _Counted:
+    """Counts every call of the wrapped object's coroutine methods, by name (registry ops)."""
+
+    def __init__(self, inner: object, counter: Any) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        counter = self._counter.labels(name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            counter.inc()
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
 class ChatNode:
     """One chat server: hub, router, registry and bus, started and stopped together."""
 
@@ -59,6 +80,7 @@ class ChatNode:
         self.hub = Hub()
         limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
         self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
+        registry = cast(Registry, _Counted(registry, self.metrics.registry_ops))
         self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits, rooms)
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it

@@ -191,6 +191,7 @@ class ChatSocket(WebSocketHandler):
                 conn.stream.close()
             return
         written.add_done_callback(_ignore_closed)
+        self.router.count_out(frame)
 
     # Handshake
     async def get(self, *args: Any, **kwargs: Any) -> None:

@@ -86,6 +86,10 @@ class Hub:
         for sessions in list(self._by_user.values()):
             yield from list(sessions.values())
 
+    def count(self, user: str) -> int:
+        """How many sessions ``user`` has on this server."""
+        return len(self._by_user.get(user, ()))
+
     def has_user(self, user: str) -> bool:
         return user in self._by_user
 

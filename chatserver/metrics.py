@@ -14,6 +14,14 @@ class Metrics:
         self.connections = Gauge("chat_connections", "Open WebSocket sessions on this server", registry=r)
         self.users = Gauge("chat_local_users", "Distinct users with a session on this server", registry=r)
         self.frames_in = Counter("chat_frames_in", "Client frames received, by type", ["type"], registry=r)
+        self.frames_out = Counter("chat_frames_out", "Frames written to clients, by type", ["type"], registry=r)
+        self.sessions_per_user = Histogram(
+            "chat_sessions_per_user",
+            "Sessions a user has on this server, observed as each one opens",
+            buckets=(1, 2, 3, 5, 10, 20),
+            registry=r,
+        )
+        self.registry_ops = Counter("chat_registry_ops", "Registry operations, by name", ["op"], registry=r)
         self.messages_routed = Counter(
             "chat_messages_routed", "Messages accepted from local clients, by kind", ["kind"], registry=r
         )

@@ -143,6 +143,7 @@ class Router:
         self._buckets[session.id] = _Flow(self._limits)
         first = self.hub.add(session)
         self.hub.hold(session, channels, everything=True)  # welcome goes first
+        self._metrics.sessions_per_user.observe(self.hub.count(user))
         if first:
             pending = self._unregistering.get(user)
             if pending is not None:  # the user's last session here just closed: let it finish
@@ -244,10 +245,12 @@ class Router:
                 session.send(p.pong(frame.cid))
         except RegistryError as exc:
             self._metrics.registry_failures.inc()
-            log.warning("registry unavailable while routing for %s: %s", session.user, exc)
+            log.warning(
+                "registry unavailable while routing for %s: %s", session.user, exc, extra={"user": session.user}
+            )
             self._refuse(session, p.INTERNAL, "message not sent: the user registry is unavailable; retry", frame.cid)
         except HistoryError as exc:
-            log.warning("history store unavailable for %s: %s", session.user, exc)
+            log.warning("history store unavailable for %s: %s", session.user, exc, extra={"user": session.user})
             self._refuse(session, p.INTERNAL, "the message store is unavailable; retry", frame.cid)
         except RoomsError as exc:
             log.warning("room store unavailable for %s: %s", session.user, exc)
@@ -473,7 +476,13 @@ class Router:
             exc = future.exception()
             if exc is not None:
                 self._metrics.bus_failures.inc()
-                log.warning("message %s from %s not published: %s", envelope.id, envelope.sender, exc)
+                log.warning(
+                    "message %s from %s not published: %s",
+                    envelope.id,
+                    envelope.sender,
+                    exc,
+                    extra={"user": envelope.sender, "message_id": envelope.id},
+                )
                 self._refuse(session, p.INTERNAL, f"message not sent ({exc}); retry", cid)
                 return
             self._metrics.publish_seconds.observe(time.perf_counter() - started)
@@ -482,6 +491,10 @@ class Router:
             session.send(p.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(report)
+
+    def count_out(self, frame: p.OutFrame) -> None:
+        """Count a frame written to a client, by type (for /metrics)."""
+        self._metrics.frames_out.labels(str(frame.body.get("type", "?"))).inc()
 
     def _refuse(self, session: ClientSession, code: str, message: str, cid: str | None) -> None:
         self._metrics.errors.labels(code).inc()

@@ -208,4 +208,7 @@ async def test_the_operator_page_is_off_by_default_and_guarded_by_its_token() ->
         assert body["servers"]["ws-1"]["connections"] == "1" and body["servers"]["ws-1"]["state"] == "ready"
         metrics = (await http.fetch(url + "/metrics")).body.decode()
         assert "chat_consumer_lag 0.0" in metrics
+        assert 'chat_frames_out_total{type="welcome"} 1.0' in metrics
+        assert 'chat_registry_ops_total{op="add"} 1.0' in metrics
+        assert "chat_sessions_per_user_bucket" in metrics
         alice.close()
