@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -28,6 +29,7 @@ import redis
 from confluent_kafka.admin import AdminClient
 
 from chatserver.auth import TokenAuthority
+from tests.chatclient import ChatClient
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +133,20 @@ class RealCluster:
                 pytest.fail(f"{server.server_id} not ready after {timeout}s:\n{server.log_tail()}")
             time.sleep(0.1)
 
+    def start_all(self, *numbers: int) -> None:
+        """Start servers ``numbers`` together, then wait until each is ready."""
+        for n in numbers:
+            self.start(n, wait=False)
+        for n in numbers:
+            self.wait_ready(n)
+
+    async def connect(self, n: int, user: str) -> tuple[ChatClient, dict[str, Any]]:
+        """A client of ``user`` on server ``n``, past its welcome (returned too)."""
+        client = await ChatClient.connect(self.url(n), self.token(user))
+        welcome = await client.recv_type("welcome")
+        assert welcome["user"] == user and welcome["server"] == self.server_id(n)
+        return client, welcome
+
     def stop(self, n: int, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         server = self.servers.pop(n)
         if server.proc.poll() is None:
@@ -186,10 +202,7 @@ def cluster() -> Iterator[RealCluster]:
     """Two chat servers, ws-1 and ws-2 (with a unique prefix), ready."""
     c = new_cluster()
     try:
-        c.start(1, wait=False)
-        c.start(2, wait=False)
-        c.wait_ready(1)
-        c.wait_ready(2)
+        c.start_all(1, 2)
         yield c
     finally:
         c.close()

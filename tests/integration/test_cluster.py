@@ -17,11 +17,7 @@ from tests.integration.conftest import REDIS_URL, RealCluster, new_cluster
 
 
 async def connect(cluster: RealCluster, n: int, user: str) -> ChatClient:
-    client = await ChatClient.connect(cluster.url(n), cluster.token(user))
-    welcome = await client.recv()
-    assert welcome["type"] == "welcome" and welcome["user"] == user
-    assert welcome["server"] == cluster.server_id(n)
-    return client
+    return (await cluster.connect(n, user))[0]
 
 
 def messages(frames: list[dict[str, object]]) -> list[dict[str, object]]:

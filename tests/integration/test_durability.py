@@ -16,9 +16,7 @@ from tests.unit import test_history as contract
 
 
 async def connect(cluster: RealCluster, n: int, user: str) -> tuple[ChatClient, dict[str, int]]:
-    client = await ChatClient.connect(cluster.url(n), cluster.token(user))
-    welcome = await client.recv()
-    assert welcome["type"] == "welcome" and welcome["server"] == cluster.server_id(n)
+    client, welcome = await cluster.connect(n, user)
     return client, welcome["positions"]
 
 

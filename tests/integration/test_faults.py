@@ -138,10 +138,7 @@ def check_exactly_once_in_order(receiver: Receiver, sender: Sender) -> tuple[int
 def three_servers() -> Iterator[RealCluster]:
     c = new_cluster()
     try:
-        for n in (1, 2, 3):
-            c.start(n, wait=False)
-        for n in (1, 2, 3):
-            c.wait_ready(n)
+        c.start_all(1, 2, 3)
         yield c
     finally:
         c.close()
@@ -227,10 +224,7 @@ async def test_kafka_restart_under_traffic_loses_no_acked_message(tmp_path: Path
     kafka.start()
     c = new_cluster(KAFKA_BOOTSTRAP=kafka.bootstrap, CHAT_KAFKA_SEND_TIMEOUT_S="5")
     try:
-        c.start(1, wait=False)
-        c.start(2, wait=False)
-        c.wait_ready(1)
-        c.wait_ready(2)
+        c.start_all(1, 2)
         receiver = Receiver(c, "kr", servers=[2, 1])
         stop = asyncio.Event()
         receiving = asyncio.ensure_future(receiver.run(stop))
@@ -289,10 +283,7 @@ async def test_redis_restart_sessions_reregister_and_history_survives(tmp_path: 
     _wait(lambda: _pings(store))
     c = new_cluster(REDIS_URL=f"redis://127.0.0.1:{port}/0")
     try:
-        c.start(1, wait=False)
-        c.start(2, wait=False)
-        c.wait_ready(1)
-        c.wait_ready(2)
+        c.start_all(1, 2)
         alice = await ChatClient.connect(c.url(1), c.token("ra"))
         await alice.recv_type("welcome")
         bob = await ChatClient.connect(c.url(2), c.token("rb"))

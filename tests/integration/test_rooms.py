@@ -12,9 +12,7 @@ from tests.integration.conftest import RealCluster, new_cluster
 
 
 async def connect(cluster: RealCluster, n: int, user: str) -> ChatClient:
-    client = await ChatClient.connect(cluster.url(n), cluster.token(user))
-    await client.recv_type("welcome")
-    return client
+    return (await cluster.connect(n, user))[0]
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -55,10 +53,7 @@ async def test_room_messages_cross_servers_to_members_only_and_are_kept(cluster:
 async def test_a_user_whose_server_dies_goes_offline_within_seconds() -> None:
     c = new_cluster()
     try:
-        c.start(1, wait=False)
-        c.start(2, wait=False)
-        c.wait_ready(1)
-        c.wait_ready(2)
+        c.start_all(1, 2)
         watcher = await connect(c, 1, "watcher21")
         await connect(c, 2, "ghost21")
         online = await watcher.recv_until(lambda f: f["type"] == "presence" and f["user"] == "ghost21")
