@@ -15,7 +15,10 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 import tornado.web
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from tornado.routing import URLSpec
 
 from chatserver import handlers as h
@@ -199,7 +202,15 @@ SENTINEL_SCHEME = "redis+sentinel://"
 def redis_client(url: str) -> aioredis.Redis:
     """A client for ``redis://...`` (or ``rediss://``), or for the master that Sentinel names:
     ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
-    options: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+    # A pooled connection that Redis closed (a restart) fails on first use: retry such a command
+    # on a fresh connection. Only connection errors, not timeouts: a command that may have run is
+    # not repeated (the message store recognises a resend with a cid anyway).
+    options: dict[str, Any] = {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry_on_error": [RedisConnectionError],
+    }
     if not url.startswith(SENTINEL_SCHEME):
         direct: aioredis.Redis = aioredis.Redis.from_url(url, health_check_interval=10, **options)
         return direct
