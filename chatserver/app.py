@@ -180,13 +180,15 @@ class ChatNode:
 
     async def stop(self) -> None:
         """Graceful stop: refuse new sessions, leave the registry, close sessions with 1001,
-        deliver what is in flight to Kafka, then release connections."""
+        let frames under way finish, deliver what is in flight to Kafka, then release connections."""
         self._draining = True
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
         await self.router.withdraw()
+        with contextlib.suppress(TimeoutError):  # frames under way reach the bus before it is flushed
+            await asyncio.wait_for(self.router.quiesce(), timeout=5.0)
         await asyncio.sleep(0.2)  # let close frames go out
         await self.bus.close()
         await self.history.close()

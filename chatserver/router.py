@@ -123,6 +123,9 @@ class Router:
         self._background: set[asyncio.Task[None]] = set()
         self._unregistering: dict[str, asyncio.Task[None]] = {}
         self._withdrawn = False  # after a graceful stop began, sessions leave no registry work
+        self._in_flight = 0  # frames being handled right now
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ------------------------------------------------------------------ sessions
 
@@ -197,6 +200,21 @@ class Router:
 
     async def handle(self, session: ClientSession, raw: str | bytes) -> None:
         """Act on one client frame. Never raises: every refusal becomes an ``error`` frame."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            await self._handle(session, raw)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def quiesce(self) -> None:
+        """Return once no frame is being handled: a graceful stop must not close the bus under a
+        message that is stored but not yet published. Bound it with a timeout."""
+        await self._idle.wait()
+
+    async def _handle(self, session: ClientSession, raw: str | bytes) -> None:
         flow = self._buckets.get(session.id)
         if flow is not None and not flow.bucket.take():
             self._refuse(session, p.RATE_LIMITED, "too many frames: slow down", _cid_of(raw, session.codec))

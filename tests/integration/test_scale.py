@@ -71,19 +71,20 @@ async def send_until(sender: User, to: str, stop: asyncio.Event, interval: float
     (same cid: the server recognises a retry). Returns how many were sent."""
     frames: dict[str, dict[str, Any]] = {}
     k = 0
+    reconnects = sender.reconnects
     while not stop.is_set():
+        if sender.reconnects != reconnects:  # first what the old connection may have lost, in order
+            reconnects = sender.reconnects
+            await resend_unacked(sender, frames)
         cid = f"{sender.name}-{k}"
         frames[cid] = {"type": "private", "to": to, "text": f"#{k}", "cid": cid}
-        reconnects = sender.reconnects
         try:
             assert sender.client is not None
             await sender.client.send(frames[cid])
         except (WebSocketClosedError, StreamClosedError):
-            pass  # the listener reconnects; the frame is re-sent below
+            pass  # the listener reconnects; the frame is re-sent then
         k += 1
         await asyncio.sleep(interval)
-        if sender.reconnects != reconnects:
-            await resend_unacked(sender, frames)
     deadline = time.monotonic() + 20
     while len(sender.acked) < len(frames) and time.monotonic() < deadline:
         await asyncio.sleep(0.5)

@@ -441,3 +441,34 @@ async def test_welcome_lists_the_users_rooms_with_their_positions() -> None:
     assert again.frames[0]["positions"]["room:book-club"] == 1
     c.routers[0].disconnect(again)
     assert again.id not in c.routers[0]._typing_sent
+
+
+@pytest.mark.gen_test
+async def test_a_graceful_stop_waits_for_a_frame_that_is_being_handled() -> None:
+    c = Cluster(1)
+    c.history = SlowStore()
+    c.routers[0]._history = c.history
+    await c.start()
+    ann = await c.join("ann", 1)
+    sending = asyncio.ensure_future(c.routers[0].handle(ann, '{"type": "public", "text": "last words", "cid": "l"}'))
+    await c.history.storing.wait()
+    quiet = asyncio.ensure_future(c.routers[0].quiesce())
+    await asyncio.sleep(0.05)
+    assert not quiet.done(), "the stop waits while the message is stored but not published"
+    c.history.proceed.set()
+    await sending
+    await quiet
+    await settle()
+    assert [m["text"] for m in ann.of_type("message")] == ["last words"]
+
+
+class SlowStore(MemoryHistory):
+    def __init__(self) -> None:
+        super().__init__()
+        self.storing = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def store(self, envelope, fingerprint):  # type: ignore[no-untyped-def]
+        self.storing.set()
+        await self.proceed.wait()
+        return await super().store(envelope, fingerprint)
