@@ -22,7 +22,7 @@ from chatserver.auth import AuthError, TokenAuthority
 from chatserver.config import Settings
 from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
-from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error
+from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error, session_id
 from chatserver.registry import RegistryError
 from chatserver.router import Router
 
@@ -156,7 +156,7 @@ class ChatSocket(WebSocketHandler):
         self.readiness = readiness
         self.chat = settings
         self.connections = connections
-        self._id = f"{router.server_id}#{next(session_ids)}"
+        self._id = session_id(router.server_id, next(session_ids))
         self._user = ""
         self._ip = ""
         self._counted = False

@@ -44,6 +44,17 @@ def user_channel(user: str) -> str:
     return f"user:{user}"
 
 
+def session_id(server: str, number: int) -> str:
+    """A session's id, unique across the cluster: it names the server that holds the session."""
+    return f"{server}#{number}"
+
+
+def server_of_session(session: str) -> str:
+    """The server named in a ``session_id`` ("" for anything else)."""
+    server, mark, _ = session.rpartition("#")
+    return server if mark else ""
+
+
 def room_channel(room: str) -> str:
     """The channel of the messages of ``room``."""
     return f"room:{room}"

@@ -316,7 +316,13 @@ class Router:
         )
         envelope = await self._store(envelope, frame.cid)
         where = await self._registry.servers_of([recipient, sender])
-        servers = where[recipient] | where[sender] | {self.server_id}
+        # This server's own topic only when a session here needs the copy: the recipient's, or
+        # another one of the sender's. Checked after the store, so a session that opens later
+        # reads positions that already include this message (see ``connect``).
+        wanted_here = self.hub.has_user(recipient) or self.hub.count(sender) > 1
+        servers = (where[recipient] | where[sender]) - {self.server_id}
+        if wanted_here:
+            servers.add(self.server_id)
         self._publish(session, frame.cid, envelope, servers)
 
     async def _store(self, envelope: p.Envelope, cid: str | None) -> p.Envelope:
@@ -551,17 +557,19 @@ class Router:
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
 
     def _receipt_delivered(self, envelope: p.Envelope) -> None:
-        """Tell the sender a session of the recipient got the message (an addition to the protocol)."""
-        body = p.receipt(envelope.id, envelope.to or "", "delivered")
-        task = asyncio.create_task(self._emit_quietly(body, [envelope.sender]))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        """Tell the sender a session of the recipient got the message (an addition to the protocol).
 
-    async def _emit_quietly(self, body: dict[str, Any], audience: list[str]) -> None:
-        try:
-            await self._emit(body, audience)
-        except RegistryError as exc:
-            log.debug("receipt not sent: %s", exc)
+        The receipt goes to the server of the sending session (named in its id), for the sender's
+        sessions there: no registry look-up, one small publish, and none when that is this server."""
+        body = p.receipt(envelope.id, envelope.to or "", "delivered")
+        server = p.server_of_session(envelope.origin)
+        if server == self.server_id:
+            self.hub.deliver(envelope.sender, p.OutFrame(body))
+        elif server:
+            event = p.Envelope(
+                kind="event", id="", sender="", text="", ts=envelope.ts, recipients=(envelope.sender,), event=body
+            )
+            self._bus.publish(server, event.to_bytes()).add_done_callback(_ignore_failure)
 
     def _deliver_event(self, envelope: p.Envelope) -> None:
         if envelope.event is None:

@@ -350,8 +350,15 @@ async def test_a_room_message_goes_only_to_servers_holding_members() -> None:
     await c.join("dee", 3)
     for session, server in ((ann, 1), (ben, 2)):
         await c.send(session, server, '{"type": "join", "room": "quiet"}')
+    published = spy_on_publishes(c.routers[0])
+    await c.send(ann, 1, '{"type": "room", "room": "quiet", "text": "psst"}')
+    assert sorted(published) == ["ws-1", "ws-2"], "ws-3 holds no member"
+
+
+def spy_on_publishes(router: Router) -> list[str]:
+    """The servers ``router`` publishes to from now on, in order."""
     published: list[str] = []
-    bus = c.routers[0]._bus
+    bus = router._bus
     original = bus.publish
 
     def spy(server_id: str, payload: bytes) -> asyncio.Future[None]:
@@ -359,8 +366,59 @@ async def test_a_room_message_goes_only_to_servers_holding_members() -> None:
         return original(server_id, payload)
 
     bus.publish = spy  # type: ignore[method-assign]
-    await c.send(ann, 1, '{"type": "room", "room": "quiet", "text": "psst"}')
-    assert sorted(published) == ["ws-1", "ws-2"], "ws-3 holds no member"
+    return published
+
+
+@pytest.mark.gen_test
+async def test_a_private_message_skips_the_senders_topic_when_no_session_there_needs_it() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    published = spy_on_publishes(c.routers[0])
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "one hop"}')
+    assert published == ["ws-2"]
+    assert len(ben.of_type("message")) == 1 and len(ann.of_type("ack")) == 1
+
+
+@pytest.mark.gen_test
+async def test_the_senders_other_session_on_the_same_server_still_gets_its_copy() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann, ann_too, ben = await c.join("ann", 1), await c.join("ann", 1), await c.join("ben", 2)
+    published = spy_on_publishes(c.routers[0])
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "both tabs"}')
+    assert sorted(published) == ["ws-1", "ws-2"]
+    [copy] = ann_too.of_type("message")
+    assert copy["text"] == "both tabs" and copy["channel"] == "user:ann"
+    assert ann.of_type("message") == [] and len(ben.of_type("message")) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_message_to_nobody_online_is_stored_and_acked_without_publishing() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann = await c.join("ann", 1)
+    published = spy_on_publishes(c.routers[0])
+    await c.send(ann, 1, '{"type": "private", "to": "zed", "text": "read it later", "cid": "z"}')
+    assert published == []
+    [ack] = ann.of_type("ack")
+    zed = await c.join("zed", 2)
+    await c.send(zed, 2, '{"type": "history", "channel": "user:zed", "cid": "h"}')
+    assert [m["text"] for m in zed.of_type("history")[0]["messages"]] == ["read it later"]
+    assert ack["offset"] == 1
+
+
+@pytest.mark.gen_test
+async def test_a_delivered_receipt_goes_straight_to_the_sending_sessions_server() -> None:
+    c = Cluster(3)
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    await c.join("ann", 3)  # another session of the sender elsewhere: no look-up, no copy
+    published = spy_on_publishes(c.routers[1])
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "got it?"}')
+    [msg] = ben.of_type("message")
+    assert published == ["ws-1"]
+    assert ann.of_type("receipt") == [{"type": "receipt", "id": msg["id"], "from": "ben", "status": "delivered"}]
 
 
 @pytest.mark.gen_test
