@@ -1146,6 +1146,9 @@ class Run:
             parts = self.gather("step", len(live), label, budget)
             self.progress.done()
             result = self.merge_step(step, rate, parts, connect)
+            # The measured window on the wall clock, for tools that read other processes' CPU
+            # over exactly that time (benchmarks/run.py).
+            result["window_unix"] = [round(start + args.warmup, 3), round(start + args.warmup + args.duration, 3)]
             results.append(result)
             if not args.quiet and args.ramp:
                 self.progress.note(self.step_line(result))

@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""The benchmark: one command that runs a fixed matrix against a chat cluster and prints a table.
+
+    python benchmarks/run.py            # starts its own 2-server cluster, runs the full matrix, stops it
+    python benchmarks/run.py --short    # the small, bounded matrix CI runs (about a minute)
+    python benchmarks/run.py --url http://127.0.0.1:8081 --url http://127.0.0.1:8082   # a running cluster
+
+Each scenario is one run of ``scripts/loadtest.py --json`` (the operator's tool, unchanged).
+Around it the harness reads, from ``/proc``, the CPU time of every process of the cluster (the chat
+servers, Redis, Kafka, nginx: found by the port they listen on) and of the load generator, and the
+servers' resident memory, so each row also says what a delivered message costs:
+
+- ``server µs/msg``: CPU microseconds of all chat servers together per delivered message;
+- ``all µs/msg``: the same for servers + Redis + Kafka + generator (everything on the machine);
+- idle rows: resident memory per connection (growth of the servers' RSS while the connections
+  are held, divided by the connections) and the connect rate.
+
+Without ``--url`` the cluster is started with ``scripts/up.sh`` in a run folder of its own
+(``.run/bench``, ports 8280+), with the per-connection and per-user rate limits off (a benchmark
+is one IP sending as fast as it is told), and stopped with ``scripts/down.sh`` at the end. Redis and
+Kafka already running are used, never stopped. ``--json FILE`` keeps every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADTEST = ROOT / "scripts" / "loadtest.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+#: What the benchmark's own cluster runs with: no rate limits (one IP, a paced generator) and
+#: room for 10,000 connections per server from one address.
+BENCH_ENV = {
+    "CHAT_CONN_RATE_PER_S": "0",
+    "CHAT_USER_RATE_PER_S": "0",
+    "CHAT_MAX_CONNS_PER_IP": "100000",
+    "CHAT_MAX_SESSIONS_PER_USER": "100",
+    "CHAT_LOG_LEVEL": "warning",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str  # one line for the table
+    args: tuple[str, ...]  # loadtest arguments besides --url/--secret/--json
+    timeout_s: float
+
+
+def matrix(short: bool) -> list[Scenario]:
+    """The fixed matrix; ``short`` is the CI size: every kind of row, small and quick."""
+    if short:
+        return [
+            Scenario("private", "private 20 users, 200/s", ("--users", "20", "--rate", "200", "--duration", "2"), 60),
+            Scenario(
+                "private-ramp",
+                "private ramp from 100/s x2, p99 <= 50 ms",
+                ("--users", "20", "--rate", "100", "--ramp", "--ramp-factor", "2", "--duration", "1"),
+                180,
+            ),
+            Scenario(
+                "public",
+                "public fan-out to 50 users, 10/s",
+                ("--scenario", "public", "--users", "50", "--rate", "10", "--duration", "2"),
+                60,
+            ),
+            Scenario("idle", "idle 200 connections", ("--scenario", "idle", "--users", "200", "--duration", "2"), 60),
+        ]
+    pairs = ("--users", "200")  # 100 pairs, the target's shape
+    return [
+        Scenario("private-1k", "private 100 pairs, 1,000/s", (*pairs, "--rate", "1000", "--duration", "10"), 120),
+        Scenario(
+            "private-3k",
+            "private 100 pairs, 3,000/s",
+            (*pairs, "--rate", "3000", "--duration", "10", "--procs", "2"),
+            180,
+        ),
+        Scenario(
+            "private-10k",
+            "private 100 pairs, 10,000/s",
+            (*pairs, "--rate", "10000", "--duration", "10", "--procs", "2"),
+            240,
+        ),
+        Scenario(
+            "private-ramp",
+            "private ramp from 250/s x1.25, p99 <= 50 ms",
+            (*pairs, "--rate", "250", "--ramp", "--ramp-factor", "1.25", "--duration", "5", "--procs", "2"),
+            900,
+        ),
+        Scenario(
+            "public-1000",
+            "public fan-out to 1,000 users, 20/s",
+            ("--scenario", "public", "--users", "1000", "--rate", "20", "--duration", "10", "--procs", "2"),
+            300,
+        ),
+        Scenario(
+            "public-1000-fast",
+            "public fan-out to 1,000 users, 100/s",
+            ("--scenario", "public", "--users", "1000", "--rate", "100", "--duration", "10", "--procs", "2"),
+            300,
+        ),
+        Scenario(
+            "idle-10k",
+            "idle 10,000 connections per server",
+            ("--scenario", "idle", "--users", "20000", "--duration", "10", "--procs", "2"),
+            600,
+        ),
+    ]
+
+
+# ------------------------------------------------------------------------------ /proc
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on 127.0.0.1:``port`` (ours, so ``ss -p`` may show it)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"pid=(\d+)", out)
+    return int(found.group(1)) if found else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` so far (0 when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclasses.dataclass
+class Cluster:
+    urls: list[str]  # chat servers, each pinned directly
+    secret: str | None
+    pids: dict[str, int]  # role ("ws-1", "redis", "kafka", "nginx") -> pid
+
+    def servers(self) -> list[int]:
+        return [pid for role, pid in self.pids.items() if role.startswith("ws-")]
+
+    def cpu(self) -> dict[str, float]:
+        return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+
+
+def discover(urls: list[str], secret: str | None) -> Cluster:
+    pids: dict[str, int] = {}
+    for i, url in enumerate(urls, 1):
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        pid = listening_pid(port)
+        if pid is not None:
+            pids[f"ws-{i}"] = pid
+    for role, port in (
+        ("redis", int(os.environ.get("REDIS_PORT", "6379"))),
+        ("kafka", int(os.environ.get("KAFKA_PORT", "9092"))),
+    ):
+        pid = listening_pid(port)
+        if pid is not None:
+            pids[role] = pid
+    return Cluster(urls, secret, pids)
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the load generator and its worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
+
+
+class Sampler(threading.Thread):
+    """Every 0.2 s while a scenario runs: the CPU seconds of each role so far (wall-clock
+    stamped) and the servers' total RSS (its peak is kept)."""
+
+    def __init__(self, cluster: Cluster, generator: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.generator = generator
+        self.generator_cpu: dict[int, float] = {}  # last reading of each generator process
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.peak_rss = 0
+        self.done = threading.Event()
+
+    def sample(self) -> None:
+        for pid in process_tree(self.generator):
+            self.generator_cpu[pid] = max(self.generator_cpu.get(pid, 0.0), cpu_seconds(pid))
+        cpu = self.cluster.cpu()
+        cpu["generator"] = sum(self.generator_cpu.values())
+        self.samples.append((time.time(), cpu))
+        self.peak_rss = max(self.peak_rss, sum(rss_kib(pid) for pid in self.cluster.servers()))
+
+    def run(self) -> None:
+        self.sample()
+        while not self.done.wait(0.2):
+            self.sample()
+        self.sample()
+
+    def cpu_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds of each role from ``start`` to ``end`` (unix times), interpolated."""
+
+        def at(when: float) -> dict[str, float]:
+            before = [s for s in self.samples if s[0] <= when] or self.samples[:1]
+            after = [s for s in self.samples if s[0] >= when] or self.samples[-1:]
+            (t0, c0), (t1, c1) = before[-1], after[0]
+            share = 0.0 if t1 == t0 else (when - t0) / (t1 - t0)
+            return {role: c0.get(role, 0.0) + share * (c1.get(role, 0.0) - c0.get(role, 0.0)) for role in c1}
+
+        first, last = at(start), at(end)
+        return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
+
+
+def idle_cost(cluster: Cluster, seconds: float = 3.0) -> dict[str, Any]:
+    """What the cluster burns with no traffic (the consumer's poll callback, heartbeats): the
+    floor under every per-message figure at low rates."""
+    before = cluster.cpu()
+    time.sleep(seconds)
+    after = cluster.cpu()
+    share = {role: round(100 * (after[role] - before.get(role, 0.0)) / seconds, 1) for role in after}
+    return {"name": "idle-cpu", "what": f"no traffic for {seconds:g} s", "cpu_percent_of_one_core": share}
+
+
+def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
+    """One loadtest run with the cluster's CPU and memory read around it."""
+    command = [sys.executable, str(LOADTEST), "--json", "--quiet", *scenario.args]
+    for url in cluster.urls:
+        command += ["--url", url]
+    if cluster.secret:
+        command += ["--secret", cluster.secret]
+    rss_before = sum(rss_kib(pid) for pid in cluster.servers())
+    started = time.monotonic()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = Sampler(cluster, proc.pid)
+    sampler.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=scenario.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"name": scenario.name, "what": scenario.what, "failed": f"no result within {scenario.timeout_s:g} s"}
+    finally:
+        sampler.done.set()
+        sampler.join()
+    try:
+        report: dict[str, Any] = json.loads(stdout)
+    except json.JSONDecodeError:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        return {"name": scenario.name, "what": scenario.what, "failed": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    row: dict[str, Any] = {
+        "name": scenario.name,
+        "what": scenario.what,
+        "exit_code": proc.returncode,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "report": report,
+    }
+    if report["scenario"] == "idle":
+        held = report["still_connected"]
+        row["connections_per_server"] = round(held / max(1, len(cluster.servers())))
+        row["rss_kib_per_connection"] = round((sampler.peak_rss - rss_before) / held, 1) if held else None
+        return row
+    measured = report
+    if "ramp" in report and report["ramp"]["last_good_step"] is not None:
+        measured = report["ramp"]["last_good_step"]  # the figures at the last good rate
+    row["measured"] = {
+        k: measured[k]
+        for k in ("target_rate", "sent", "acked", "delivered", "lost", "latency_ms", "achieved_rate", "window_unix")
+    }
+    # Cost per message over the measured window only: connecting users (and the presence
+    # every connection announces to everyone) is not message traffic.
+    cpu = sampler.cpu_between(*measured["window_unix"])
+    row["cpu_seconds_in_window"] = cpu
+    delivered = measured["delivered"]
+    servers_cpu = sum(v for k, v in cpu.items() if k.startswith("ws-"))
+    row["server_us_per_delivery"] = round(1e6 * servers_cpu / delivered, 1) if delivered else None
+    row["all_us_per_delivery"] = round(1e6 * sum(cpu.values()) / delivered, 1) if delivered else None
+    return row
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| scenario | target/s | sent | delivered | lost | deliveries/s | p50 ms | p99 ms | max ms "
+        "| server µs/msg | all µs/msg | notes |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        if "cpu_percent_of_one_core" in row:
+            share = ", ".join(f"{role} {pct:g}%" for role, pct in row["cpu_percent_of_one_core"].items())
+            lines.append(f"| {row['name']} | | | | | | | | | | | CPU with no traffic (% of one core): {share} |")
+            continue
+        if "failed" in row:
+            lines.append(f"| {row['name']} | | | | | | | | | | | failed: {row['failed']} |")
+            continue
+        report = row["report"]
+        if report["scenario"] == "idle":
+            c = report["connect"]
+            notes = (
+                f"{report['still_connected']} held ({row['connections_per_server']}/server), "
+                f"{c['rate_per_s']:.0f} conn/s, RSS {row['rss_kib_per_connection']} KiB/conn, "
+                f"{c['failed']} failed"
+            )
+            lines.append(f"| {row['name']} | | | | | | | | | | | {notes} |")
+            continue
+        m = row["measured"]
+        lat = m["latency_ms"]
+        notes = row["what"]
+        if "ramp" in report:
+            ramp = report["ramp"]
+            notes = f"last good rate {ramp['last_good_rate']}/s; stopped: {ramp['stopped_because']}"
+        elif not report["ok"]:
+            notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
+        lines.append(
+            f"| {row['name']} | {m['target_rate']:g} | {m['sent']} | {m['delivered']} | {m['lost']} "
+            f"| {m['achieved_rate']:.0f} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} "
+            f"| {row.get('server_us_per_delivery', '-')} | {row.get('all_us_per_delivery', '-')} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        model = found.group(1) if found else ""
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "commit": commit.strip(),
+    }
+
+
+# ------------------------------------------------------------------------------ own cluster
+
+
+class OwnCluster:
+    """A cluster started with scripts/up.sh in a run folder of its own, stopped by down.sh."""
+
+    def __init__(self, servers: int, port_base: int, nginx_port: int, run_dir: Path, prefix: str) -> None:
+        self.servers = servers
+        self.port_base = port_base
+        self.run_dir = run_dir
+        self.env = {
+            **os.environ,
+            **BENCH_ENV,
+            "CHAT_RUN_DIR": str(run_dir),
+            "NGINX_PORT": str(nginx_port),
+            "CHAT_PORT_BASE": str(port_base),
+            "CHAT_PREFIX": prefix,
+        }
+
+    def __enter__(self) -> Cluster:
+        print(f"starting {self.servers} servers with scripts/up.sh (run folder {self.run_dir})...", file=sys.stderr)
+        proc = subprocess.run(
+            [str(ROOT / "scripts" / "up.sh"), str(self.servers)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,  # the table alone goes to stdout
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode != 0:
+            self._down()
+            sys.exit(f"scripts/up.sh failed:\n{proc.stderr}")
+        urls = [f"http://127.0.0.1:{self.port_base + n}" for n in range(1, self.servers + 1)]
+        secret = (self.run_dir / "secret").read_text().strip()
+        return discover(urls, secret)
+
+    def __exit__(self, *exc: object) -> None:
+        self._down()
+
+    def _down(self) -> None:
+        subprocess.run([str(ROOT / "scripts" / "down.sh")], env=self.env, capture_output=True, check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See BENCHMARKS.md for the figures recorded on the reference machine.",
+    )
+    parser.add_argument("--short", action="store_true", help="the small matrix CI runs")
+    parser.add_argument(
+        "--url", action="append", default=[], help="a running chat server (repeat); default: start a cluster"
+    )
+    parser.add_argument("--secret", help="CHAT_SECRET of a running cluster (default: the generator logs in)")
+    parser.add_argument("--servers", type=int, default=2, help="servers of the cluster started here (default 2)")
+    parser.add_argument("--port-base", type=int, default=8280, help="ws-N listens on base+N (default 8280)")
+    parser.add_argument("--nginx-port", type=int, help="nginx of the cluster started here (default: --port-base)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="(default .run/bench)")
+    parser.add_argument("--prefix", default=f"bench{int(time.time())}-", help="Redis key and topic prefix")
+    parser.add_argument("--only", help="comma-separated scenario names to run (default all)")
+    parser.add_argument("--rate", help="override the rate of the scenarios run (to explore; not the matrix)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    args = parser.parse_args()
+    scenarios = matrix(args.short)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in scenarios}
+        if unknown:
+            parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: choose from {[s.name for s in scenarios]}")
+        scenarios = [s for s in scenarios if s.name in wanted]
+    if args.rate:
+        scenarios = [
+            dataclasses.replace(s, args=(*s.args, "--rate", args.rate), what=f"{s.what} (rate {args.rate}/s)")
+            for s in scenarios
+        ]
+
+    def bench(cluster: Cluster) -> list[dict[str, Any]]:
+        missing = [u for i, u in enumerate(cluster.urls, 1) if f"ws-{i}" not in cluster.pids]
+        if missing:
+            print(f"note: no local process found listening for {missing}: their CPU is not counted", file=sys.stderr)
+        rows = [idle_cost(cluster)]
+        for scenario in scenarios:
+            print(f"running {scenario.name}: {scenario.what}...", file=sys.stderr, flush=True)
+            rows.append(run_scenario(cluster, scenario))
+        return rows
+
+    if args.url:
+        rows = bench(discover(args.url, args.secret))
+    else:
+        nginx_port = args.nginx_port or args.port_base
+        with OwnCluster(args.servers, args.port_base, nginx_port, args.run_dir, args.prefix) as cluster:
+            rows = bench(cluster)
+    info = machine()
+    print(
+        f"{info['date']} · {info['cpus']} CPUs ({info['cpu_model']}) · {info['memory_gib']} GiB · "
+        f"Python {info['python']} · commit {info['commit']}"
+    )
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
+    return 0 if all("failed" not in row for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""benchmarks/run.py --short, as CI runs it: it starts a cluster of its own with the operator's
+scripts, runs every kind of row of the matrix, prints the table and stops what it started."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT, _delete_names
+from tests.integration.test_scripts import _alive, _free_block
+
+
+def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) -> None:
+    prefix = f"b{free_port()}-"
+    run_dir, out = tmp_path / "run", tmp_path / "bench.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--short", "--json", str(out)]
+    command += ["--port-base", str(_free_block(2)), "--nginx-port", str(free_port())]
+    command += ["--run-dir", str(run_dir), "--prefix", prefix]
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        _delete_names(prefix)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)  # the figures, in the CI log
+
+    table = proc.stdout.splitlines()
+    assert table[1].startswith("| scenario |")
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["idle-cpu", "private", "private-ramp", "public", "idle"]
+    assert rows["idle-cpu"]["cpu_percent_of_one_core"]["ws-1"] > 0, "the poll callback costs something"
+    for name in rows:
+        assert any(line.startswith(f"| {name} |") for line in table), f"no table row for {name}"
+
+    private = rows["private"]
+    assert private["measured"]["lost"] == 0 and private["measured"]["delivered"] == private["measured"]["sent"] > 0
+    assert private["report"]["duplicates"] == 0
+    cpu = private["cpu_seconds_in_window"]
+    assert {"ws-1", "ws-2", "redis", "kafka", "generator"} <= set(cpu), "every process of the machine is read"
+    assert cpu["ws-1"] > 0 and cpu["ws-2"] > 0
+    assert 0 < private["server_us_per_delivery"] < private["all_us_per_delivery"]
+
+    ramp = rows["private-ramp"]["report"]["ramp"]
+    assert ramp["steps"] and ramp["stopped_because"], "a ramp says where and why it stopped"
+
+    public = rows["public"]
+    assert public["measured"]["delivered"] == public["report"]["expected_deliveries"] > 0
+    assert public["measured"]["lost"] == 0
+
+    idle = rows["idle"]
+    assert idle["report"]["still_connected"] == 200 and idle["connections_per_server"] == 100
+    assert 0 < idle["rss_kib_per_connection"] < 1024
+
+    # Everything the benchmark started is stopped.
+    for pid_file in (run_dir / "pids").glob("*.pid"):
+        assert not _alive(int(pid_file.read_text())), f"{pid_file.name} still runs"
