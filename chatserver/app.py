@@ -30,6 +30,7 @@ from chatserver.hub import Hub
 from chatserver.limits import ConnectionCounter, MemoryUserLimiter, RedisUserLimiter, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
+from chatserver.redisbatch import RedisBatch
 from chatserver.registry import MemoryRegistry, RedisRegistry, Registry, RegistryError
 from chatserver.rooms import MemoryRooms, RedisRooms, Rooms
 from chatserver.router import Limits, Router
@@ -84,7 +85,17 @@ class ChatNode:
         limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
         self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
         registry = cast(Registry, _Counted(registry, self.metrics.registry_ops))
-        self.router = Router(settings.server_id, self.hub, registry, history, bus, self.metrics, limits, rooms)
+        self.router = Router(
+            settings.server_id,
+            self.hub,
+            registry,
+            history,
+            bus,
+            self.metrics,
+            limits,
+            rooms,
+            presence_max_online=settings.presence_max_online,
+        )
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
         self._heartbeat_error = ""
@@ -103,8 +114,9 @@ class ChatNode:
             limiter = MemoryUserLimiter(settings.user_rate_per_s)
             return cls(settings, registry, history, bus, user_limiter=limiter, rooms=MemoryRooms())
         client = redis_client(settings.redis_url)
-        registry = RedisRegistry(client, names, settings.session_ttl_s)
-        history = RedisHistory(client, names, retention)
+        batch = RedisBatch(client)  # stores and route look-ups of one loop turn: one round trip
+        registry = RedisRegistry(client, names, settings.session_ttl_s, batch=batch)
+        history = RedisHistory(client, names, retention, batch=batch)
         bus = KafkaBus(
             settings.kafka_bootstrap,
             settings.server_id,

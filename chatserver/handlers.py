@@ -11,12 +11,13 @@ import hmac
 import itertools
 import json
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tornado.iostream import StreamBufferFullError
+from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from chatserver.auth import AuthError, TokenAuthority
 from chatserver.config import Settings
@@ -161,6 +162,7 @@ class ChatSocket(WebSocketHandler):
         self._ip = ""
         self._counted = False
         self._codec: Codec = JSON
+        self._receipts = False
 
     # Session protocol
     @property
@@ -175,22 +177,27 @@ class ChatSocket(WebSocketHandler):
     def codec(self) -> Codec:
         return self._codec
 
+    @property
+    def wants_receipts(self) -> bool:
+        return self._receipts
+
     def send(self, frame: OutFrame) -> None:
         conn = self.ws_connection
-        if conn is None or conn.is_closing():
+        if conn is None or conn.is_closing() or conn.stream is None:
             return
+        # Straight to the stream, framed once per frame and codec (not once per socket), with
+        # no task per write as write_message() makes. Valid because no extension (compression)
+        # is negotiated: get_compression_options() is not overridden.
         try:
-            written = self.write_message(frame.encoded(self._codec), binary=self._codec.binary)
-        except WebSocketClosedError:
+            conn.stream.write(frame.framed(self._codec, websocket_frame))
+        except StreamClosedError:
             return
         except StreamBufferFullError:
             # The client does not read: drop it rather than buffer without bound. It can
             # reconnect and resume; the others are not held up.
             log.warning("dropped %s: more than %d bytes unread", self._user, self.chat.max_send_buffer)
-            if conn.stream is not None:
-                conn.stream.close()
+            conn.stream.close()
             return
-        written.add_done_callback(_ignore_closed)
         self.router.count_out(frame)
 
     # Handshake
@@ -202,6 +209,7 @@ class ChatSocket(WebSocketHandler):
             self._user = self.auth.verify(token)
         except AuthError as exc:
             return self._reject(401, "unauthorized", str(exc))
+        self._receipts = self.get_query_argument("receipts", "0") == "1"
         ready, reason = await self.readiness()
         if not ready:
             return self._reject(503, "not_ready", f"this server is not ready ({reason}); retry")
@@ -260,7 +268,12 @@ class ChatSocket(WebSocketHandler):
             self.router.disconnect(self)
 
 
-def _ignore_closed(future: Any) -> None:
-    """Retrieve a write's outcome so a socket closed meanwhile is not logged as an error."""
-    if not future.cancelled():
-        future.exception()
+def websocket_frame(payload: bytes, binary: bool) -> bytes:
+    """One unfragmented, unmasked server-to-client WebSocket frame (RFC 6455, 5.2)."""
+    opcode = 0x82 if binary else 0x81  # FIN + binary or text
+    size = len(payload)
+    if size < 126:
+        return struct.pack("!BB", opcode, size) + payload
+    if size <= 0xFFFF:
+        return struct.pack("!BBH", opcode, 126, size) + payload
+    return struct.pack("!BBQ", opcode, 127, size) + payload

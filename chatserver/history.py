@@ -17,16 +17,17 @@ Redis layout (names from ``Names``): ``chat:chan:{channel}:seq`` (counter),
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import orjson
 import redis.asyncio as aioredis
 
 from chatserver.names import Names
 from chatserver.protocol import Envelope
+from chatserver.redisbatch import RedisBatch
 
 Clock = Callable[[], float]
 Message = dict[str, Any]
@@ -76,12 +77,12 @@ class History(Protocol):
 
 
 def _member(envelope: Envelope, channel: str) -> str:
-    return f"{envelope.ts}|" + json.dumps(envelope.message_body(channel), ensure_ascii=False, separators=(",", ":"))
+    return f"{envelope.ts}|" + orjson.dumps(envelope.message_body(channel)).decode()
 
 
 def _message(member: bytes | str, offset: float) -> Message:
     text = member.decode() if isinstance(member, bytes) else member
-    body: Message = json.loads(text.split("|", 1)[1])
+    body: Message = orjson.loads(text.split("|", 1)[1])
     body["offset"] = int(offset)
     return body
 
@@ -133,12 +134,19 @@ return {0, table.concat(offsets, ',')}
 
 
 class RedisHistory:
-    def __init__(self, client: aioredis.Redis, names: Names, retention: Retention, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: Names,
+        retention: Retention,
+        clock: Clock = time.time,
+        batch: RedisBatch | None = None,
+    ) -> None:
         self._redis = client
         self._names = names
         self._retention = retention
         self._clock = clock
-        self._store = client.register_script(_STORE_LUA)
+        self._batch = batch or RedisBatch(client)  # stores of one loop turn share a round trip
 
     async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
         channels = envelope.channels()
@@ -157,7 +165,7 @@ class RedisHistory:
             *(_member(envelope, c) for c in channels),
         ]
         try:
-            flag, value = await self._store(keys=keys, args=args)
+            flag, value = await self._batch.evalsha(_STORE_LUA, keys, args)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         if flag == 1:

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Children:
+    """A labelled counter whose children are kept in a plain dict: ``labels()`` of the client
+    library validates and locks on every call, and the hot path counts several times a frame."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def labels(self, *values: str) -> Counter:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._counter.labels(*values)
+        return child
+
+    def collect(self) -> Iterable[Metric]:
+        return self._counter.collect()
 
 
 class Metrics:
@@ -13,25 +34,32 @@ class Metrics:
         r = self.registry
         self.connections = Gauge("chat_connections", "Open WebSocket sessions on this server", registry=r)
         self.users = Gauge("chat_local_users", "Distinct users with a session on this server", registry=r)
-        self.frames_in = Counter("chat_frames_in", "Client frames received, by type", ["type"], registry=r)
-        self.frames_out = Counter("chat_frames_out", "Frames written to clients, by type", ["type"], registry=r)
+        self.frames_in = _Children(Counter("chat_frames_in", "Client frames received, by type", ["type"], registry=r))
+        self.frames_out = _Children(
+            Counter("chat_frames_out", "Frames written to clients, by type", ["type"], registry=r)
+        )
         self.sessions_per_user = Histogram(
             "chat_sessions_per_user",
             "Sessions a user has on this server, observed as each one opens",
             buckets=(1, 2, 3, 5, 10, 20),
             registry=r,
         )
-        self.registry_ops = Counter("chat_registry_ops", "Registry operations, by name", ["op"], registry=r)
-        self.messages_routed = Counter(
-            "chat_messages_routed", "Messages accepted from local clients, by kind", ["kind"], registry=r
+        self.registry_ops = _Children(Counter("chat_registry_ops", "Registry operations, by name", ["op"], registry=r))
+        self.messages_routed = _Children(
+            Counter("chat_messages_routed", "Messages accepted from local clients, by kind", ["kind"], registry=r)
         )
         self.messages_acked = Counter("chat_messages_acked", "Messages acked after Kafka had them", registry=r)
-        self.deliveries = Counter(
-            "chat_deliveries", "Message frames written to local sockets, by kind", ["kind"], registry=r
+        self.deliveries = _Children(
+            Counter("chat_deliveries", "Message frames written to local sockets, by kind", ["kind"], registry=r)
         )
-        self.errors = Counter("chat_errors", "Error frames sent to clients, by code", ["code"], registry=r)
+        self.errors = _Children(Counter("chat_errors", "Error frames sent to clients, by code", ["code"], registry=r))
         self.retries_recognised = Counter(
             "chat_retries_recognised", "Sends recognised as retries of a stored message", registry=r
+        )
+        self.presence_withheld = Counter(
+            "chat_presence_withheld",
+            "Online/offline announcements not sent: more users online than CHAT_PRESENCE_MAX_ONLINE",
+            registry=r,
         )
         self.replayed = Counter("chat_replayed_messages", "Messages replayed by resume", registry=r)
         self.consumer_lag = Gauge("chat_consumer_lag", "Messages in this server's topic not consumed yet", registry=r)

@@ -8,12 +8,13 @@ each frame at most once per codec however many sockets it is written to.
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgpack
+import orjson
 
 USERNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 ROOM_RE: Final = USERNAME_RE
@@ -291,12 +292,12 @@ class Codec:
         if isinstance(raw, bytes):
             raise ProtocolError(BAD_FRAME, "binary frames need the 'msgpack' subprotocol")
         try:
-            return json.loads(raw)
+            return orjson.loads(raw)
         except (ValueError, RecursionError):
             raise ProtocolError(BAD_FRAME, "frame is not valid JSON") from None
 
     def dumps(self, frame: dict[str, Any]) -> bytes:
-        return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()
+        return orjson.dumps(frame)  # compact UTF-8, as json.dumps(ensure_ascii=False) but faster
 
 
 class MsgpackCodec(Codec):
@@ -346,6 +347,15 @@ class OutFrame:
         data = self._encoded.get(codec.name)
         if data is None:
             data = self._encoded[codec.name] = codec.dumps(self.body)
+        return data
+
+    def framed(self, codec: Codec, frame: Callable[[bytes, bool], bytes]) -> bytes:
+        """``frame(encoded, binary)``, the bytes on the wire, also made once per codec: a frame
+        written to a thousand sockets is encoded and framed once."""
+        key = "wire:" + codec.name
+        data = self._encoded.get(key)
+        if data is None:
+            data = self._encoded[key] = frame(self.encoded(codec), codec.binary)
         return data
 
 
@@ -458,6 +468,7 @@ class Envelope:
     offsets: tuple[tuple[str, int], ...] = ()
     room: str | None = None
     event: dict[str, Any] | None = None  # kind "event": a transient frame (presence, typing)
+    receipt: bool = False  # the sending session asked for "delivered" receipts
 
     def channels(self) -> tuple[str, ...]:
         """The channels that store this message: ``public``, the room's, or both users'."""
@@ -484,6 +495,7 @@ class Envelope:
                 "c": dict(self.offsets),
                 "m": self.room,
                 "e": self.event,
+                "d": self.receipt,
             },
             use_bin_type=True,
         )
@@ -510,6 +522,7 @@ class Envelope:
                 offsets=tuple((str(c), int(o)) for c, o in (obj.get("c") or {}).items()),
                 room=None if obj.get("m") is None else str(obj["m"]),
                 event=obj.get("e") if isinstance(obj.get("e"), dict) else None,
+                receipt=obj.get("d") is True,
             )
         except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             if isinstance(exc, EnvelopeError):

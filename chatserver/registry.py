@@ -11,6 +11,7 @@ heartbeats prune them. No ``KEYS``/``SCAN`` anywhere on the message path.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol, cast
@@ -18,6 +19,7 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from chatserver.names import Names
+from chatserver.redisbatch import RedisBatch
 
 Clock = Callable[[], float]
 
@@ -51,6 +53,10 @@ class Registry(Protocol):
         """Up to ``limit`` users with a session somewhere, sorted."""
         ...
 
+    async def online_count(self) -> int:
+        """How many users have a session somewhere."""
+        ...
+
     async def went_offline(self, user: str) -> bool:
         """After this server dropped ``user``: True (once, cluster-wide) if no server holds them."""
         ...
@@ -77,11 +83,19 @@ class RedisRegistry:
 
     _BATCH = 500  # users per pipeline in a heartbeat
 
-    def __init__(self, client: aioredis.Redis, names: Names, ttl_s: float, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: Names,
+        ttl_s: float,
+        clock: Clock = time.time,
+        batch: RedisBatch | None = None,
+    ) -> None:
         self._redis = client
         self._names = names
         self._ttl_ms = int(ttl_s * 1000)
         self._clock = clock
+        self._batch = batch or RedisBatch(client)  # look-ups of one loop turn share a round trip
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -106,14 +120,16 @@ class RedisRegistry:
 
     async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
         now = self._now_ms()
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user in users:
-                    pipe.zrangebyscore(self._names.user_servers(user), now, "+inf")
-                replies = await pipe.execute()
-        except aioredis.RedisError as exc:
-            raise RegistryError(f"redis: {exc}") from exc
-        return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}
+        replies = await asyncio.gather(
+            *(self._batch.execute("ZRANGEBYSCORE", self._names.user_servers(u), now, "+inf") for u in users),
+            return_exceptions=True,
+        )
+        found: dict[str, set[str]] = {}
+        for user, reply in zip(users, replies, strict=True):
+            if isinstance(reply, BaseException):
+                raise RegistryError(f"redis: {reply}") from reply
+            found[user] = {s.decode() for s in reply}
+        return found
 
     async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
         now = self._now_ms()
@@ -162,6 +178,12 @@ class RedisRegistry:
         except aioredis.RedisError as exc:
             raise RegistryError(f"redis: {exc}") from exc
         return sorted(m.decode() for m in cast(list[bytes], found))
+
+    async def online_count(self) -> int:
+        try:
+            return int(await self._redis.zcount(self._names.online(), self._now_ms(), "+inf"))
+        except aioredis.RedisError as exc:
+            raise RegistryError(f"redis: {exc}") from exc
 
     async def went_offline(self, user: str) -> bool:
         if (await self.servers_of([user]))[user]:
@@ -266,6 +288,10 @@ class MemoryRegistry:
     async def online(self, limit: int) -> list[str]:
         now = self._clock()
         return sorted(u for u, exp in self._online.items() if exp > now)[:limit]
+
+    async def online_count(self) -> int:
+        now = self._clock()
+        return sum(1 for exp in self._online.values() if exp > now)
 
     async def went_offline(self, user: str) -> bool:
         if (await self.servers_of([user]))[user]:

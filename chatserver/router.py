@@ -42,10 +42,15 @@ CLOSE_GOING_AWAY = 1001
 
 
 class ClientSession(Session, Protocol):
-    """A hub session that also knows how its client encodes frames."""
+    """A hub session that also knows how its client encodes frames, and what it asked for."""
 
     @property
     def codec(self) -> p.Codec: ...
+
+    @property
+    def wants_receipts(self) -> bool:
+        """The client asked for "delivered" receipts of its private messages (``receipts=1``)."""
+        ...
 
 
 def _new_id() -> str:
@@ -107,6 +112,7 @@ class Router:
         rooms: Rooms | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
+        presence_max_online: int = 0,
     ) -> None:
         self.server_id = server_id
         self.hub = hub
@@ -123,6 +129,8 @@ class Router:
         self._background: set[asyncio.Task[None]] = set()
         self._unregistering: dict[str, asyncio.Task[None]] = {}
         self._withdrawn = False  # after a graceful stop began, sessions leave no registry work
+        self._presence_max_online = presence_max_online
+        self._online = 0  # users online cluster-wide, as of the last heartbeat
         self._in_flight = 0  # frames being handled right now
         self._idle = asyncio.Event()
         self._idle.set()
@@ -313,6 +321,7 @@ class Router:
             to=recipient,
             recipients=(recipient,) if recipient == sender else (recipient, sender),
             origin=session.id,
+            receipt=session.wants_receipts,
         )
         envelope = await self._store(envelope, frame.cid)
         where = await self._registry.servers_of([recipient, sender])
@@ -429,7 +438,12 @@ class Router:
             self._bus.publish(server, payload).add_done_callback(_ignore_failure)
 
     async def announce(self, user: str, status: str, skip: str = "") -> None:
-        """Online/offline presence of ``user`` to everyone (but the session ``skip``)."""
+        """Online/offline presence of ``user`` to everyone (but the session ``skip``), while at
+        most ``presence_max_online`` users are online: each announcement is a frame to every
+        connected user, so N users connecting cost N² frames. Beyond it, ``who`` still answers."""
+        if self._presence_max_online and self._online > self._presence_max_online:
+            self._metrics.presence_withheld.inc()
+            return
         try:
             await self._emit(p.presence(user, status), None, skip=skip)
         except RegistryError as exc:
@@ -550,14 +564,15 @@ class Router:
                     frame = envelope.message_frame(p.user_channel(user))
                     got = self.hub.deliver(user, frame, skip=envelope.origin)
                     delivered += got
-                    if got and user == envelope.to and user != envelope.sender:
+                    if got and envelope.receipt and user == envelope.to and user != envelope.sender:
                         self._receipt_delivered(envelope)
         if delivered:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
 
     def _receipt_delivered(self, envelope: p.Envelope) -> None:
-        """Tell the sender a session of the recipient got the message (an addition to the protocol).
+        """Tell the sender a session of the recipient got the message (an addition to the protocol,
+        for sessions that asked: it doubles the frames and bus traffic of a private message).
 
         The receipt goes to the server of the sending session (named in its id), for the sender's
         sessions there: no registry look-up, one small publish, and none when that is this server."""
@@ -587,6 +602,8 @@ class Router:
     async def heartbeat(self, live: bool) -> None:
         """Refresh this server's registry entries (and its liveness when ``live``)."""
         await self._registry.heartbeat(self.server_id, list(self.hub.users()), live)
+        if self._presence_max_online:
+            self._online = await self._registry.online_count()
 
     async def withdraw(self) -> None:
         """Graceful stop: leave the registry, then tell every client to reconnect elsewhere."""

@@ -444,7 +444,8 @@
     if (!state.token) return;
     if (navigator.onLine === false) { setConn('offline'); return; }
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = proto + '//' + location.host + '/ws?token=' + encodeURIComponent(state.token);
+    // receipts=1: "delivered" receipts for our private messages (the ✓✓ marks).
+    const url = proto + '//' + location.host + '/ws?token=' + encodeURIComponent(state.token) + '&receipts=1';
     let ws;
     try {
       ws = new WebSocket(url);

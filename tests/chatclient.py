@@ -24,10 +24,17 @@ class ChatClient:
 
     @classmethod
     async def connect(
-        cls, base_url: str, token: str | None, origin: str | None = None, msgpack_protocol: bool = False
+        cls,
+        base_url: str,
+        token: str | None,
+        origin: str | None = None,
+        msgpack_protocol: bool = False,
+        receipts: bool = False,
     ) -> ChatClient:
         """Open ``/ws`` at ``base_url`` (http://host:port); raises ``HTTPClientError`` if refused."""
         ws_url = base_url.replace("http://", "ws://") + "/ws" + (f"?token={token}" if token else "")
+        if receipts:
+            ws_url += "&receipts=1"
         headers = {"Origin": origin or base_url}
         request = HTTPRequest(ws_url, headers=headers, connect_timeout=5, request_timeout=5)
         conn = await websocket_connect(

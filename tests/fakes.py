@@ -15,8 +15,9 @@ _ids = itertools.count(1)
 class FakeSession:
     """A hub session that records what it was sent, as decoded JSON frames."""
 
-    def __init__(self, user: str, server: str = "ws-1", codec: p.Codec = p.JSON) -> None:
-        self._id = f"{server}#{next(_ids)}"
+    def __init__(self, user: str, server: str = "ws-1", codec: p.Codec = p.JSON, receipts: bool = True) -> None:
+        self._id = p.session_id(server, next(_ids))
+        self.wants_receipts = receipts
         self._user = user
         self._codec = codec
         self.frames: list[dict[str, Any]] = []

@@ -75,7 +75,9 @@ async def test_a_user_whose_server_dies_goes_offline_within_seconds() -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_delivered_and_read_receipts_cross_servers(cluster: RealCluster) -> None:
-    ann, ben = await connect(cluster, 1, "ann22"), await connect(cluster, 2, "ben22")
+    ann = await ChatClient.connect(cluster.url(1), cluster.token("ann22"), receipts=True)
+    await ann.recv_type("welcome")
+    ben = await connect(cluster, 2, "ben22")
     await ann.send({"type": "private", "to": "ben22", "text": "receipt please", "cid": "c"})
     msg = await ben.recv_type("message")
     delivered = await ann.recv_type("receipt")

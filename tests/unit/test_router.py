@@ -454,6 +454,26 @@ async def test_online_and_offline_presence_reach_others() -> None:
 
 
 @pytest.mark.gen_test
+async def test_online_presence_is_withheld_beyond_the_limit_and_who_still_answers() -> None:
+    c = Cluster(2)
+    for router in c.routers:
+        router._presence_max_online = 2
+    await c.start()
+    ann, ben = await c.join("ann", 1), await c.join("ben", 2)
+    await settle()
+    assert {"type": "presence", "user": "ben", "status": "online"} in ann.frames, "under the limit: announced"
+    await c.join("cy", 2)
+    for router in c.routers:
+        await router.heartbeat(live=True)  # learns that 3 users are online
+    await c.join("dee", 1)
+    await settle()
+    assert {"type": "presence", "user": "dee", "status": "online"} not in ben.frames
+    assert c.routers[0]._metrics.presence_withheld._value.get() == 1
+    await c.send(ben, 2, '{"type": "who", "cid": "w"}')
+    assert ben.frames[-1]["users"] == ["ann", "ben", "cy", "dee"]
+
+
+@pytest.mark.gen_test
 async def test_typing_hints_reach_the_target_at_most_once_a_second() -> None:
     c = Cluster(2)
     await c.start()
@@ -476,6 +496,18 @@ async def test_the_sender_gets_delivered_then_read_receipts_for_a_private_messag
     assert ann.of_type("receipt")[-1] == {"type": "receipt", "id": msg["id"], "from": "ben", "status": "read"}
     await c.send(ben, 2, '{"type": "receipt", "to": "ann", "id": "x", "status": "seen", "cid": "b"}')
     assert ben.frames[-1]["code"] == "bad_frame"
+
+
+@pytest.mark.gen_test
+async def test_delivered_receipts_only_for_a_session_that_asked_for_them() -> None:
+    c = Cluster(2)
+    await c.start()
+    ann = FakeSession("ann", "ws-1", receipts=False)
+    await c.routers[0].connect(ann)
+    ben = await c.join("ben", 2)
+    await c.send(ann, 1, '{"type": "private", "to": "ben", "text": "no marks, please"}')
+    assert len(ben.of_type("message")) == 1
+    assert ann.of_type("receipt") == [] and len(ann.of_type("ack")) == 1
 
 
 @pytest.mark.gen_test
