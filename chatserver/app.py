@@ -123,6 +123,8 @@ class ChatNode:
             names,
             poll_interval_ms=settings.poll_interval_ms,
             linger_ms=settings.kafka_linger_ms,
+            fetch_wait_ms=settings.kafka_fetch_wait_ms,
+            fetch_min_bytes=settings.kafka_fetch_min_bytes,
             send_timeout_s=settings.kafka_send_timeout_s,
         )
         redis_limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
@@ -261,6 +263,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
                 "settings": settings,
                 "connections": ConnectionCounter(settings.max_sessions_per_user, settings.max_conns_per_ip),
                 "session_ids": session_ids,
+                "outbox": h.Outbox(),
             },
         ),
     ]

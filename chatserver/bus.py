@@ -72,6 +72,8 @@ class KafkaBus:
         names: Names,
         poll_interval_ms: float = 2.0,
         linger_ms: float = 1.0,
+        fetch_wait_ms: int = 100,
+        fetch_min_bytes: int = 1,
         send_timeout_s: float = 30.0,
         probe_interval_s: float = 1.0,
     ) -> None:
@@ -106,7 +108,8 @@ class KafkaBus:
                 # (re)assignments resume from the position this process keeps in memory.
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
+                "fetch.wait.max.ms": fetch_wait_ms,
+                "fetch.min.bytes": fetch_min_bytes,
                 "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 2000,
                 "statistics.interval.ms": 5000,  # consumer lag for /metrics and /admin

@@ -43,6 +43,8 @@ class Settings:
     heartbeat_s: float = 5.0  # CHAT_HEARTBEAT_S: how often entries are refreshed
     poll_interval_ms: float = 2.0  # CHAT_POLL_MS: period of the Kafka consumer callback
     kafka_linger_ms: float = 1.0  # CHAT_KAFKA_LINGER_MS: producer batching delay
+    kafka_fetch_wait_ms: int = 100  # CHAT_KAFKA_FETCH_WAIT_MS: longest the broker holds a fetch for more
+    kafka_fetch_min_bytes: int = 1  # CHAT_KAFKA_FETCH_MIN_BYTES: bytes a fetch waits for (up to the wait)
     kafka_send_timeout_s: float = 30.0  # CHAT_KAFKA_SEND_TIMEOUT_S: a send fails after this
     history_min: int = 1000  # CHAT_HISTORY_MIN: a channel keeps at least this many messages,
     history_keep_s: float = 24 * 3600  # CHAT_HISTORY_KEEP_S: or all younger than this,
@@ -104,6 +106,8 @@ class Settings:
             heartbeat_s=_float(env, "CHAT_HEARTBEAT_S", cls.heartbeat_s),
             poll_interval_ms=_float(env, "CHAT_POLL_MS", cls.poll_interval_ms),
             kafka_linger_ms=_float(env, "CHAT_KAFKA_LINGER_MS", cls.kafka_linger_ms),
+            kafka_fetch_wait_ms=_int(env, "CHAT_KAFKA_FETCH_WAIT_MS", cls.kafka_fetch_wait_ms),
+            kafka_fetch_min_bytes=_int(env, "CHAT_KAFKA_FETCH_MIN_BYTES", cls.kafka_fetch_min_bytes),
             kafka_send_timeout_s=_float(env, "CHAT_KAFKA_SEND_TIMEOUT_S", cls.kafka_send_timeout_s),
             ping_interval_s=_float(env, "CHAT_WS_PING_S", cls.ping_interval_s),
             history_min=_int(env, "CHAT_HISTORY_MIN", cls.history_min),
