@@ -252,6 +252,20 @@ def idle_cost(cluster: Cluster, seconds: float = 3.0) -> dict[str, Any]:
     return {"name": "idle-cpu", "what": f"no traffic for {seconds:g} s", "cpu_percent_of_one_core": share}
 
 
+def settle(cluster: Cluster, idle: dict[str, float], limit_s: float = 120.0) -> float:
+    """Wait until the servers are back near their idle CPU (an overloaded row leaves a backlog
+    that would otherwise be billed to the next one); returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = cluster.cpu()
+        time.sleep(1.0)
+        after = cluster.cpu()
+        busy = [100 * (after[r] - before.get(r, 0.0)) > 2 * idle.get(r, 0.0) + 10 for r in after if r.startswith("ws-")]
+        if not any(busy):
+            break
+    return round(time.monotonic() - started, 1)
+
+
 def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
     """One loadtest run with the cluster's CPU and memory read around it."""
     command = [sys.executable, str(LOADTEST), "--json", "--quiet", *scenario.args]
@@ -453,9 +467,11 @@ def main() -> int:
         if missing:
             print(f"note: no local process found listening for {missing}: their CPU is not counted", file=sys.stderr)
         rows = [idle_cost(cluster)]
+        idle = rows[0]["cpu_percent_of_one_core"]
         for scenario in scenarios:
+            waited = settle(cluster, idle)
             print(f"running {scenario.name}: {scenario.what}...", file=sys.stderr, flush=True)
-            rows.append(run_scenario(cluster, scenario))
+            rows.append({**run_scenario(cluster, scenario), "settled_s": waited})
         return rows
 
     if args.url:

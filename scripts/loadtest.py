@@ -49,8 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from wsclient import ClientConnection, ConnectionClosed, InvalidHandshake, InvalidStatus, connect
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 GRACE_S = 2.0  # after the last send: time for acks and deliveries still on their way
@@ -432,15 +431,9 @@ class Worker:
     async def open(self, conn: Conn, token: str) -> None:
         ws = await connect(
             f"{ws_url(conn.url)}?token={token}",
-            subprotocols=["msgpack"] if self.binary else None,  # type: ignore[list-item]
-            compression=None,
-            proxy=None,
+            subprotocols=["msgpack"] if self.binary else None,
             open_timeout=CONNECT_TIMEOUT_S,
-            ping_interval=None,  # the server pings; this client answers
-            close_timeout=1.0,
             max_size=1 << 20,
-            max_queue=4096,
-            user_agent_header="chat-loadtest",
         )
         try:
             if self.binary and ws.subprotocol != "msgpack":
@@ -902,7 +895,7 @@ def preflight(args: argparse.Namespace, prefix: str) -> None:
 
 async def _probe_rooms(url: str, token: str, room: str, user: str) -> None:
     try:
-        ws = await connect(f"{ws_url(url)}?token={token}", proxy=None, compression=None, open_timeout=10)
+        ws = await connect(f"{ws_url(url)}?token={token}", open_timeout=10)
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise Fatal(f"cannot open a WebSocket at {url}: {describe_connect_error(exc)}") from None
     try:

@@ -179,6 +179,16 @@ def test_nothing_listening_fails_at_once_with_a_clear_message() -> None:
     assert report == {"ok": False, "error": report["error"], "exit_code": 1}
 
 
+def test_a_refused_handshake_is_reported_with_the_servers_reason(cluster: RealCluster) -> None:
+    status, report, _ = loadtest(
+        *("--url", cluster.url(1), "--secret", "not-the-cluster-secret-at-all-00000000"),
+        *("--users", "2", "--duration", "1", "--warmup", "0"),
+    )
+    assert status == 1 and report["ok"] is False
+    expected = f"all 2 connections failed: first error {cluster.url(1)}: HTTP 401: invalid token: Signature"
+    assert report["error"].startswith(expected), "the status and the server's own reason are passed on"
+
+
 def test_bad_arguments_exit_2() -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--users", "1", "--text-bytes", "5000"],

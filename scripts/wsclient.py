@@ -1,0 +1,296 @@
+"""A lean WebSocket client for the load generator (RFC 6455, client side, no extensions).
+
+Why not the ``websockets`` library: the generator shares the machine with the cluster it
+measures, and at thousands of frames a second that library's per-frame work in Python (stream
+readers, frame objects, a task per connection's keepalive) cost more CPU than the server's own
+handling of the frame. This client is an ``asyncio.Protocol``: bytes in, frames parsed in
+place, complete messages queued.
+
+Frames it sends are masked, as the RFC requires, with an all-zero key: the server still runs
+its unmasking over every byte (so it pays what it pays for any client), and the client skips
+an XOR it does not need. That is fine for a load generator on one's own cluster; a browser or
+any client behind an untrusted proxy must use random keys.
+
+The interface is the small part of ``websockets`` that ``loadtest.py`` uses: ``connect()``,
+``recv()``, ``send()``, ``close()``, ``close_code``, ``subprotocol``, ``async for``, and the
+exceptions ``InvalidHandshake``, ``InvalidStatus`` (with ``.response.status_code`` and
+``.response.body``) and ``ConnectionClosed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import ssl
+import struct
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_ZERO_MASK = b"\x00\x00\x00\x00"
+
+
+class InvalidHandshake(Exception):
+    """The server did not switch to WebSocket as it should."""
+
+
+@dataclass
+class Response:
+    status_code: int
+    body: bytes
+
+
+class InvalidStatus(InvalidHandshake):
+    """The server answered the upgrade with an HTTP status other than 101."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"server rejected WebSocket connection: HTTP {response.status_code}")
+        self.response = response
+
+
+class ConnectionClosed(Exception):
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"connection closed ({code} {reason})".strip())
+        self.code = code
+        self.reason = reason
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A final, masked (all-zero key) client frame."""
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size <= 0xFFFF:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return head + _ZERO_MASK + payload
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, request: bytes, key: bytes, max_size: int) -> None:
+        self._request = request
+        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # RFC 6455 names SHA-1
+        self._max_size = max_size
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._open = False
+        self._closed = False
+        self._fragments: list[bytes] = []
+        self._fragment_opcode = 0
+        self._messages: deque[str | bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.subprotocol: str | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._open:
+            self._read_handshake()
+        if self._open:
+            self._read_frames()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self.close_code is None:
+            self.close_code = 1006  # no close frame came
+        if not self.handshake.done():
+            self.handshake.set_exception(InvalidHandshake(f"connection lost during the handshake: {exc}"))
+        self._wake()
+
+    # ---------------------------------------------------------------- parsing
+
+    def _read_handshake(self) -> None:
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self._buffer[:end]).decode("latin-1")
+        lines = head.split("\r\n")
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            return self._fail_handshake(InvalidHandshake(f"bad status line {lines[0]!r}"))
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status != 101:
+            length = int(headers.get("content-length", "0") or 0)
+            if len(self._buffer) < end + 4 + length:
+                return  # the body is still coming
+            body = bytes(self._buffer[end + 4 : end + 4 + length])
+            return self._fail_handshake(InvalidStatus(Response(status, body)))
+        if headers.get("sec-websocket-accept", "").encode() != self._accept:
+            return self._fail_handshake(InvalidHandshake("wrong Sec-WebSocket-Accept"))
+        self.subprotocol = headers.get("sec-websocket-protocol") or None
+        del self._buffer[: end + 4]
+        self._open = True
+        self.handshake.set_result(None)
+
+    def _fail_handshake(self, exc: InvalidHandshake) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _read_frames(self) -> None:
+        buf = self._buffer
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            size = b1 & 0x7F
+            start = pos + 2
+            if size == 126:
+                if len(buf) - pos < 4:
+                    break
+                size = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                start = pos + 4
+            elif size == 127:
+                if len(buf) - pos < 10:
+                    break
+                size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if b1 & 0x80:  # a server must not mask
+                self._protocol_error("masked frame from the server")
+                return
+            if size > self._max_size:
+                self._protocol_error(f"frame of {size} bytes exceeds the limit")
+                return
+            if len(buf) < start + size:
+                break
+            payload = bytes(buf[start : start + size])
+            pos = start + size
+            self._on_frame(b0 & 0x80 != 0, b0 & 0x0F, payload)
+        if pos:
+            del buf[:pos]
+
+    def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        if opcode in (1, 2) and fin and not self._fragments:
+            self._push(payload.decode() if opcode == 1 else payload)
+        elif opcode in (0, 1, 2):  # fragmented message
+            if opcode:
+                self._fragment_opcode = opcode
+            self._fragments.append(payload)
+            if fin:
+                data = b"".join(self._fragments)
+                self._fragments = []
+                self._push(data.decode() if self._fragment_opcode == 1 else data)
+        elif opcode == 9:  # ping: pong with the same payload
+            self._write(_frame(0xA, payload))
+        elif opcode == 8:  # close: answer, and the server closes the TCP connection
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close_reason = payload[2:].decode(errors="replace")
+            self._write(_frame(0x8, payload[:2]))
+            self._closed = True
+            self._wake()
+
+    def _protocol_error(self, why: str) -> None:
+        self.close_code, self.close_reason = 1002, why
+        if self._transport is not None:
+            self._transport.close()
+
+    def _push(self, message: str | bytes) -> None:
+        self._messages.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # ---------------------------------------------------------------- the interface
+
+    async def recv(self) -> str | bytes:
+        while not self._messages:
+            if self._closed:
+                raise ConnectionClosed(self.close_code, self.close_reason)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._messages.popleft()
+
+    def __aiter__(self) -> ClientConnection:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    async def send(self, message: str | bytes) -> None:
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        if isinstance(message, str):
+            self._transport.write(_frame(0x1, message.encode()))
+        else:
+            self._transport.write(_frame(0x2, message))
+
+    async def close(self, code: int = 1000) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if not self._closed:
+            self._write(_frame(0x8, code.to_bytes(2, "big")))
+        self._closed = True
+        self._transport.close()
+        self._wake()
+
+
+async def connect(
+    url: str,
+    subprotocols: list[str] | None = None,
+    open_timeout: float = 10.0,
+    max_size: int = 1 << 20,
+    user_agent_header: str = "chat-loadtest",
+) -> ClientConnection:
+    """Open ``url`` (``ws://`` or ``wss://``); raises InvalidStatus, InvalidHandshake, OSError
+    or TimeoutError."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if secure else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    key = base64.b64encode(os.urandom(16))
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key.decode()}",
+        "Sec-WebSocket-Version: 13",
+        f"User-Agent: {user_agent_header}",
+    ]
+    if subprotocols:
+        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    loop = asyncio.get_running_loop()
+
+    async def opening() -> ClientConnection:
+        transport, protocol = await loop.create_connection(
+            lambda: ClientConnection(request, key, max_size),
+            host,
+            port,
+            ssl=ssl.create_default_context() if secure else None,
+        )
+        try:
+            await protocol.handshake
+        except BaseException:  # refused, or timed out: leave no socket behind
+            transport.close()
+            raise
+        return protocol
+
+    return await asyncio.wait_for(opening(), open_timeout)
