@@ -26,6 +26,7 @@ import os
 import ssl
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -83,6 +84,8 @@ class ClientConnection(asyncio.Protocol):
         self._fragment_opcode = 0
         self._messages: deque[str | bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._on_message: Callable[[str | bytes], None] | None = None
+        self._on_closed: Callable[[], None] | None = None
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.subprotocol: str | None = None
         self.close_code: int | None = None
@@ -202,18 +205,32 @@ class ClientConnection(asyncio.Protocol):
             self._transport.close()
 
     def _push(self, message: str | bytes) -> None:
+        if self._on_message is not None:
+            self._on_message(message)
+            return
         self._messages.append(message)
         self._wake()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self._closed and self._on_closed is not None:
+            self._on_closed()
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     # ---------------------------------------------------------------- the interface
+
+    def handle_with(self, on_message: Callable[[str | bytes], None], on_closed: Callable[[], None]) -> None:
+        """From now on, call ``on_message`` with each message as it is parsed (those already
+        queued first) instead of queueing it for ``recv``, and ``on_closed`` once closed."""
+        self._on_message, self._on_closed = on_message, on_closed
+        while self._messages:
+            on_message(self._messages.popleft())
+        if self._closed:
+            on_closed()
 
     async def recv(self) -> str | bytes:
         while not self._messages:
