@@ -73,7 +73,10 @@ class ChatNode:
         on_close: Callable[[], Awaitable[None]] | None = None,
         user_limiter: UserLimiter | None = None,
         rooms: Rooms | None = None,
+        shared_batch: bool = False,
     ) -> None:
+        """``shared_batch``: ``registry`` and ``history`` queue their commands into one
+        ``RedisBatch``, so a message's store and route look-up can share a round trip."""
         self.settings = settings
         self.registry = registry
         self.history = history
@@ -95,6 +98,7 @@ class ChatNode:
             limits,
             rooms,
             presence_max_online=settings.presence_max_online,
+            store_and_route_together=shared_batch,
         )
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
@@ -129,7 +133,16 @@ class ChatNode:
         )
         redis_limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
         rooms = RedisRooms(client, names)
-        return cls(settings, registry, history, bus, on_close=client.aclose, user_limiter=redis_limiter, rooms=rooms)
+        return cls(
+            settings,
+            registry,
+            history,
+            bus,
+            on_close=client.aclose,
+            user_limiter=redis_limiter,
+            rooms=rooms,
+            shared_batch=True,
+        )
 
     async def start(self) -> None:
         # 1. consume this server's topic (readiness follows once a probe comes back);

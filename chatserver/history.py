@@ -165,7 +165,7 @@ class RedisHistory:
             *(_member(envelope, c) for c in channels),
         ]
         try:
-            flag, value = await self._batch.evalsha(_STORE_LUA, keys, args)
+            flag, value = await self._batch.eval(_STORE_LUA, keys, args)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         if flag == 1:

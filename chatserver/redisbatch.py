@@ -13,11 +13,10 @@ retry policy does for a connection that broke before the pipeline was sent.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 
 class RedisBatch:
@@ -40,14 +39,11 @@ class RedisBatch:
             loop.call_soon(self._flush)
         return future
 
-    async def evalsha(self, source: str, keys: list[Any], args: list[Any]) -> Any:
-        """Run a Lua script by its digest, loading it first if this Redis does not know it."""
-        sha = _sha(source)
-        try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await self._client.script_load(source)
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+    def eval(self, source: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue a Lua script. EVAL with the source, not EVALSHA: Redis caches it by digest all
+        the same, and a script Redis forgot (a restart) never needs a second round trip, which
+        would also run it after commands queued behind it."""
+        return self.execute("EVAL", source, len(keys), *keys, *args)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -84,7 +80,3 @@ class RedisBatch:
     async def close(self) -> None:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight), timeout=2.0)
-
-
-def _sha(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()  # Redis names scripts by SHA-1

@@ -9,8 +9,16 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from chatserver.bus import MemoryBroker, MemoryBus
+from chatserver.history import RedisHistory, Retention
+from chatserver.hub import Hub
+from chatserver.metrics import Metrics
+from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
-from tests.integration.conftest import REDIS_URL
+from chatserver.registry import RedisRegistry
+from chatserver.router import Router
+from tests.fakes import FakeSession, settle
+from tests.integration.conftest import REDIS_URL, _delete_names
 
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -47,14 +55,16 @@ async def test_a_failing_command_fails_alone() -> None:
 
 
 @pytest.mark.gen_test
-async def test_a_script_unknown_to_redis_is_loaded_and_run() -> None:
+async def test_scripts_run_even_after_redis_forgot_them() -> None:
     client = aioredis.Redis.from_url(REDIS_URL)
     key = f"test:batch:{uuid.uuid4().hex}"
     batch = RedisBatch(client)
     try:
         await client.script_flush()  # as after a Redis restart without persistence of scripts
-        assert await batch.evalsha(SCRIPT, [key], [5]) == 5
-        assert await batch.evalsha(SCRIPT, [key], [2]) == 7
+        assert await batch.eval(SCRIPT, [key], [5]) == 5
+        await client.script_flush()
+        assert await batch.eval(SCRIPT, [key], [2]) == 7
+        assert batch.pipelines == 2, "no extra round trip to load a script"
     finally:
         await client.delete(key)
         await client.aclose()
@@ -69,3 +79,37 @@ async def test_every_caller_hears_of_a_connection_that_cannot_be_made() -> None:
         assert all(isinstance(r, aioredis.ConnectionError) for r in results), results
     finally:
         await client.aclose()
+
+
+@pytest.mark.gen_test
+async def test_a_private_message_is_stored_and_routed_in_one_round_trip() -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    client = aioredis.Redis.from_url(REDIS_URL)
+    batch = RedisBatch(client)
+    names = Names(prefix)
+    registry = RedisRegistry(client, names, 30, batch=batch)
+    history = RedisHistory(client, names, Retention(), batch=batch)
+    broker = MemoryBroker()
+    routers = [
+        Router(
+            f"ws-{n}", Hub(), registry, history, MemoryBus(broker, f"ws-{n}"), Metrics(), store_and_route_together=True
+        )
+        for n in (1, 2)
+    ]
+    try:
+        for router in routers:
+            await router._bus.start(router.on_bus_message)
+        ann, ben = FakeSession("ann", "ws-1"), FakeSession("ben", "ws-2")
+        await routers[0].connect(ann)
+        await routers[1].connect(ben)
+        await settle()
+        before = batch.pipelines
+        await routers[0].handle(ann, '{"type": "private", "to": "ben", "text": "one trip", "cid": "c"}')
+        await settle()
+        assert batch.pipelines - before == 1, "the store and the route look-up share one pipeline"
+        [msg] = ben.of_type("message")
+        assert msg["text"] == "one trip" and msg["offset"] == 1
+        assert ann.of_type("ack")[0]["offset"] == 1
+    finally:
+        await client.aclose()
+        _delete_names(prefix)
