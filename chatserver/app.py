@@ -277,6 +277,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
                 "connections": ConnectionCounter(settings.max_sessions_per_user, settings.max_conns_per_ip),
                 "session_ids": session_ids,
                 "outbox": h.Outbox(),
+                "keepalive": h.Keepalive(settings.ping_interval_s),
             },
         ),
     ]
@@ -292,8 +293,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         static_path=str(ROOT / "static"),
         default_handler_class=h.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
-        websocket_ping_interval=settings.ping_interval_s,
-        websocket_ping_timeout=settings.ping_interval_s,  # tornado's maximum
+        websocket_ping_interval=0,  # handlers.Keepalive pings every socket from one timer
         compress_response=True,
         log_function=log_request,
     )

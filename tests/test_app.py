@@ -7,8 +7,10 @@ through real HTTP and WebSocket handshakes without Kafka or Redis.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -212,3 +214,28 @@ async def test_the_operator_page_is_off_by_default_and_guarded_by_its_token() ->
         assert 'chat_registry_ops_total{op="add"} 1.0' in metrics
         assert "chat_sessions_per_user_bucket" in metrics
         alice.close()
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_keepalive_pings_every_socket_and_closes_one_that_never_answers() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import wsclient  # the load generator's client: it lets a test swallow pings
+
+    async with cluster(1, ping_interval_s=0.3) as [(url, _)]:
+        answering = await connect(url, "pinged")  # tornado's client answers pings itself
+        silent = await wsclient.connect(url.replace("http", "ws") + "/ws?token=" + await login(url, "mute"))
+        original = silent._on_frame
+        pings = []
+
+        def no_pongs(fin: bool, opcode: int, payload: bytes) -> None:
+            if opcode == 9:
+                pings.append(payload)  # a ping: swallowed, never answered
+                return
+            original(fin, opcode, payload)
+
+        silent._on_frame = no_pongs  # type: ignore[method-assign]
+        await answering.drain(1.5)  # keeps reading: tornado's client stops (and pongs late) on a full queue
+        assert pings, "the server pings"
+        assert silent.close_code is not None, "a peer that never answers is closed"
+        await answering.send({"type": "ping", "cid": "still-there"})
+        assert (await answering.recv_type("pong"))["cid"] == "still-there", "one that answers stays"

@@ -29,7 +29,7 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     table = proc.stdout.splitlines()
     assert table[1].startswith("| scenario |")
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["idle-cpu", "private", "private-ramp", "public", "idle"]
+    assert list(rows) == ["idle-cpu", "idle", "private", "private-ramp", "public"]
     assert rows["idle-cpu"]["cpu_percent_of_one_core"]["ws-1"] > 0, "the poll callback costs something"
     for name in rows:
         assert any(line.startswith(f"| {name} |") for line in table), f"no table row for {name}"
