@@ -20,9 +20,10 @@ from redis.exceptions import RedisError
 
 
 class RedisBatch:
-    def __init__(self, client: aioredis.Redis, max_batch: int = 1000) -> None:
+    def __init__(self, client: aioredis.Redis, max_batch: int = 1000, max_in_flight: int = 8) -> None:
         self._client = client
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight  # pipelines sent and not answered; more waits (and grows)
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -47,11 +48,17 @@ class RedisBatch:
 
     def _flush(self) -> None:
         self._scheduled = False
-        while self._queue:
+        while self._queue and len(self._in_flight) < self._max_in_flight:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             task = asyncio.create_task(self._send(batch))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._queue and not self._scheduled:  # what queued up meanwhile goes next
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         self.pipelines += 1

@@ -100,23 +100,28 @@ class RedisRegistry:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    # Sessions opening and closing go through the batch too: thousands of clients leaving at
+    # once (a proxy restart) are a few pipelines, not thousands of pooled connections.
+
     async def add(self, user: str, server_id: str) -> None:
         key = self._names.user_servers(user)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                expiry = self._now_ms() + self._ttl_ms
-                pipe.zadd(key, {server_id: expiry})
-                pipe.pexpire(key, self._ttl_ms)
-                pipe.zadd(self._names.online(), {user: expiry}, gt=True)
-                await pipe.execute()
-        except aioredis.RedisError as exc:
-            raise RegistryError(f"redis: {exc}") from exc
+        expiry = self._now_ms() + self._ttl_ms
+        await self._all(
+            ("ZADD", key, expiry, server_id),
+            ("PEXPIRE", key, self._ttl_ms),
+            ("ZADD", self._names.online(), "GT", expiry, user),
+        )
 
     async def remove(self, user: str, server_id: str) -> None:
-        try:
-            await self._redis.zrem(self._names.user_servers(user), server_id)
-        except aioredis.RedisError as exc:
-            raise RegistryError(f"redis: {exc}") from exc
+        await self._all(("ZREM", self._names.user_servers(user), server_id))
+
+    async def _all(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Run ``commands`` through the batch; RegistryError if any failed."""
+        replies = await asyncio.gather(*(self._batch.execute(*c) for c in commands), return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise RegistryError(f"redis: {reply}") from reply
+        return replies
 
     async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
         now = self._now_ms()
@@ -188,10 +193,8 @@ class RedisRegistry:
     async def went_offline(self, user: str) -> bool:
         if (await self.servers_of([user]))[user]:
             return False
-        try:
-            return bool(await self._redis.zrem(self._names.online(), user))
-        except aioredis.RedisError as exc:
-            raise RegistryError(f"redis: {exc}") from exc
+        [removed] = await self._all(("ZREM", self._names.online(), user))
+        return bool(removed)
 
     async def sweep_offline(self) -> list[str]:
         try:

@@ -471,8 +471,15 @@ class Router:
             log.warning("presence of %s not announced: %s", user, exc)
 
     async def sweep_presence(self) -> None:
-        """Announce users whose servers all died without a goodbye (run by every heartbeat)."""
-        for user in await self._registry.sweep_offline():
+        """Announce users whose servers all died without a goodbye (run by every heartbeat).
+
+        A server that died with thousands of users would be thousands of announcements, each a
+        frame to every user: beyond ``presence_max_online`` online and gone together, withheld."""
+        gone = await self._registry.sweep_offline()
+        if self._presence_max_online and self._online + len(gone) > self._presence_max_online:
+            self._metrics.presence_withheld.inc(len(gone))
+            return
+        for user in gone:
             await self.announce(user, "offline")
 
     # ------------------------------------------------------------------ reading

@@ -113,3 +113,20 @@ async def test_a_private_message_is_stored_and_routed_in_one_round_trip() -> Non
     finally:
         await client.aclose()
         _delete_names(prefix)
+
+
+@pytest.mark.gen_test
+async def test_thousands_of_sessions_closing_at_once_need_few_connections() -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    client = aioredis.Redis.from_url(REDIS_URL, max_connections=10)  # the default pool holds 100
+    registry = RedisRegistry(client, Names(prefix), 30)
+    users = [f"u{i}" for i in range(3000)]
+    try:
+        await asyncio.gather(*(registry.add(u, "ws-1") for u in users))
+        assert await registry.online_count() == 3000
+        await asyncio.gather(*(registry.remove(u, "ws-1") for u in users))  # a proxy restart
+        gone = await asyncio.gather(*(registry.went_offline(u) for u in users))
+        assert all(gone) and await registry.online_count() == 0
+    finally:
+        await client.aclose()
+        _delete_names(prefix)

@@ -474,6 +474,28 @@ async def test_online_presence_is_withheld_beyond_the_limit_and_who_still_answer
 
 
 @pytest.mark.gen_test
+async def test_a_dead_servers_crowd_is_not_announced_one_by_one_beyond_the_limit() -> None:
+    now = [1000.0]
+    c = Cluster(2)
+    c.registry = MemoryRegistry(ttl_s=30, clock=lambda: now[0])
+    for router in c.routers:
+        router._registry = c.registry
+        router._presence_max_online = 3
+    await c.start()
+    ann = await c.join("ann", 1)
+    for user in ("u1", "u2", "u3"):
+        await c.join(user, 2)
+    await settle()
+    now[0] += 60  # ws-2 died: its entries expire; ws-1 keeps heartbeating
+    await c.routers[0].heartbeat(live=True)
+    before = len(ann.of_type("presence"))
+    await c.routers[0].sweep_presence()
+    await settle()
+    assert len(ann.of_type("presence")) == before, "1 online + 3 gone > 3: withheld"
+    assert c.routers[0]._metrics.presence_withheld._value.get() == 3
+
+
+@pytest.mark.gen_test
 async def test_typing_hints_reach_the_target_at_most_once_a_second() -> None:
     c = Cluster(2)
     await c.start()
