@@ -24,6 +24,10 @@ from chatserver.redisbatch import RedisBatch
 Clock = Callable[[], float]
 
 
+#: Users one ``sweep_offline`` call returns at most; a full page means a crowd left at once.
+SWEEP_PAGE = 200
+
+
 class RegistryError(Exception):
     """The registry could not be reached or answered badly."""
 
@@ -62,7 +66,8 @@ class Registry(Protocol):
         ...
 
     async def sweep_offline(self) -> list[str]:
-        """Users whose every server died without a goodbye; each is returned by one caller only."""
+        """Users whose every server died without a goodbye, at most ``SWEEP_PAGE`` per call;
+        each is returned by one caller only."""
         ...
 
     async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
@@ -198,7 +203,9 @@ class RedisRegistry:
 
     async def sweep_offline(self) -> list[str]:
         try:
-            expired = await self._redis.zrangebyscore(self._names.online(), "-inf", self._now_ms(), start=0, num=200)
+            expired = await self._redis.zrangebyscore(
+                self._names.online(), "-inf", self._now_ms(), start=0, num=SWEEP_PAGE
+            )
             gone = []
             for member in cast(list[bytes], expired):
                 if await self._redis.zrem(self._names.online(), member):  # only one server wins
@@ -303,7 +310,7 @@ class MemoryRegistry:
 
     async def sweep_offline(self) -> list[str]:
         now = self._clock()
-        gone = [u for u, exp in self._online.items() if exp <= now]
+        gone = [u for u, exp in self._online.items() if exp <= now][:SWEEP_PAGE]
         for user in gone:
             del self._online[user]
         return gone

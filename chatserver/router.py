@@ -32,7 +32,7 @@ from chatserver.history import History, HistoryError
 from chatserver.hub import Hub, Session
 from chatserver.limits import LimitError, TokenBucket, UserLimiter
 from chatserver.metrics import Metrics
-from chatserver.registry import Registry, RegistryError
+from chatserver.registry import SWEEP_PAGE, Registry, RegistryError
 from chatserver.rooms import MemoryRooms, Rooms, RoomsError
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ CLOSE_POLICY = 1008
 
 class Router:
     REPLAY_PAGE = 500  # messages per history read while resuming
+    HEARTBEAT_CHUNK = 500  # users per registry heartbeat call
 
     def __init__(
         self,
@@ -476,7 +477,8 @@ class Router:
         A server that died with thousands of users would be thousands of announcements, each a
         frame to every user: beyond ``presence_max_online`` online and gone together, withheld."""
         gone = await self._registry.sweep_offline()
-        if self._presence_max_online and self._online + len(gone) > self._presence_max_online:
+        crowd = len(gone) >= SWEEP_PAGE or self._online + len(gone) > self._presence_max_online
+        if self._presence_max_online and crowd:
             self._metrics.presence_withheld.inc(len(gone))
             return
         for user in gone:
@@ -628,8 +630,15 @@ class Router:
     # ------------------------------------------------------------------ lifecycle
 
     async def heartbeat(self, live: bool) -> None:
-        """Refresh this server's registry entries (and its liveness when ``live``)."""
-        await self._registry.heartbeat(self.server_id, list(self.hub.users()), live)
+        """Refresh this server's registry entries (and its liveness when ``live``).
+
+        In chunks, each taken from the hub just before it is sent: a user whose last session
+        closed while an earlier chunk was on its way is not written back (that made thousands of
+        stale entries when thousands left at once, swept and announced later)."""
+        users = list(self.hub.users())
+        for start in range(0, max(len(users), 1), self.HEARTBEAT_CHUNK):
+            chunk = [u for u in users[start : start + self.HEARTBEAT_CHUNK] if self.hub.has_user(u)]
+            await self._registry.heartbeat(self.server_id, chunk, live)
         if self._presence_max_online:
             self._online = await self._registry.online_count()
 

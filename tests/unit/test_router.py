@@ -496,6 +496,37 @@ async def test_a_dead_servers_crowd_is_not_announced_one_by_one_beyond_the_limit
 
 
 @pytest.mark.gen_test
+async def test_a_heartbeat_does_not_write_back_users_who_left_while_it_ran() -> None:
+    c = Cluster(1)
+    await c.start()
+    router = c.routers[0]
+    router.HEARTBEAT_CHUNK = 2
+    sessions = [await c.join(u, 1) for u in ("a", "b", "c", "d")]
+    written: list[list[str]] = []
+    first_sent = asyncio.Event()
+    proceed = asyncio.Event()
+    original = c.registry.heartbeat
+
+    async def slow_heartbeat(server_id: str, users, live: bool) -> None:  # type: ignore[no-untyped-def]
+        written.append(sorted(users))
+        if len(written) == 1:
+            first_sent.set()
+            await proceed.wait()  # the first chunk is on its way...
+        await original(server_id, users, live)
+
+    c.registry.heartbeat = slow_heartbeat  # type: ignore[method-assign]
+    beat = asyncio.create_task(router.heartbeat(live=True))
+    await first_sent.wait()
+    for session in sessions[2:]:  # ... while c and d leave
+        router.disconnect(session)
+    await settle()
+    proceed.set()
+    await beat
+    assert written == [["a", "b"], []], "c and d are not written back"
+    assert (await c.registry.servers_of(["c", "d"])) == {"c": set(), "d": set()}
+
+
+@pytest.mark.gen_test
 async def test_typing_hints_reach_the_target_at_most_once_a_second() -> None:
     c = Cluster(2)
     await c.start()
