@@ -111,6 +111,7 @@
     active: 'public',         // key of the open conversation
     seen: new Map(),          // message id -> message shown (drop duplicates, learn offsets)
     readSent: new Set(),      // ids of private messages whose read receipt was sent
+    earlyReceipts: new Map(), // message id -> receipt status that came before the message's ack
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
     outbox: [],               // messages typed while not connected, sent on welcome
     positions: {},            // channel -> highest offset seen (saved per user, for `resume`)
@@ -685,8 +686,16 @@
 
   /** A receipt for one of our private messages: ✓✓ when delivered, "read" once read. */
   function onReceipt(f) {
-    const m = typeof f.id === 'string' ? state.seen.get(f.id) : undefined;
-    if (!m || !m.own || m.kind !== 'private') return;
+    if (typeof f.id !== 'string') return;
+    const m = state.seen.get(f.id);
+    if (!m) {
+      // The receipt took a shorter path than the ack (recipient on this server): keep it until
+      // the ack names the id (a few, for a few seconds: acks come or the send is retried).
+      if (state.earlyReceipts.size >= 200) state.earlyReceipts.delete(state.earlyReceipts.keys().next().value);
+      state.earlyReceipts.set(f.id, f.status);
+      return;
+    }
+    if (!m.own || m.kind !== 'private') return;
     const rank = { delivered: 1, read: 2 };
     if ((rank[f.status] || 0) > (rank[m.receipt] || 0)) {
       m.receipt = f.status;
@@ -1323,6 +1332,11 @@
     m.error = null;
     updateMessageNode(m);
     reposition(m);
+    const early = m.id ? state.earlyReceipts.get(m.id) : undefined;
+    if (early !== undefined) {
+      state.earlyReceipts.delete(m.id);
+      onReceipt({ type: 'receipt', id: m.id, status: early });
+    }
   }
 
   /**

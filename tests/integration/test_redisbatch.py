@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,51 +25,48 @@ from tests.integration.conftest import REDIS_URL, _delete_names
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
-@pytest.mark.gen_test
-async def test_commands_of_one_turn_share_a_pipeline_and_keep_their_order() -> None:
+@asynccontextmanager
+async def client_and_key() -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A client of the test Redis and a fresh key, both cleaned up afterwards."""
     client = aioredis.Redis.from_url(REDIS_URL)
     key = f"test:batch:{uuid.uuid4().hex}"
-    batch = RedisBatch(client)
     try:
-        replies = await asyncio.gather(*(batch.execute("RPUSH", key, str(i)) for i in range(50)))
-        assert replies == list(range(1, 51))
-        assert batch.pipelines == 1 and batch.commands == 50
-        assert await client.lrange(key, 0, -1) == [str(i).encode() for i in range(50)]
+        yield client, key
     finally:
         await client.delete(key)
         await client.aclose()
 
 
 @pytest.mark.gen_test
+async def test_commands_of_one_turn_share_a_pipeline_and_keep_their_order() -> None:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        replies = await asyncio.gather(*(batch.execute("RPUSH", key, str(i)) for i in range(50)))
+        assert replies == list(range(1, 51))
+        assert batch.pipelines == 1 and batch.commands == 50
+        assert await client.lrange(key, 0, -1) == [str(i).encode() for i in range(50)]
+
+
+@pytest.mark.gen_test
 async def test_a_failing_command_fails_alone() -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    key = f"test:batch:{uuid.uuid4().hex}"
-    batch = RedisBatch(client)
-    try:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
         await client.set(key, "text")
         good, bad = batch.execute("GET", key), batch.execute("INCR", key)
         assert await good == b"text"
         with pytest.raises(ResponseError):
             await bad
-    finally:
-        await client.delete(key)
-        await client.aclose()
 
 
 @pytest.mark.gen_test
 async def test_scripts_run_even_after_redis_forgot_them() -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    key = f"test:batch:{uuid.uuid4().hex}"
-    batch = RedisBatch(client)
-    try:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
         await client.script_flush()  # as after a Redis restart without persistence of scripts
         assert await batch.eval(SCRIPT, [key], [5]) == 5
         await client.script_flush()
         assert await batch.eval(SCRIPT, [key], [2]) == 7
         assert batch.pipelines == 2, "no extra round trip to load a script"
-    finally:
-        await client.delete(key)
-        await client.aclose()
 
 
 @pytest.mark.gen_test
