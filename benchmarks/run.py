@@ -87,7 +87,19 @@ def matrix(short: bool) -> list[Scenario]:
     # 100 pairs, the target's shape. 3 s of warmup: users connecting announce themselves to each
     # other (presence, N² frames), and that storm is not message traffic.
     pairs = ("--users", "200", "--warmup", "3")
-    overload = ("--users", "200", "--warmup", "1")  # a long warmup only queues more ahead of the window
+    overload = ("--users", "200", "--warmup", "1")
+    fan_out = (
+        "--scenario",
+        "public",
+        "--users",
+        "1000",
+        "--duration",
+        "10",
+        "--warmup",
+        "3",
+        "--procs",
+        "2",
+    )  # a long warmup only queues more ahead of the window
     return [
         Scenario(
             "idle-10k",
@@ -105,39 +117,13 @@ def matrix(short: bool) -> list[Scenario]:
         Scenario(
             "public-1000",
             "public fan-out to 1,000 users, 20/s",
-            (
-                "--scenario",
-                "public",
-                "--users",
-                "1000",
-                "--rate",
-                "20",
-                "--duration",
-                "10",
-                "--warmup",
-                "3",
-                "--procs",
-                "2",
-            ),
+            (*fan_out, "--rate", "20"),
             300,
         ),
         Scenario(
             "public-1000-fast",
             "public fan-out to 1,000 users, 100/s",
-            (
-                "--scenario",
-                "public",
-                "--users",
-                "1000",
-                "--rate",
-                "100",
-                "--duration",
-                "10",
-                "--warmup",
-                "3",
-                "--procs",
-                "2",
-            ),
+            (*fan_out, "--rate", "100"),
             300,
         ),
         Scenario(

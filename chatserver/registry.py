@@ -130,16 +130,8 @@ class RedisRegistry:
 
     async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
         now = self._now_ms()
-        replies = await asyncio.gather(
-            *(self._batch.execute("ZRANGEBYSCORE", self._names.user_servers(u), now, "+inf") for u in users),
-            return_exceptions=True,
-        )
-        found: dict[str, set[str]] = {}
-        for user, reply in zip(users, replies, strict=True):
-            if isinstance(reply, BaseException):
-                raise RegistryError(f"redis: {reply}") from reply
-            found[user] = {s.decode() for s in reply}
-        return found
+        replies = await self._all(*(("ZRANGEBYSCORE", self._names.user_servers(u), now, "+inf") for u in users))
+        return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}
 
     async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
         now = self._now_ms()

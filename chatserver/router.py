@@ -387,12 +387,14 @@ class Router:
             origin=session.id,
         )
         envelope, where = await self._store_and_route(envelope, frame.cid, members)
-        self._publish(session, frame.cid, envelope, set().union(*where.values(), {self.server_id}))
+        self._publish(session, frame.cid, envelope, self._with_this_server(where))
 
     async def _servers_holding(self, users: list[str]) -> set[str]:
         """The servers with a session of any of ``users`` (always this one): a room message
         costs what its members need, not what the cluster has."""
-        where = await self._registry.servers_of(users)
+        return self._with_this_server(await self._registry.servers_of(users))
+
+    def _with_this_server(self, where: dict[str, set[str]]) -> set[str]:
         return set().union(*where.values(), {self.server_id})
 
     async def _membership(self, session: ClientSession, frame: p.JoinFrame | p.LeaveFrame) -> None:
