@@ -19,6 +19,12 @@ Without ``--url`` the cluster is started with ``scripts/up.sh`` in a run folder 
 (``.run/bench``, ports 8280+), with the per-connection and per-user rate limits off (a benchmark
 is one IP sending as fast as it is told), and stopped with ``scripts/down.sh`` at the end. Redis and
 Kafka already running are used, never stopped. ``--json FILE`` keeps every figure.
+
+Two rows bound what any tuning of the chat server can reach on the machine:
+
+- ``kafka-rtt``: the broker's produce round trip with the servers' settings, at a low rate;
+- ``ceiling-*``: the same private traffic against ``benchmarks/ceiling.py``, a bare Tornado
+  relay with no Redis, Kafka, history or limits, run after the cluster is stopped.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Scenario:
     what: str  # one line for the table
     args: tuple[str, ...]  # loadtest arguments besides --url/--secret/--json
     timeout_s: float
+    target: str = "cluster"  # or "ceiling": the bare relay of benchmarks/ceiling.py, not the chat server
 
 
 def matrix(short: bool) -> list[Scenario]:
@@ -82,6 +89,13 @@ def matrix(short: bool) -> list[Scenario]:
                 "public fan-out to 50 users, 10/s",
                 ("--scenario", "public", "--users", "50", "--rate", "10", "--duration", "2"),
                 60,
+            ),
+            Scenario(
+                "ceiling",
+                "bare Tornado relay, private 20 users, 200/s",
+                ("--users", "20", "--rate", "200", "--duration", "2"),
+                60,
+                target="ceiling",
             ),
         ]
     # 100 pairs, the target's shape. 3 s of warmup: users connecting announce themselves to each
@@ -137,6 +151,22 @@ def matrix(short: bool) -> list[Scenario]:
             "private 100 pairs, 10,000/s",
             (*overload, "--rate", "10000", "--duration", "5", "--procs", "2"),
             240,
+        ),
+        # The same private traffic against a bare Tornado relay (no Redis, Kafka, history or
+        # limits), with nothing else running: the most any Tornado server can carry here.
+        Scenario(
+            "ceiling-ramp",
+            "bare Tornado relay, private ramp from 1,000/s x1.25, p99 <= 50 ms",
+            (*pairs, "--rate", "1000", "--ramp", "--ramp-factor", "1.25", "--duration", "5", "--procs", "2"),
+            900,
+            target="ceiling",
+        ),
+        Scenario(
+            "ceiling-10k",
+            "bare Tornado relay, private 100 pairs, 10,000/s",
+            (*overload, "--rate", "10000", "--duration", "5", "--procs", "2"),
+            240,
+            target="ceiling",
         ),
     ]
 
@@ -341,6 +371,72 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
     return row
 
 
+def kafka_round_trip(bootstrap: str, topic: str, count: int = 300, rate: float = 100.0) -> dict[str, Any]:
+    """The broker's share of every message's latency: produce with the servers' settings (acks=all,
+    idempotence, linger 1 ms) at ``rate``/s and time each delivery report, polling without pause.
+    The topic is deleted afterwards."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1})
+    took: list[float] = []
+    try:
+        for i in range(count + 20):  # the first 20 find the partition leader: not counted
+            reported: list[float] = []
+            started = time.perf_counter()
+            on_delivery = lambda _e, _m, out=reported: out.append(time.perf_counter())  # noqa: E731
+            producer.produce(topic, b"x" * 200, on_delivery=on_delivery)
+            while not reported and time.perf_counter() - started < 10:
+                producer.poll(0)
+            if not reported:
+                return {"name": "kafka-rtt", "what": "Kafka produce round trip", "failed": "no delivery report in 10 s"}
+            if i >= 20:
+                took.append(1000 * (reported[0] - started))
+            time.sleep(max(0.0, 1 / rate - (time.perf_counter() - started)))
+    finally:
+        producer.flush(5)
+        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic], operation_timeout=10)
+    took.sort()
+    pick = {q: round(took[min(len(took) - 1, int(q / 100 * len(took)))], 2) for q in (50, 90, 99)}
+    return {
+        "name": "kafka-rtt",
+        "what": f"Kafka produce round trip (acks=all), {count} at {rate:g}/s, ms: p50 {pick[50]}, "
+        f"p90 {pick[90]}, p99 {pick[99]}, max {round(took[-1], 2)}",
+        "kafka_round_trip_ms": {"p50": pick[50], "p90": pick[90], "p99": pick[99], "max": round(took[-1], 2)},
+    }
+
+
+class Ceiling:
+    """``benchmarks/ceiling.py`` (the bare Tornado relay) on ``port`` for the ceiling rows."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.secret = os.urandom(24).hex()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Cluster:
+        secret = ("--secret", self.secret)
+        if listening_pid(self.port) is not None:
+            sys.exit(f"port {self.port} is taken: the ceiling relay needs it (choose another --port-base)")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), *("--port", str(self.port)), *secret],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while listening_pid(self.port) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"benchmarks/ceiling.py did not start on port {self.port}")
+            time.sleep(0.1)
+        return Cluster([url], self.secret, {"ws-relay": self.proc.pid})
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 # ------------------------------------------------------------------------------ the table
 
 
@@ -358,6 +454,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "cpu_percent_of_one_core" in row:
             share = ", ".join(f"{role} {pct:g}%" for role, pct in row["cpu_percent_of_one_core"].items())
             lines.append(f"| {row['name']} | | | | | | | | | | | CPU with no traffic (% of one core): {share} |")
+            continue
+        if "kafka_round_trip_ms" in row:
+            lines.append(f"| {row['name']} | | | | | | | | | | | {row['what']} |")
             continue
         if "failed" in row:
             lines.append(f"| {row['name']} | | | | | | | | | | | failed: {row['failed']} |")
@@ -486,6 +585,7 @@ def main() -> int:
     parser.add_argument("--servers", type=int, default=2, help="servers of the cluster started here (default 2)")
     parser.add_argument("--port-base", type=int, default=8280, help="ws-N listens on base+N (default 8280)")
     parser.add_argument("--nginx-port", type=int, help="nginx of the cluster started here (default: --port-base)")
+    parser.add_argument("--ceiling-port", type=int, help="port of the ceiling rows' relay (default: --port-base + 19)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="(default .run/bench)")
     parser.add_argument("--prefix", default=f"bench{int(time.time())}-", help="Redis key and topic prefix")
     parser.add_argument("--only", help="comma-separated scenario names to run (default all)")
@@ -505,10 +605,13 @@ def main() -> int:
             for s in scenarios
         ]
 
-    def bench(cluster: Cluster) -> list[dict[str, Any]]:
-        missing = [u for i, u in enumerate(cluster.urls, 1) if f"ws-{i}" not in cluster.pids]
-        if missing:
-            print(f"note: no local process found listening for {missing}: their CPU is not counted", file=sys.stderr)
+    def bench(cluster: Cluster, scenarios: list[Scenario]) -> list[dict[str, Any]]:
+        if len(cluster.servers()) < len(cluster.urls):
+            print(
+                f"note: not every one of {cluster.urls} is a local process: only {len(cluster.servers())} "
+                "servers' CPU is counted",
+                file=sys.stderr,
+            )
         rows = [idle_cost(cluster)]
         idle = rows[0]["cpu_percent_of_one_core"]
         for scenario in scenarios:
@@ -517,12 +620,23 @@ def main() -> int:
             rows.append({**run_scenario(cluster, scenario), "settled_s": waited})
         return rows
 
-    if args.url:
-        rows = bench(discover(args.url, args.secret))
-    else:
+    on_cluster = [s for s in scenarios if s.target == "cluster"]
+    on_ceiling = [s for s in scenarios if s.target == "ceiling"]
+    rtt_topic = f"{args.prefix}rtt-probe"
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    rows: list[dict[str, Any]] = []
+    if on_cluster and args.url:
+        rows = bench(discover(args.url, args.secret), on_cluster)
+        rows.append(kafka_round_trip(bootstrap, rtt_topic))
+    elif on_cluster:
         nginx_port = args.nginx_port or args.port_base
         with OwnCluster(args.servers, args.port_base, nginx_port, args.run_dir, args.prefix) as cluster:
-            rows = bench(cluster)
+            rows = bench(cluster, on_cluster)
+            rows.append(kafka_round_trip(bootstrap, rtt_topic))
+    if on_ceiling:  # after the cluster is stopped: the relay alone with the generator
+        print("starting the bare relay (benchmarks/ceiling.py)...", file=sys.stderr)
+        with Ceiling(args.ceiling_port or args.port_base + 19) as relay:
+            rows += [row for row in bench(relay, on_ceiling) if row["name"] != "idle-cpu"]
     info = machine()
     print(
         f"{info['date']} · {info['cpus']} CPUs ({info['cpu_model']}) · {info['memory_gib']} GiB · "

@@ -18,7 +18,7 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     run_dir, out = tmp_path / "run", tmp_path / "bench.json"
     command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--short", "--json", str(out)]
     command += ["--port-base", str(_free_block(2)), "--nginx-port", str(free_port())]
-    command += ["--run-dir", str(run_dir), "--prefix", prefix]
+    command += ["--run-dir", str(run_dir), "--prefix", prefix, "--ceiling-port", str(free_port())]
     try:
         proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     finally:
@@ -29,7 +29,7 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     table = proc.stdout.splitlines()
     assert table[1].startswith("| scenario |")
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["idle-cpu", "idle", "private", "private-ramp", "public"]
+    assert list(rows) == ["idle-cpu", "idle", "private", "private-ramp", "public", "kafka-rtt", "ceiling"]
     assert rows["idle-cpu"]["cpu_percent_of_one_core"]["ws-1"] > 0, "the poll callback costs something"
     for name in rows:
         assert any(line.startswith(f"| {name} |") for line in table), f"no table row for {name}"
@@ -48,6 +48,14 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     public = rows["public"]
     assert public["measured"]["delivered"] == public["report"]["expected_deliveries"] > 0
     assert public["measured"]["lost"] == 0
+
+    rtt = rows["kafka-rtt"]["kafka_round_trip_ms"]
+    assert 0 < rtt["p50"] <= rtt["p90"] <= rtt["p99"] <= rtt["max"]
+
+    ceiling = rows["ceiling"]  # the bare relay carries the same traffic, counted the same way
+    assert ceiling["measured"]["delivered"] == ceiling["measured"]["sent"] > 0 and ceiling["measured"]["lost"] == 0
+    assert set(ceiling["cpu_seconds_in_window"]) == {"ws-relay", "generator"}
+    assert ceiling["server_us_per_delivery"] > 0
 
     idle = rows["idle"]
     assert idle["report"]["still_connected"] == 200 and idle["connections_per_server"] == 100
