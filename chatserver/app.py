@@ -131,7 +131,7 @@ class ChatNode:
             fetch_min_bytes=settings.kafka_fetch_min_bytes,
             send_timeout_s=settings.kafka_send_timeout_s,
         )
-        redis_limiter = RedisUserLimiter(client, names, settings.user_rate_per_s)
+        redis_limiter = RedisUserLimiter(client, names, settings.user_rate_per_s, batch=batch)
         rooms = RedisRooms(client, names)
         return cls(
             settings,

@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import RedisHistory, Retention
 from chatserver.hub import Hub
+from chatserver.limits import RedisUserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
@@ -129,3 +130,21 @@ async def test_thousands_of_sessions_closing_at_once_need_few_connections() -> N
     finally:
         await client.aclose()
         _delete_names(prefix)
+
+
+@pytest.mark.gen_test
+async def test_the_per_user_limit_in_redis_counts_every_session_and_shares_the_pipeline() -> None:
+    names = Names(f"t{uuid.uuid4().hex[:8]}-")
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        batch = RedisBatch(client)
+        limiter = RedisUserLimiter(client, names, per_second=3, clock=lambda: 1000.5, batch=batch)
+        allowed = await asyncio.gather(*(limiter.allow("ann") for _ in range(5)), limiter.allow("bob"))
+        assert allowed == [True, True, True, False, False, True], "3 per second for ann, bob unaffected"
+        assert batch.pipelines == 1, "six checks of one loop turn: one round trip"
+        assert 0 < await client.pttl(names.user_rate("ann", 1000)) <= 2000, "the window expires"
+        later = RedisUserLimiter(client, names, per_second=3, clock=lambda: 1001.0, batch=batch)
+        assert await later.allow("ann"), "a new second, a new window"
+    finally:
+        await client.delete(names.user_rate("ann", 1000), names.user_rate("ann", 1001), names.user_rate("bob", 1000))
+        await client.aclose()
