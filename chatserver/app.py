@@ -27,7 +27,7 @@ from chatserver.bus import Bus, KafkaBus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
 from chatserver.history import History, MemoryHistory, RedisHistory, Retention
 from chatserver.hub import Hub
-from chatserver.limits import ConnectionCounter, MemoryUserLimiter, RedisUserLimiter, UserLimiter
+from chatserver.limits import Backlog, ConnectionCounter, MemoryUserLimiter, RedisUserLimiter, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
@@ -85,8 +85,10 @@ class ChatNode:
         self.metrics = Metrics()
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
         self.hub = Hub()
-        limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter)
+        backlog = Backlog(settings.shed_after_ms / 1000)
+        limits = Limits(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes, user_limiter, backlog)
         self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
+        self.metrics.backlog_oldest.set_function(backlog.oldest_age_s)
         registry = cast(Registry, _Counted(registry, self.metrics.registry_ops))
         self.router = Router(
             settings.server_id,

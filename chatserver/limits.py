@@ -8,6 +8,7 @@ one-second window in Redis. A limit of 0 turns that limit off (benchmarks, trust
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -136,3 +137,49 @@ class ConnectionCounter:
                 table[key] = left
             else:
                 table.pop(key, None)
+
+
+class Ticket:
+    """One accepted message until it is answered (acked or refused)."""
+
+    __slots__ = ("answered", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.answered = False
+
+    def answer(self, *_: object) -> None:
+        """Mark it answered (usable as a future's done callback)."""
+        self.answered = True
+
+
+class Backlog:
+    """The messages this server accepted and has not answered yet, oldest first.
+
+    Overload shows here first: when Redis, Kafka or this process cannot keep up, acks fall
+    behind and the oldest unanswered message ages. ``overloaded()`` is true while it is older
+    than ``shed_after_s`` (0: never), and the router then refuses new messages at once instead
+    of queueing them behind the backlog: the sender gets a clear, retryable ``rate_limited``
+    in milliseconds rather than an ack seconds late (or none before its own timeout), and what
+    was accepted drains in bounded time.
+    """
+
+    def __init__(self, shed_after_s: float, clock: Clock = time.monotonic) -> None:
+        self._shed_after_s = shed_after_s
+        self._clock = clock
+        self._open: collections.deque[Ticket] = collections.deque()
+
+    def open(self) -> Ticket:
+        ticket = Ticket(self._clock())
+        self._open.append(ticket)
+        return ticket
+
+    def oldest_age_s(self) -> float:
+        """Seconds since the oldest unanswered message was accepted (0 with none)."""
+        backlog = self._open
+        while backlog and backlog[0].answered:  # answered ones leave from the front
+            backlog.popleft()
+        return self._clock() - backlog[0].since if backlog else 0.0
+
+    def overloaded(self) -> bool:
+        return self._shed_after_s > 0 and self.oldest_age_s() > self._shed_after_s

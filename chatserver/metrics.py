@@ -61,6 +61,14 @@ class Metrics:
             "Online/offline announcements not sent: more users online than CHAT_PRESENCE_MAX_ONLINE",
             registry=r,
         )
+        self.messages_shed = Counter(
+            "chat_messages_shed",
+            "Messages refused because older ones were still unacknowledged (CHAT_SHED_AFTER_MS)",
+            registry=r,
+        )
+        self.backlog_oldest = Gauge(
+            "chat_backlog_oldest_seconds", "Age of the oldest accepted message not yet acked or refused", registry=r
+        )
         self.replayed = Counter("chat_replayed_messages", "Messages replayed by resume", registry=r)
         self.consumer_lag = Gauge("chat_consumer_lag", "Messages in this server's topic not consumed yet", registry=r)
         self.bus_failures = Counter("chat_bus_publish_failures", "Publishes the bus refused", registry=r)

@@ -23,14 +23,14 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
 from chatserver import protocol as p
 from chatserver.bus import Bus
 from chatserver.history import History, HistoryError
 from chatserver.hub import Hub, Session
-from chatserver.limits import LimitError, TokenBucket, UserLimiter
+from chatserver.limits import Backlog, LimitError, TokenBucket, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.registry import SWEEP_PAGE, Registry, RegistryError
 from chatserver.rooms import MemoryRooms, Rooms, RoomsError
@@ -81,6 +81,7 @@ class Limits:
     conn_burst: int = 100
     flood_strikes: int = 200
     user: UserLimiter | None = None
+    backlog: Backlog | None = None  # refuses new messages while old ones wait (None: never)
 
 
 class _Flow:
@@ -122,6 +123,7 @@ class Router:
         self._history = history
         self._bus = bus
         self._limits = limits or Limits()
+        self._backlog = self._limits.backlog or Backlog(0)
         self._rooms: Rooms = rooms or MemoryRooms()
         self._typing_sent: dict[str, dict[str, float]] = {}  # session id -> target -> when
         self._buckets: dict[str, _Flow] = {}
@@ -243,10 +245,10 @@ class Router:
         try:
             if isinstance(frame, p.PublicFrame):
                 self._metrics.frames_in.labels("public").inc()
-                await self._send_public(session, frame)
+                await self._send(session, frame, self._send_public)
             elif isinstance(frame, p.PrivateFrame):
                 self._metrics.frames_in.labels("private").inc()
-                await self._send_private(session, frame)
+                await self._send(session, frame, self._send_private)
             elif isinstance(frame, p.HistoryFrame):
                 self._metrics.frames_in.labels("history").inc()
                 await self._history_page(session, frame)
@@ -255,7 +257,7 @@ class Router:
                 await self._resume(session, frame)
             elif isinstance(frame, p.RoomFrame):
                 self._metrics.frames_in.labels("room").inc()
-                await self._send_room(session, frame)
+                await self._send(session, frame, self._send_room)
             elif isinstance(frame, p.JoinFrame | p.LeaveFrame):
                 self._metrics.frames_in.labels("join" if isinstance(frame, p.JoinFrame) else "leave").inc()
                 await self._membership(session, frame)
@@ -288,6 +290,29 @@ class Router:
             log.warning("rate limit store unavailable for %s: %s", session.user, exc)
             self._refuse(session, p.INTERNAL, "message not sent: the rate limiter is unavailable; retry", frame.cid)
 
+    async def _send(
+        self,
+        session: ClientSession,
+        frame: p.PublicFrame | p.PrivateFrame | p.RoomFrame,
+        send: Callable[[Any, Any], Awaitable[asyncio.Future[Any] | None]],
+    ) -> None:
+        """A message frame, unless this server is overloaded: then it is refused at once (see
+        ``limits.Backlog``). Otherwise it is in the backlog until acked or refused."""
+        if self._backlog.overloaded():
+            self._metrics.messages_shed.inc()
+            why = "the server is overloaded: message not sent; retry shortly"
+            self._refuse(session, p.RATE_LIMITED, why, frame.cid)
+            return
+        ticket = self._backlog.open()
+        publishing = None
+        try:
+            publishing = await send(session, frame)
+        finally:
+            if publishing is None:
+                ticket.answer()  # refused, or failed before publishing
+            else:
+                publishing.add_done_callback(ticket.answer)
+
     async def _user_may_send(self, session: ClientSession, cid: str | None) -> bool:
         limiter = self._limits.user
         if limiter is None or await limiter.allow(session.user):
@@ -295,9 +320,9 @@ class Router:
         self._refuse(session, p.RATE_LIMITED, "you are sending too fast across your sessions; retry shortly", cid)
         return False
 
-    async def _send_public(self, session: ClientSession, frame: p.PublicFrame) -> None:
+    async def _send_public(self, session: ClientSession, frame: p.PublicFrame) -> asyncio.Future[Any] | None:
         if not await self._user_may_send(session, frame.cid):
-            return
+            return None
         envelope = p.Envelope(
             kind="public",
             id=self._new_id(),
@@ -309,11 +334,11 @@ class Router:
         envelope = await self._store(envelope, frame.cid)
         servers = await self._registry.live_servers()
         servers.add(self.server_id)
-        self._publish(session, frame.cid, envelope, servers)
+        return self._publish(session, frame.cid, envelope, servers)
 
-    async def _send_private(self, session: ClientSession, frame: p.PrivateFrame) -> None:
+    async def _send_private(self, session: ClientSession, frame: p.PrivateFrame) -> asyncio.Future[Any] | None:
         if not await self._user_may_send(session, frame.cid):
-            return
+            return None
         sender, recipient = session.user, frame.to
         envelope = p.Envelope(
             kind="private",
@@ -334,7 +359,7 @@ class Router:
         servers = (where[recipient] | where[sender]) - {self.server_id}
         if wanted_here:
             servers.add(self.server_id)
-        self._publish(session, frame.cid, envelope, servers)
+        return self._publish(session, frame.cid, envelope, servers)
 
     async def _store_and_route(
         self, envelope: p.Envelope, cid: str | None, users: list[str]
@@ -369,13 +394,13 @@ class Router:
 
     # ------------------------------------------------------------------ rooms
 
-    async def _send_room(self, session: ClientSession, frame: p.RoomFrame) -> None:
+    async def _send_room(self, session: ClientSession, frame: p.RoomFrame) -> asyncio.Future[Any] | None:
         members = await self._rooms.members(frame.room)
         if session.user not in members:
             self._refuse(session, p.NOT_MEMBER, f"join {frame.room!r} before writing to it", frame.cid)
-            return
+            return None
         if not await self._user_may_send(session, frame.cid):
-            return
+            return None
         envelope = p.Envelope(
             kind="room",
             id=self._new_id(),
@@ -387,7 +412,7 @@ class Router:
             origin=session.id,
         )
         envelope, where = await self._store_and_route(envelope, frame.cid, members)
-        self._publish(session, frame.cid, envelope, self._with_this_server(where))
+        return self._publish(session, frame.cid, envelope, self._with_this_server(where))
 
     async def _servers_holding(self, users: list[str]) -> set[str]:
         """The servers with a session of any of ``users`` (always this one): a room message
@@ -535,8 +560,11 @@ class Router:
         self._metrics.replayed.inc(sum(max(0, upto[c] - o) for c, o in wanted))
         session.send(p.resumed(not gaps, frame.cid, gaps))
 
-    def _publish(self, session: ClientSession, cid: str | None, envelope: p.Envelope, servers: Collection[str]) -> None:
-        """Publish to every server's topic; ack (or refuse) once all have answered."""
+    def _publish(
+        self, session: ClientSession, cid: str | None, envelope: p.Envelope, servers: Collection[str]
+    ) -> asyncio.Future[list[None]]:
+        """Publish to every server's topic; ack (or refuse) once all have answered. Returns the
+        publish, done once the sender is answered."""
         payload = envelope.to_bytes()
         started = time.perf_counter()
         done = asyncio.gather(*(self._bus.publish(server, payload) for server in servers))
@@ -561,6 +589,7 @@ class Router:
             session.send(p.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(report)
+        return done
 
     def count_out(self, frame: p.OutFrame) -> None:
         """Count a frame written to a client, by type (for /metrics)."""

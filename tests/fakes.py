@@ -65,6 +65,32 @@ class FailingBus:
         return None
 
 
+class HeldBus:
+    """A bus that answers no publish until ``release()``: Kafka slower than the senders."""
+
+    def __init__(self) -> None:
+        self.held: list[asyncio.Future[None]] = []
+
+    async def start(self, on_message: Any) -> None:
+        return None
+
+    def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.held.append(future)
+        return future
+
+    def release(self) -> None:
+        for future in self.held:
+            future.set_result(None)
+        self.held = []
+
+    def status(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    async def close(self) -> None:
+        return None
+
+
 async def settle(turns: int = 20) -> None:
     """Let callbacks scheduled on the loop (bus deliveries, acks) run."""
     for _ in range(turns):

@@ -9,11 +9,12 @@ import pytest
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import MemoryHistory, Retention
 from chatserver.hub import Hub
+from chatserver.limits import Backlog
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry, RegistryError
 from chatserver.rooms import MemoryRooms
-from chatserver.router import Router
-from tests.fakes import FailingBus, FakeSession, settle
+from chatserver.router import Limits, Router
+from tests.fakes import FailingBus, FakeSession, HeldBus, settle
 
 
 class Cluster:
@@ -615,3 +616,66 @@ class SlowStore(MemoryHistory):
         self.storing.set()
         await self.proceed.wait()
         return await super().store(envelope, fingerprint)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_backlog_ages_from_its_oldest_unanswered_message() -> None:
+    clock = Clock()
+    backlog = Backlog(shed_after_s=2.0, clock=clock)
+    assert backlog.oldest_age_s() == 0.0 and not backlog.overloaded()
+    first = backlog.open()
+    clock.now += 1.0
+    second = backlog.open()
+    clock.now += 1.5
+    assert backlog.oldest_age_s() == 2.5 and backlog.overloaded()
+    second.answer()  # answered out of order: the first still holds the age
+    assert backlog.overloaded()
+    first.answer()
+    assert backlog.oldest_age_s() == 0.0 and not backlog.overloaded()
+    never = Backlog(shed_after_s=0, clock=clock)
+    never.open()
+    clock.now += 3600
+    assert not never.overloaded(), "0 turns shedding off"
+
+
+@pytest.mark.gen_test
+async def test_an_overloaded_server_refuses_new_messages_at_once_and_recovers() -> None:
+    clock, bus, metrics = Clock(), HeldBus(), Metrics()
+    backlog = Backlog(shed_after_s=2.0, clock=clock)
+    router = Router("ws-1", Hub(), MemoryRegistry(30), MemoryHistory(), bus, metrics, Limits(backlog=backlog))
+    alice, bob = FakeSession("alice"), FakeSession("bob")
+    await router.connect(alice)
+    await router.connect(bob)  # on this server: his messages go through its topic
+    await router.handle(alice, '{"type": "private", "to": "bob", "text": "one", "cid": "c1"}')
+    clock.now += 1.0
+    await router.handle(alice, '{"type": "public", "text": "two", "cid": "c2"}')
+    await settle()
+    assert alice.of_type("ack") == [], "Kafka holds both: not acked yet"
+    held = len(bus.held)
+
+    clock.now += 1.5  # the oldest has waited 2.5 s
+    await router.handle(alice, '{"type": "private", "to": "bob", "text": "three", "cid": "c3"}')
+    await router.handle(alice, '{"type": "ping", "cid": "p"}')
+    await settle()
+    [refused] = alice.of_type("error")
+    assert refused["code"] == "rate_limited" and refused["cid"] == "c3" and "overloaded" in refused["message"]
+    assert len(bus.held) == held, "the refused message was not published"
+    assert alice.of_type("pong") == [{"type": "pong", "cid": "p"}], "only messages are shed"
+    assert metrics.messages_shed._value.get() == 1
+
+    bus.release()  # Kafka catches up: both are acked and the backlog is empty
+    await settle()
+    assert [f["cid"] for f in alice.of_type("ack")] == ["c1", "c2"]
+    await router.handle(alice, '{"type": "private", "to": "bob", "text": "three", "cid": "c3"}')
+    bus.release()
+    await settle()
+    assert [f["cid"] for f in alice.of_type("ack")][-1] == "c3", "accepted again once the backlog drained"
+    stored = await router._history.before("user:alice", None, 10)
+    assert [m["text"] for m in stored] == ["one", "three"], "the refused attempt was not stored"
