@@ -9,6 +9,8 @@ never the shared ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -355,3 +357,55 @@ def _wait(condition: Any, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+@pytest.mark.gen_test(timeout=180)
+async def test_a_stalled_kafka_makes_the_server_refuse_new_messages_at_once_until_it_catches_up(
+    tmp_path: Path,
+) -> None:
+    kafka = OwnKafka(tmp_path)
+    kafka.start()
+    c = new_cluster(KAFKA_BOOTSTRAP=kafka.bootstrap, CHAT_SHED_AFTER_MS="1000")
+    kafka_pid = int((tmp_path / "pids" / "kafka.pid").read_text())
+    try:
+        c.start_all(1)
+        alice = await ChatClient.connect(c.url(1), c.token("shed-a"))
+        bob = await ChatClient.connect(c.url(1), c.token("shed-b"))
+        await alice.recv_type("welcome")
+        await bob.recv_type("welcome")
+
+        def private(text: str) -> dict[str, Any]:
+            return {"type": "private", "to": "shed-b", "text": text, "cid": text}
+
+        await alice.send(private("before"))
+        assert (await alice.recv_until(lambda f: f.get("cid") == "before"))["type"] == "ack"
+
+        os.kill(kafka_pid, signal.SIGSTOP)  # the broker is alive but answers nothing
+        try:
+            await alice.send(private("waiting"))
+            with pytest.raises(TimeoutError):  # accepted, stored, waiting for Kafka's ack
+                await alice.recv_until(lambda f: f.get("cid") == "waiting", timeout=1.5)
+            asked = time.monotonic()
+            await alice.send(private("refused"))
+            refused = await alice.recv_until(lambda f: f.get("cid") == "refused", timeout=2.0)
+            answered_in = time.monotonic() - asked
+        finally:
+            os.kill(kafka_pid, signal.SIGCONT)
+        print(f"\nstalled kafka: refused in {answered_in * 1000:.0f} ms: {refused}")
+        assert refused["type"] == "error" and refused["code"] == "rate_limited"
+        assert "overloaded" in refused["message"]
+
+        # Kafka resumes: what was accepted is acked and delivered, and new messages go through.
+        assert (await alice.recv_until(lambda f: f.get("cid") == "waiting", timeout=60))["type"] == "ack"
+        await alice.send(private("after"))
+        assert (await alice.recv_until(lambda f: f.get("cid") == "after", timeout=10))["type"] == "ack"
+        texts = []
+        while "after" not in texts:
+            texts.append((await bob.recv_type("message", timeout=10))["text"])
+        assert texts == ["before", "waiting", "after"], "the refused message was neither stored nor sent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(kafka_pid, signal.SIGCONT)
+        c.stop(1)
+        kafka.stop()
+        c.close()
