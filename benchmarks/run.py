@@ -479,6 +479,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             notes = f"last good rate {ramp['last_good_rate']}/s; stopped: {ramp['stopped_because']}"
         elif not report["ok"]:
             notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
+        if report.get("errors"):
+            notes += "; errors: " + ", ".join(f"{code} {n}" for code, n in sorted(report["errors"].items()))
         lines.append(
             f"| {row['name']} | {m['target_rate']:g} | {m['sent']} | {m['delivered']} | {m['lost']} "
             f"| {m['achieved_rate']:.0f} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} "
