@@ -12,7 +12,9 @@ Sending: the message is first stored (offsets assigned in its channels), then ro
   (always this one); each delivers it to the recipient's sessions and the sender's other ones.
 Storing before looking up the route is what makes recovery exact: a session registers before
 it reads its positions, so every message stored after that read is also routed to it.
-The sender's ``ack`` goes out only when the store and every topic have the message.
+The sender's ``ack`` goes out only when the store and every topic have the message; while
+the oldest message still waiting for that has waited too long, new ones are refused at once
+(``limits.Backlog``).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@
   const PING_MS = 25000;               // ping interval while the socket is open
   const IDLE_MS = 65000;               // no frame at all for this long: the socket is dead
   const ACK_TIMEOUT_MS = 20000;        // a message with no ack after this is shown as failed
+  const LIMITED_RETRIES = 3;           // a message refused with rate_limited is sent again this often,
+  const LIMITED_RETRY_MS = 1000;       // ... after about 1, 2 and 4 s (same cid: never stored twice)
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const MAX_FAILED_OPENS = 3;          // closes before open in a row -> ask /readyz why (see socketGone)
@@ -815,6 +817,16 @@
     if (m) {
       clearTimeout(m.ackTimer);
       state.pending.delete(f.cid);
+      if (f.code === 'rate_limited' && (m.limitedRetries || 0) < LIMITED_RETRIES) {
+        // Too fast, or the server is overloaded: both pass. Wait, with jitter so that many
+        // pages refused together do not come back together, then send the same frame again.
+        m.limitedRetries = (m.limitedRetries || 0) + 1;
+        m.status = 'retrying';
+        updateMessageNode(m);
+        const delay = LIMITED_RETRY_MS * 2 ** (m.limitedRetries - 1) * (0.75 + Math.random() / 2);
+        setTimeout(() => { if (m.status === 'retrying') transmit(m); }, delay);
+        return;
+      }
       m.status = 'failed';
       m.error = text;
       updateMessageNode(m);
@@ -1883,7 +1895,9 @@
     return m.el;
   }
 
-  const STATUS_TEXT = { queued: 'waiting for connection…', pending: 'sending…', sent: '', failed: 'not sent' };
+  const STATUS_TEXT = {
+    queued: 'waiting for connection…', pending: 'sending…', retrying: 'server busy, retrying…', sent: '', failed: 'not sent',
+  };
 
   /** Refresh what can change on a message: status, time, error. */
   function updateMessageNode(m) {

@@ -787,3 +787,39 @@ def test_servers_down_keeps_retrying_then_reconnects(browser: Browser, cluster: 
         for n in (1, 2):
             cluster.wait_ready(n)
         nginx.set_upstream([s.port for s in cluster.servers.values()])
+
+
+def test_messages_refused_as_too_fast_are_sent_again_by_themselves(
+    browser: Browser, cluster: RealCluster, nginx: NginxFront
+) -> None:
+    """150 messages in one go: the server's per-connection limit (a burst of 100, then 50/s)
+    refuses the rest with rate_limited; the page waits and sends those again, same cid, and
+    every message ends up acked once, none failed."""
+    person = sign_in(browser, nginx, "burster")
+    try:
+        open_dm(person, "burst-sink")
+        count = 150
+        person.page.evaluate(
+            """n => {
+              const box = document.querySelector('#composer-text');
+              for (let i = 0; i < n; i++) {
+                box.value = 'burst ' + i;
+                box.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+              }
+            }""",
+            count,
+        )
+        person.wait_for_frame("received", "error", lambda f: f.get("code") == "rate_limited")
+        expect(person.page.locator("#messages .msg.is-retrying").first).to_be_visible()
+        expect(person.page.locator("#messages .msg.is-sent")).to_have_count(count, timeout=30_000)
+        expect(person.page.locator("#messages .msg.is-failed")).to_have_count(0)
+        sent = [f for f in person.frames("sent", "private") if f.get("to") == "burst-sink"]
+        limited = {f["cid"] for f in person.frames("received", "error") if f.get("code") == "rate_limited"}
+        acked = [f["cid"] for f in person.frames("received", "ack")]
+        assert len({f["cid"] for f in sent}) == count and len(sent) > count, "refused ones were sent again"
+        assert limited and limited <= set(acked), "every refused message was acked in the end"
+        assert len(acked) == len(set(acked)) == count, "each message acked exactly once"
+        person.shot("retried")
+        assert_clean(person)
+    finally:
+        person.close()
