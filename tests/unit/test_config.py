@@ -43,6 +43,8 @@ def test_missing_secret_is_refused_outside_dev_mode() -> None:
         ({"CHAT_BACKEND": "mongo"}, "CHAT_BACKEND"),
         ({"CHAT_DEV_LOGIN": "maybe"}, "CHAT_DEV_LOGIN"),
         ({"CHAT_HEARTBEAT_S": "10", "CHAT_SESSION_TTL_S": "15"}, "CHAT_HEARTBEAT_S"),
+        ({"CHAT_SHED_AFTER_MS": "-1"}, "CHAT_SHED_AFTER_MS"),
+        ({"CHAT_SHED_AFTER_MS": "soon"}, "CHAT_SHED_AFTER_MS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
@@ -53,3 +55,9 @@ def test_bad_values_name_the_variable(env: dict[str, str], needle: str) -> None:
 def test_allowed_origins_is_a_comma_list() -> None:
     s = Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_ALLOWED_ORIGINS": "https://a.example, https://b.example,"})
     assert s.allowed_origins == ("https://a.example", "https://b.example")
+
+
+def test_load_shedding_waits_3_s_by_default_and_0_turns_it_off() -> None:
+    assert Settings.from_env({"CHAT_SECRET": SECRET}).shed_after_ms == 3000
+    assert Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_SHED_AFTER_MS": "0"}).shed_after_ms == 0
+    assert Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_SHED_AFTER_MS": "750"}).shed_after_ms == 750
