@@ -1,8 +1,10 @@
-"""Rate limits: a token bucket per connection, and a per-user limit across the cluster.
+"""Limits: a token bucket per connection, a per-user limit across the cluster, the count of
+connections, and the backlog that sheds load.
 
 The per-connection bucket bounds every frame a client sends (bad ones too). The per-user
 limit bounds the messages one user sends from all sessions on all servers together, with a
 one-second window in Redis. A limit of 0 turns that limit off (benchmarks, trusted clients).
+The backlog refuses new messages while an accepted one waits too long for its ack.
 """
 
 from __future__ import annotations
@@ -156,12 +158,15 @@ class Ticket:
 class Backlog:
     """The messages this server accepted and has not answered yet, oldest first.
 
-    Overload shows here first: when Redis, Kafka or this process cannot keep up, acks fall
-    behind and the oldest unanswered message ages. ``overloaded()`` is true while it is older
+    When Kafka or Redis answers slowly (a stalled broker, a slow disk), acks fall behind and
+    the oldest unanswered message ages. ``overloaded()`` is true while it is older
     than ``shed_after_s`` (0: never), and the router then refuses new messages at once instead
     of queueing them behind the backlog: the sender gets a clear, retryable ``rate_limited``
     in milliseconds rather than an ack seconds late (or none before its own timeout), and what
-    was accepted drains in bounded time.
+    was accepted drains in bounded time. (A process short of CPU is another matter: a
+    connection's frames are handled one at a time, so its excess waits in the socket, unseen
+    here; the rate limits above bound that.) Tickets answered out of order stay until those
+    before them are answered, at most the bus's send timeout.
     """
 
     def __init__(self, shed_after_s: float, clock: Clock = time.monotonic) -> None:
