@@ -58,8 +58,9 @@ class UserLimiter(Protocol):
 
 
 class RedisUserLimiter:
-    """A one-second window per user in Redis. With ``batch``, the two commands of a check join
-    the pipeline of the loop turn (under load, one round trip for many senders' checks)."""
+    """A one-second window per user in Redis. The two commands of a check join the pipeline of
+    the loop turn (``batch``, shared with the other Redis parts): under load, one round trip for
+    many senders' checks."""
 
     def __init__(
         self,
@@ -69,26 +70,17 @@ class RedisUserLimiter:
         clock: Clock = time.time,
         batch: RedisBatch | None = None,
     ) -> None:
-        self._redis = client
         self._names = names
         self._limit = per_second
         self._clock = clock
-        self._batch = batch
+        self._batch = batch or RedisBatch(client)
 
     async def allow(self, user: str) -> bool:
         if self._limit <= 0:
             return True
         key = self._names.user_rate(user, int(self._clock()))
         try:
-            if self._batch is not None:
-                count, _ = await asyncio.gather(
-                    self._batch.execute("INCR", key), self._batch.execute("PEXPIRE", key, 2000)
-                )
-            else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.incr(key)
-                    pipe.pexpire(key, 2000)
-                    count, _ = await pipe.execute()
+            count, _ = await asyncio.gather(self._batch.execute("INCR", key), self._batch.execute("PEXPIRE", key, 2000))
         except aioredis.RedisError as exc:
             raise LimitError(f"redis: {exc}") from exc
         return int(count) <= self._limit
@@ -175,16 +167,24 @@ class Backlog:
         self._open: collections.deque[Ticket] = collections.deque()
 
     def open(self) -> Ticket:
+        self._prune()  # here too: with shedding off, nothing else may ever look
         ticket = Ticket(self._clock())
         self._open.append(ticket)
         return ticket
 
+    def __len__(self) -> int:
+        """Tickets held: the unanswered ones, and answered ones behind an older unanswered one."""
+        return len(self._open)
+
     def oldest_age_s(self) -> float:
         """Seconds since the oldest unanswered message was accepted (0 with none)."""
+        self._prune()
+        return self._clock() - self._open[0].since if self._open else 0.0
+
+    def _prune(self) -> None:
         backlog = self._open
         while backlog and backlog[0].answered:  # answered ones leave from the front
             backlog.popleft()
-        return self._clock() - backlog[0].since if backlog else 0.0
 
     def overloaded(self) -> bool:
         return self._shed_after_s > 0 and self.oldest_age_s() > self._shed_after_s

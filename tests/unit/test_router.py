@@ -645,6 +645,20 @@ def test_the_backlog_ages_from_its_oldest_unanswered_message() -> None:
     assert not never.overloaded(), "0 turns shedding off"
 
 
+def test_the_backlog_forgets_answered_messages_even_when_nobody_asks_its_age() -> None:
+    backlog = Backlog(shed_after_s=0)  # shedding off: the router never asks, nor may /metrics
+    for _ in range(10_000):
+        backlog.open().answer()
+    assert len(backlog) <= 1, "answered tickets are dropped as new ones come"
+    stuck = backlog.open()
+    for _ in range(100):
+        backlog.open().answer()
+    assert len(backlog) == 101, "behind an unanswered one they wait, bounded by the send timeout"
+    stuck.answer()
+    backlog.open()
+    assert len(backlog) == 1
+
+
 @pytest.mark.gen_test
 async def test_an_overloaded_server_refuses_new_messages_at_once_and_recovers() -> None:
     clock, bus, metrics = Clock(), HeldBus(), Metrics()
