@@ -172,8 +172,9 @@ class Backlog:
         self._open.append(ticket)
         return ticket
 
-    def __len__(self) -> int:
-        """Tickets held: the unanswered ones, and answered ones behind an older unanswered one."""
+    def held(self) -> int:
+        """Tickets held: the unanswered ones, and answered ones behind an older unanswered one.
+        (A method, not ``__len__``: an empty backlog must not be falsy where one is optional.)"""
         return len(self._open)
 
     def oldest_age_s(self) -> float:

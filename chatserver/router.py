@@ -125,7 +125,7 @@ class Router:
         self._history = history
         self._bus = bus
         self._limits = limits or Limits()
-        self._backlog = self._limits.backlog or Backlog(0)
+        self._backlog = self._limits.backlog if self._limits.backlog is not None else Backlog(0)
         self._rooms: Rooms = rooms or MemoryRooms()
         self._typing_sent: dict[str, dict[str, float]] = {}  # session id -> target -> when
         self._buckets: dict[str, _Flow] = {}
