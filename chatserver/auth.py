@@ -28,7 +28,7 @@ class TokenAuthority:
 
     def issue(self, username: str, now: float | None = None) -> str:
         """A token for ``username``, valid for the configured TTL."""
-        if not USERNAME_RE.match(username):
+        if not USERNAME_RE.fullmatch(username):
             raise ValueError(f"invalid username {username!r}")
         issued = int(time.time() if now is None else now)
         claims = {"sub": username, "iat": issued, "exp": issued + self._ttl_s}
@@ -49,6 +49,6 @@ class TokenAuthority:
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not USERNAME_RE.match(sub):
+        if not isinstance(sub, str) or not USERNAME_RE.fullmatch(sub):
             raise AuthError("invalid token: 'sub' is not a valid username")
         return sub

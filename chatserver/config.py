@@ -15,8 +15,9 @@ from dataclasses import dataclass
 DEV_SECRET = "dev-only-insecure-secret-set-CHAT_SECRET-in-production"
 MIN_SECRET_BYTES = 32
 
-_SERVER_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+# \A...\Z and fullmatch(): "$" matches before a final newline too.
+_SERVER_ID_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+_PREFIX_RE = re.compile(r"\A[A-Za-z0-9_.-]{0,64}\Z")
 
 
 class ConfigError(ValueError):
@@ -70,10 +71,10 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from ``env`` (usually ``os.environ``); raise ``ConfigError``."""
         server_id = env.get("SERVER_ID", cls.server_id)
-        if not _SERVER_ID_RE.match(server_id):
+        if not _SERVER_ID_RE.fullmatch(server_id):
             raise ConfigError(f"SERVER_ID={server_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         prefix = env.get("CHAT_PREFIX", "")
-        if not _PREFIX_RE.match(prefix):
+        if not _PREFIX_RE.fullmatch(prefix):
             raise ConfigError(f"CHAT_PREFIX={prefix!r}: use up to 64 of A-Z a-z 0-9 _ . -")
         backend = env.get("CHAT_BACKEND", cls.backend)
         if backend not in ("real", "memory"):

@@ -80,7 +80,7 @@ class LoginHandler(JsonHandler):
         except ValueError:
             return self.fail(400, "bad_request", 'body must be JSON like {"username": "alice"}')
         username = body.get("username") if isinstance(body, dict) else None
-        if not isinstance(username, str) or not USERNAME_RE.match(username):
+        if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
             return self.fail(400, "bad_username", "username must be 1-32 of A-Z a-z 0-9 _ . -")
         self.finish({"token": self.auth.issue(username), "username": username})
 

@@ -16,9 +16,11 @@ from typing import Any, Final, Literal
 import msgpack
 import orjson
 
-USERNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+# \A and \Z, never ^ and $: "$" also matches before a final newline, and "alice\n" is not a name.
+# Use fullmatch() all the same.
+USERNAME_RE: Final = re.compile(r"\A[A-Za-z0-9_.-]{1,32}\Z")
 ROOM_RE: Final = USERNAME_RE
-CHANNEL_RE: Final = re.compile(r"^(public|(user|room):[A-Za-z0-9_.-]{1,32})$")
+CHANNEL_RE: Final = re.compile(r"\A(?:public|(?:user|room):[A-Za-z0-9_.-]{1,32})\Z")
 PUBLIC: Final = "public"
 HISTORY_DEFAULT: Final = 50
 HISTORY_MAX: Final = 200
@@ -233,13 +235,13 @@ def _text(obj: dict[Any, Any], cid: str | None) -> str:
 
 def _name(obj: dict[Any, Any], key: str, cid: str | None) -> str:
     value = obj.get(key)
-    if not isinstance(value, str) or not USERNAME_RE.match(value):
+    if not isinstance(value, str) or not USERNAME_RE.fullmatch(value):
         raise ProtocolError(BAD_FRAME, f"field {key!r} must be a name of 1-32 of A-Z a-z 0-9 _ . -", cid)
     return value
 
 
 def _channel(value: Any, cid: str | None) -> str:
-    if not isinstance(value, str) or not CHANNEL_RE.match(value):
+    if not isinstance(value, str) or not CHANNEL_RE.fullmatch(value):
         raise ProtocolError(BAD_FRAME, "a channel is 'public', 'user:<name>' or 'room:<name>'", cid)
     return value
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.httpserver import HTTPServer
@@ -239,3 +241,16 @@ async def test_keepalive_pings_every_socket_and_closes_one_that_never_answers() 
         assert silent.close_code is not None, "a peer that never answers is closed"
         await answering.send({"type": "ping", "cid": "still-there"})
         assert (await answering.recv_type("pong"))["cid"] == "still-there", "one that answers stays"
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_name_with_a_trailing_newline_gets_no_token_and_no_session() -> None:
+    async with cluster(1) as [(url, _node)]:
+        with pytest.raises(HTTPClientError) as info:
+            await login(url, "alice\n")
+        assert info.value.code == 400
+        assert info.value.response is not None
+        assert json.loads(info.value.response.body)["error"]["code"] == "bad_username"
+        # A token another application issued with the same secret, naming no valid user.
+        token = jwt.encode({"sub": "alice\n", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+        assert await refused_status(url, token) == 401
