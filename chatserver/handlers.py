@@ -190,8 +190,17 @@ class Keepalive:
 
     def _sweep(self) -> None:
         self._timer = None
+        failed: set[str] = set()
         for socket in list(self._sockets):
-            socket.keepalive()
+            try:
+                socket.keepalive()
+            except Exception as exc:  # one bad socket must not stop the pings of all the others
+                kind = type(exc).__name__
+                if kind not in failed:  # once per kind and sweep: thousands of sockets may fail alike
+                    failed.add(kind)
+                    log.exception("keepalive of %s failed; dropping it", socket.user)
+                self._sockets.discard(socket)
+                socket.abort()
         if self._sockets:
             self._timer = asyncio.get_running_loop().call_later(self.interval_s, self._sweep)
 
@@ -282,6 +291,15 @@ class ChatSocket(WebSocketHandler):
             conn.write_ping(b"")
         except StreamClosedError:
             return
+        except StreamBufferFullError:  # not even a ping fits: the client does not read
+            log.warning("dropped %s: more than %d bytes unread", self._user, self.chat.max_send_buffer)
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a close frame (it could not be written)."""
+        conn = self.ws_connection
+        if conn is not None and conn.stream is not None:
+            conn.stream.close()
 
     def on_pong(self, data: bytes) -> None:
         self._unanswered_ping = False

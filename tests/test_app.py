@@ -6,21 +6,25 @@ through real HTTP and WebSocket handshakes without Kafka or Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamBufferFullError
 
 from chatserver.app import ChatNode, make_app
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.config import Settings
+from chatserver.handlers import ChatSocket
 from chatserver.history import MemoryHistory
 from chatserver.registry import MemoryRegistry
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
@@ -254,3 +258,52 @@ async def test_a_name_with_a_trailing_newline_gets_no_token_and_no_session() -> 
         # A token another application issued with the same secret, naming no valid user.
         token = jwt.encode({"sub": "alice\n", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
         assert await refused_status(url, token) == 401
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pinged() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import wsclient
+
+    async with cluster(1, ping_interval_s=0.2) as [(url, node)]:
+        stuck = await connect(url, "stuck")
+        watchers = []
+        for name in ("w1", "w2", "w3"):
+            watcher = await wsclient.connect(url.replace("http", "ws") + "/ws?token=" + await login(url, name))
+            pings: list[bytes] = []
+            original = watcher._on_frame
+
+            def counting(
+                fin: bool,
+                opcode: int,
+                payload: bytes,
+                pings: list[bytes] = pings,
+                original: Callable[[bool, int, bytes], None] = original,
+            ) -> None:
+                if opcode == 9:
+                    pings.append(payload)
+                original(fin, opcode, payload)  # answers the ping
+
+            watcher._on_frame = counting  # type: ignore[method-assign]
+            watchers.append((watcher, pings))
+        [session] = [s for s in node.hub.sessions() if s.user == "stuck"]
+        conn = cast(ChatSocket, session).ws_connection
+        assert conn is not None
+
+        def full(data: bytes) -> None:  # what a ping to a client that reads nothing meets
+            raise StreamBufferFullError("Reached maximum write buffer size")
+
+        conn.write_ping = full  # type: ignore[method-assign]
+        await until(lambda: all(len(p) >= 4 for _, p in watchers), 5.0, "every other socket keeps being pinged")
+        with pytest.raises(ConnectionClosed):  # dropped, like a client that does not read its messages
+            await stuck.recv_until(lambda frame: False, timeout=3.0)
+        for watcher, _ in watchers:
+            assert watcher.close_code is None, "sockets that answer stay open"

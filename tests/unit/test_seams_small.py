@@ -1,9 +1,12 @@
-"""Small seams (issue 13): a name is the WHOLE string, nothing after it, not even a newline."""
+"""Small seams (issue 13): a name is the whole string (not even a newline after it), and one bad
+socket does not stop the keepalive of the others."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from typing import cast
 
 import jwt
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from chatserver import protocol as p
 from chatserver.auth import AuthError, TokenAuthority
 from chatserver.config import ConfigError, Settings
+from chatserver.handlers import ChatSocket, Keepalive
 
 SECRET = "k" * 32
 
@@ -70,3 +74,37 @@ def test_server_ids_and_prefixes_with_a_trailing_newline_are_refused(variable: s
     # They name Kafka topics and Redis keys: "messages-ws-1\n" is not the topic others produce to.
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value, "CHAT_SECRET": "s" * 40})
+
+
+class PingedSocket:
+    """What the keepalive sees of a socket: it counts pings, or fails like a broken one."""
+
+    def __init__(self, user: str, failure: Exception | None = None) -> None:
+        self.user = user
+        self.failure = failure
+        self.pings = 0
+        self.aborted = False
+
+    def keepalive(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.pings += 1
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_one_socket_failing_its_ping_does_not_stop_the_pings_of_the_others() -> None:
+    keepalive = Keepalive(0.02)
+    good = [PingedSocket(f"good{i}") for i in range(3)]
+    bad = PingedSocket("bad", RuntimeError("a bug in one connection"))
+    for socket in [good[0], bad, *good[1:]]:
+        keepalive.add(cast(ChatSocket, socket))
+    deadline = time.monotonic() + 5.0
+    while not all(s.pings >= 5 for s in good):
+        assert time.monotonic() < deadline, f"pings stopped: {[s.pings for s in good]}"
+        await asyncio.sleep(0.01)
+    assert bad.aborted, "the socket that failed is dropped"
+    for socket in good:
+        keepalive.discard(cast(ChatSocket, socket))
