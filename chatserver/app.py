@@ -105,7 +105,7 @@ class ChatNode:
         )
         self._draining = False
         self._announced = False  # in the registry's live set, so public messages reach it
-        self._heartbeat_error = ""
+        self._heartbeat_error = ""  # why the last heartbeat failed ("" when it did not)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._registry_checked = (0.0, False, "not checked yet")
 
@@ -152,21 +152,40 @@ class ChatNode:
         # 2. heartbeat the registry: users always, this server as live once ready.
         await self.bus.start(self.router.on_bus_message)
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+        self._heartbeat_task.add_done_callback(self._heartbeat_ended)
 
     async def _heartbeat_loop(self) -> None:
+        """Refresh this server's entries until stopped, whatever fails: a heartbeat that stops
+        lets every entry expire while the server runs on (its sessions then get nothing)."""
+        logged = ""  # the failure last logged: each distinct one is logged once, with its traceback
         while True:
             live = self.bus.status()[0] and not self._draining
             try:
                 await self.router.heartbeat(live)
-                self._announced, self._heartbeat_error = live, ""
+                self._announced = live
+                self._heartbeat_error = ""
                 if live:
                     await self.router.sweep_presence()
                     await self.registry.publish_stats(self.settings.server_id, self.stats())
-            except RegistryError as exc:
-                log.warning("heartbeat failed (retrying): %s", exc)
-                self._announced, self._heartbeat_error = False, str(exc)
-            # Until announced, check often, so a server is reachable soon after it is ready.
-            await asyncio.sleep(self.settings.heartbeat_s if self._announced else 0.25)
+                if logged:
+                    log.warning("heartbeat works again")
+                    logged = ""
+            except Exception as exc:  # anything: a bug must cost a heartbeat, not all of them
+                self._heartbeat_error = (
+                    f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc)
+                )
+                if self._heartbeat_error != logged:
+                    log.error("heartbeat failed (retrying): %s", self._heartbeat_error, exc_info=exc)
+                    logged = self._heartbeat_error
+            # Until announced, and while failing, check often, so a server is reachable soon after.
+            healthy = self._announced and not self._heartbeat_error
+            await asyncio.sleep(self.settings.heartbeat_s if healthy else min(0.25, self.settings.heartbeat_s))
+
+    def _heartbeat_ended(self, task: asyncio.Task[None]) -> None:
+        if self._draining:
+            return
+        why = "cancelled" if task.cancelled() else repr(task.exception()) if task.exception() else "returned"
+        log.error("the heartbeat stopped (%s): this server is not ready from now on", why)
 
     def stats(self) -> dict[str, str]:
         """This server's figures for the operator page (totals: the page derives rates)."""
@@ -192,12 +211,17 @@ class ChatNode:
         """(ready, reason): not draining, Kafka consumed, Redis answering (checked at most 1/s)."""
         if self._draining:
             return False, "draining: this server is shutting down"
+        task = self._heartbeat_task
+        if task is not None and task.done():
+            how = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
+            return False, f"the registry heartbeat stopped ({how}): restart this server"
         ready, reason = self.bus.status()
         if not ready:
             return False, reason
+        if self._heartbeat_error:
+            return False, f"heartbeat to the registry at {self.settings.redis_url} fails: {self._heartbeat_error}"
         if not self._announced:
-            why = self._heartbeat_error or "in progress"
-            return False, f"registering this server in redis at {self.settings.redis_url}: {why}"
+            return False, f"registering this server in redis at {self.settings.redis_url}: in progress"
         checked_at, ok, why = self._registry_checked
         if time.monotonic() - checked_at > 1.0:
             try:

@@ -10,10 +10,10 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import jwt
 import pytest
@@ -22,26 +22,33 @@ from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamBufferFullError
 
 from chatserver.app import ChatNode, make_app
-from chatserver.bus import MemoryBroker, MemoryBus
+from chatserver.bus import Bus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
 from chatserver.handlers import ChatSocket
 from chatserver.history import MemoryHistory
-from chatserver.registry import MemoryRegistry
+from chatserver.registry import MemoryRegistry, Registry, RegistryError
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.conftest import free_port
 
 SECRET = "t" * 40
+T = TypeVar("T")
 
 
 @asynccontextmanager
-async def cluster(count: int = 2, **overrides: object) -> AsyncIterator[list[tuple[str, ChatNode]]]:
+async def cluster(
+    count: int = 2,
+    registry: Registry | None = None,
+    bus: Callable[[MemoryBroker, str], Bus] = MemoryBus,
+    **overrides: object,
+) -> AsyncIterator[list[tuple[str, ChatNode]]]:
     """``count`` in-process servers sharing a registry and a broker: [(base_url, node)]."""
-    registry, history, broker = MemoryRegistry(ttl_s=30), MemoryHistory(), MemoryBroker()
+    history, broker = MemoryHistory(), MemoryBroker()
+    registry = MemoryRegistry(ttl_s=30) if registry is None else registry
     nodes: list[tuple[str, ChatNode, HTTPServer]] = []
     for n in range(1, count + 1):
         port = free_port()
         settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **overrides)  # type: ignore[arg-type]
-        node = ChatNode(settings, registry, history, MemoryBus(broker, settings.server_id))
+        node = ChatNode(settings, registry, history, bus(broker, settings.server_id))
         await node.start()
         server = make_app(node).listen(port, "127.0.0.1")
         nodes.append((f"http://127.0.0.1:{port}", node, server))
@@ -260,6 +267,17 @@ async def test_a_name_with_a_trailing_newline_gets_no_token_and_no_session() -> 
         assert await refused_status(url, token) == 401
 
 
+async def until_async(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float, what: str) -> T:
+    """Call ``probe`` until ``done`` holds for its answer; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await probe()
+        if done(got):
+            return got
+        assert time.monotonic() < deadline, f"{what}: last {got!r}"
+        await asyncio.sleep(0.02)
+
+
 async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -307,3 +325,49 @@ async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pin
             await stuck.recv_until(lambda frame: False, timeout=3.0)
         for watcher, _ in watchers:
             assert watcher.close_code is None, "sockets that answer stay open"
+
+
+async def readyz(url: str) -> tuple[int, str]:
+    """The status of /readyz and, when not ready, its reason."""
+    response = await AsyncHTTPClient().fetch(url + "/readyz", raise_error=False)
+    if response.code == 200:
+        return 200, ""
+    return response.code, json.loads(response.body)["error"]["message"]
+
+
+class FlakyRegistry(MemoryRegistry):
+    """A registry whose heartbeats fail with ``failure`` while it is set."""
+
+    failure: Exception | None = None
+
+    async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
+        if self.failure is not None:
+            raise self.failure
+        await super().heartbeat(server_id, users, live)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_readiness_reports_failing_heartbeats_of_any_kind_and_recovers_with_them() -> None:
+    registry = FlakyRegistry(ttl_s=30)
+    async with cluster(1, registry=registry, heartbeat_s=0.05) as [(url, _node)]:
+        await until_async(lambda: readyz(url), lambda got: got[0] == 200, 5.0, "ready at first")
+        # Not only RegistryError: a bug, a reply the client cannot parse, a closed pool ...
+        for failure in (ValueError("unexpected reply from redis"), RegistryError("redis: connection refused")):
+            registry.failure = failure
+            _code, reason = await until_async(lambda: readyz(url), lambda got: got[0] == 503, 5.0, f"503 on {failure}")
+            assert "heartbeat" in reason and str(failure) in reason, reason
+            assert await refused_status(url, await login(url, "newcomer")) == 503, "no new sessions meanwhile"
+            registry.failure = None
+            await until_async(lambda: readyz(url), lambda got: got[0] == 200, 5.0, "the heartbeat recovers")
+        await connect(url, "newcomer")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_readiness_reports_a_heartbeat_task_that_ended() -> None:
+    async with cluster(1, heartbeat_s=0.05) as [(url, node)]:
+        await until_async(lambda: readyz(url), lambda got: got[0] == 200, 5.0, "ready at first")
+        task = node._heartbeat_task
+        assert task is not None
+        task.cancel()  # however it ends: nothing refreshes this server's entries any more
+        _code, reason = await until_async(lambda: readyz(url), lambda got: got[0] == 503, 5.0, "503 once it ended")
+        assert "heartbeat" in reason and "stopped" in reason, reason
