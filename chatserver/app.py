@@ -104,7 +104,10 @@ class ChatNode:
             store_and_route_together=shared_batch,
         )
         self._draining = False
-        self._announced = False  # in the registry's live set, so public messages reach it
+        # In the registry's live set, so public messages reach it. Only once ready the first time
+        # (its consumer position is then fixed); from then on it stays there while it runs and is
+        # not draining, even while its probe stalls: its sessions are open and must get them.
+        self._announced = False
         self._heartbeat_error = ""  # why the last heartbeat failed ("" when it did not)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._registry_checked = (0.0, False, "not checked yet")
@@ -159,10 +162,11 @@ class ChatNode:
         lets every entry expire while the server runs on (its sessions then get nothing)."""
         logged = ""  # the failure last logged: each distinct one is logged once, with its traceback
         while True:
-            live = self.bus.status()[0] and not self._draining
+            # Announced once ready; then live until draining, even while the probe stalls.
+            live = not self._draining and (self._announced or self.bus.status()[0])
             try:
                 await self.router.heartbeat(live)
-                self._announced = live
+                self._announced = self._announced or live
                 self._heartbeat_error = ""
                 if live:
                     await self.router.sweep_presence()

@@ -371,3 +371,48 @@ async def test_readiness_reports_a_heartbeat_task_that_ended() -> None:
         task.cancel()  # however it ends: nothing refreshes this server's entries any more
         _code, reason = await until_async(lambda: readyz(url), lambda got: got[0] == 503, 5.0, "503 once it ended")
         assert "heartbeat" in reason and "stopped" in reason, reason
+
+
+class StallingBus(MemoryBus):
+    """A memory bus whose probe can be made to stall (Kafka slow); messages still flow."""
+
+    stalled = False
+
+    def status(self) -> tuple[bool, str]:
+        return (False, "kafka: no probe came back for 20s") if self.stalled else (True, "ok")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_server_whose_probe_stalls_past_the_ttl_still_gets_public_messages_but_no_new_sessions() -> None:
+    shift = [0.0]
+    registry = MemoryRegistry(ttl_s=15, clock=lambda: time.monotonic() + shift[0])
+    buses: dict[str, StallingBus] = {}
+
+    def bus(broker: MemoryBroker, server_id: str) -> Bus:
+        buses[server_id] = StallingBus(broker, server_id)
+        return buses[server_id]
+
+    async with cluster(2, registry=registry, bus=bus, heartbeat_s=0.05) as [(url1, _), (url2, _)]:
+        for url in (url1, url2):
+            await until_async(lambda url=url: readyz(url), lambda got: got[0] == 200, 5.0, "both ready")
+        alice, bob = await connect(url1, "alice"), await connect(url2, "bob")
+        buses["ws-2"].stalled = True
+        shift[0] += 20.0  # the TTL passes while ws-2's probe stalls; bob's session stays open
+
+        async def heartbeats_after_the_stall() -> tuple[set[str], set[str]]:
+            return (await registry.servers_of(["alice", "bob"]))["bob"], await registry.live_servers()
+
+        # Both servers heartbeat again (bob's entry comes back), ws-1 is announced again.
+        await until_async(
+            heartbeats_after_the_stall,
+            lambda got: got[0] == {"ws-2"} and "ws-1" in got[1],
+            5.0,
+            "both servers heartbeat after the stall",
+        )
+        code, reason = await readyz(url2)
+        assert code == 503 and "probe" in reason, "readiness still follows the probe"
+        assert await refused_status(url2, await login(url2, "carol")) == 503, "no new sessions there"
+        await alice.send({"type": "public", "text": "to everyone", "cid": "p"})
+        assert (await alice.recv_type("ack"))["cid"] == "p"
+        got = await bob.recv_type("message")
+        assert (got["from"], got["text"]) == ("alice", "to everyone"), "acked means delivered to bob too"
