@@ -1,0 +1,235 @@
+"""benchmarks/trust.py: when a benchmark row is marked untrustworthy, from synthetic /proc trees."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import trust  # benchmarks/ is a folder of scripts, not a package
+
+HZ = trust.CLK_TCK
+HARNESS, GENERATOR, WORKER, SERVER, KAFKA, STRANGER, KWORKER = 100, 101, 102, 200, 300, 400, 50
+
+
+def write_proc(root: Path, cpu: dict[str, int], tasks: dict[int, dict[str, object]]) -> None:
+    """A /proc with its stat line and, per pid, a stat (with a tricky command name) and the
+    main thread's children list."""
+    columns = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "stat").write_text("cpu  " + " ".join(str(cpu.get(c, 0)) for c in columns) + " 0 0\ncpu0 1 2 3\n")
+    (root / "loadavg").write_text("0.10 0.20 0.30 1/100 4242\n")
+    for path in root.iterdir():  # processes that exited are gone from /proc
+        if path.is_dir() and int(path.name) not in tasks:
+            for f in sorted(path.rglob("*"), reverse=True):
+                f.unlink() if f.is_file() else f.rmdir()
+            path.rmdir()
+    for pid, t in tasks.items():
+        flags = trust.PF_KTHREAD if t.get("kthread") else 0
+        fields = ["S", "1", "1", "1", "0", "-1", str(flags), *["0"] * 4]
+        fields += [str(t.get(k, 0)) for k in ("utime", "stime", "cutime", "cstime")]
+        fields += ["20", "0", "1", "0", "5"]
+        (root / str(pid) / "task" / str(pid)).mkdir(parents=True, exist_ok=True)
+        name = t.get("name", "a (tricky) name")
+        (root / str(pid) / "stat").write_text(f"{pid} ({name}) " + " ".join(fields) + "\n")
+        children = " ".join(str(c) for c in t.get("children", ()))  # type: ignore[attr-defined]
+        (root / str(pid) / "task" / str(pid) / "children").write_text(children)
+
+
+def two_samples(
+    tmp_path: Path,
+    before: tuple[dict[str, int], dict[int, dict[str, object]]],
+    after: tuple[dict[str, int], dict[int, dict[str, object]]],
+    seconds: float = 1.0,
+) -> trust.Usage:
+    proc = trust.Proc(tmp_path / "proc")
+    roots = [HARNESS, SERVER, KAFKA]
+    write_proc(proc.root, *before)
+    first = dataclasses.replace(trust.sample(proc, roots, proc.kernel_threads()), t=1000.0)
+    write_proc(proc.root, *after)
+    last = dataclasses.replace(trust.sample(proc, roots, proc.kernel_threads()), t=1000.0 + seconds)
+    return trust.usage(first, last)
+
+
+def machine(busy: int, steal: int = 0, irq: int = 0, uptime: int = 100) -> dict[str, int]:
+    """/proc/stat of 2 CPUs after ``uptime`` seconds, ``busy`` jiffies of them user time."""
+    total = 2 * uptime * HZ
+    return {"user": busy, "softirq": irq, "steal": steal, "idle": total - busy - steal - irq}
+
+
+def core(pct: float) -> int:
+    """Jiffies of ``pct``% of one core for one second."""
+    return round(pct * HZ / 100)
+
+
+def tasks(harness: int, server: int, kafka: int, stranger: int = 0, kworker: int = 0) -> dict[int, dict[str, object]]:
+    return {
+        2: {"kthread": True, "children": [KWORKER]},
+        KWORKER: {"kthread": True, "stime": kworker},
+        HARNESS: {"utime": harness, "children": []},
+        SERVER: {"utime": server},
+        KAFKA: {"utime": kafka},
+        STRANGER: {"utime": stranger},
+    }
+
+
+LIMITS = trust.Limits()
+REFERENCE = {"calibration": {"cpu_s": 0.125, "wall_s": 0.126}}
+QUIET_CALIBRATION = {"cpu_s": 0.127, "wall_s": 0.129, "rounds": 3}
+
+
+def test_a_quiet_machine_is_trusted(tmp_path: Path) -> None:
+    # In one second the run's processes used 0.6 of a core and the machine as much, plus a
+    # little kernel work: nobody else ran.
+    used = two_samples(
+        tmp_path,
+        (machine(10_000), tasks(1_000, 2_000, 3_000)),
+        (
+            machine(10_000 + core(61), irq=core(1), uptime=101),
+            tasks(1_000 + core(10), 2_000 + core(30), 3_000 + core(20), kworker=core(1)),
+        ),
+    )
+    assert used.others_pct == pytest.approx(0, abs=0.01)
+    assert used.participants_pct == pytest.approx(60)
+    assert used.kernel_pct == pytest.approx(2)
+    assert used.steal_pct == 0
+    assert trust.reasons(LIMITS, before=used, during=used, calibration=QUIET_CALIBRATION, reference=REFERENCE) == []
+
+
+def test_another_process_using_the_machine_is_named_as_others(tmp_path: Path) -> None:
+    used = two_samples(
+        tmp_path,
+        (machine(10_000), tasks(1_000, 2_000, 3_000, stranger=500)),
+        (
+            machine(10_000 + core(98), uptime=101),
+            tasks(1_000 + core(10), 2_000 + core(30), 3_000 + core(20), stranger=500 + core(38)),
+        ),
+    )
+    assert used.others_pct == pytest.approx(38)
+    assert trust.reasons(LIMITS, during=used) == ["others 38% of a core during the row"]
+    assert trust.reasons(trust.Limits(others_pct=50), during=used) == [], "the threshold is an option"
+
+
+def test_the_busiest_others_are_named(tmp_path: Path) -> None:
+    proc = trust.Proc(tmp_path / "proc")
+    before = tasks(1_000, 2_000, 3_000, stranger=500)
+    before[STRANGER]["name"] = "pytest"
+    write_proc(proc.root, machine(10_000), before)
+    first = (1000.0, trust.snapshot(proc)[1])
+    after = tasks(1_000 + core(10), 2_000, 3_000, stranger=500 + core(38))
+    after[STRANGER]["name"] = "pytest"
+    after[STRANGER + 1] = {"name": "java", "utime": core(8)}  # started meanwhile
+    write_proc(proc.root, machine(10_000 + core(56), uptime=101), after)
+    last = (1001.0, trust.snapshot(proc)[1])
+    named = trust.top_others(first, last, proc.tree([HARNESS, SERVER, KAFKA]))
+    assert named == (("pytest", 38.0), ("java", 8.0)), "participants and kernel threads are not named"
+    busy = trust.Usage(seconds=1, others_pct=46, participants_pct=10, kernel_pct=0, steal_pct=0, top_others=named)
+    assert trust.reasons(LIMITS, during=busy) == ["others 46% of a core during the row (pytest 38%, java 8%)"]
+    assert busy.to_dict()["top_others"] == {"pytest": 38.0, "java": 8.0}
+
+
+def test_a_participant_child_that_exits_between_samples_is_not_taken_for_others(tmp_path: Path) -> None:
+    # The load generator (a child of the harness) and its worker: the worker exits and is
+    # reaped, so its time moves into the generator's reaped figure, then the generator's into
+    # the harness's. The sum over the run's trees must not drop.
+    def with_generator(generator: dict[str, object], harness_reaped: int, worker: dict[str, object] | None) -> dict:
+        t = tasks(1_000, 2_000, 3_000)
+        t[HARNESS] = {"utime": 1_000, "cutime": harness_reaped, "children": [GENERATOR] if generator else []}
+        if generator:
+            t[GENERATOR] = {**generator, "children": [WORKER] if worker else []}
+        if worker:
+            t[WORKER] = worker
+        return t
+
+    proc = trust.Proc(tmp_path / "proc")
+    roots = [HARNESS, SERVER, KAFKA]
+    write_proc(proc.root, machine(10_000), with_generator({"utime": 100}, 0, {"utime": 300}))
+    first = trust.sample(proc, roots)
+    write_proc(proc.root, machine(10_000 + 50), with_generator({"utime": 120, "cutime": 330}, 0, None))
+    middle = trust.sample(proc, roots)
+    write_proc(proc.root, machine(10_000 + 60), with_generator({}, 460, None))
+    last = trust.sample(proc, roots)
+    assert middle.participants - first.participants == 50
+    assert last.participants - middle.participants == 10
+    assert trust.usage(dataclasses.replace(first, t=0), dataclasses.replace(last, t=1)).others_pct == 0
+
+
+def test_steal_is_flagged(tmp_path: Path) -> None:
+    # 8% of one core's time (4% of the 2 CPUs' time) went to other guests.
+    used = two_samples(
+        tmp_path,
+        (machine(10_000), tasks(1_000, 2_000, 3_000)),
+        (machine(10_000 + core(10), steal=core(8), uptime=101), tasks(1_000 + core(10), 2_000, 3_000)),
+    )
+    assert used.steal_pct == pytest.approx(4, abs=0.1)
+    assert used.others_pct == pytest.approx(0, abs=0.01)
+    assert trust.reasons(LIMITS, before=used) == ["steal 4.0% before the row"]
+
+
+def test_a_slow_calibration_is_flagged() -> None:
+    slow = {"cpu_s": 0.2, "wall_s": 0.205, "rounds": 3}
+    assert trust.slowdown(slow, REFERENCE) == 1.6
+    assert trust.reasons(LIMITS, calibration=slow, reference=REFERENCE) == [
+        "calibration 1.60x slower than the reference"
+    ]
+
+
+def test_a_calibration_that_waited_for_a_core_is_flagged() -> None:
+    waited = {"cpu_s": 0.125, "wall_s": 0.25, "rounds": 3}
+    assert trust.reasons(LIMITS, calibration=waited, reference=REFERENCE) == [
+        "calibration took 2.0x its CPU time (waiting for a core, or throttled)"
+    ]
+
+
+def test_no_reference_means_no_speed_verdict() -> None:
+    assert trust.slowdown(QUIET_CALIBRATION, {}) is None
+    assert trust.reasons(LIMITS, calibration=QUIET_CALIBRATION, reference={}) == []
+
+
+def test_a_busy_load_generator_is_flagged() -> None:
+    assert trust.reasons(LIMITS, generator_us=49.0) == []
+    assert trust.reasons(LIMITS, generator_us=270.4) == ["generator 270 µs/msg > 50: it limits the measurement"]
+
+
+def test_every_reason_is_given_at_once() -> None:
+    busy = trust.Usage(seconds=1, others_pct=38, participants_pct=60, kernel_pct=1, steal_pct=4)
+    found = trust.reasons(
+        LIMITS, before=busy, during=busy, calibration={"cpu_s": 0.2, "wall_s": 0.2}, reference=REFERENCE
+    )
+    assert found == [
+        "others 38% of a core before the row",
+        "steal 4.0% before the row",
+        "others 38% of a core during the row",
+        "steal 4.0% during the row",
+        "calibration 1.60x slower than the reference",
+    ]
+
+
+def test_the_window_is_interpolated_between_samples() -> None:
+    samples = [
+        trust.Sample(t=0.0, busy=0, interrupts=0, steal=0, total=0, participants=0, kernel=0),
+        trust.Sample(t=1.0, busy=2 * HZ, interrupts=0, steal=0, total=2 * HZ, participants=HZ, kernel=0),
+    ]
+    half = trust.window(samples, 0.25, 0.75)
+    assert half.seconds == 0.5
+    assert half.others_pct == pytest.approx(100, abs=2)  # a core of others, both halves alike
+
+
+def test_the_calibration_measures_cpu_and_wall_time() -> None:
+    result = trust.calibrate(rounds=1)
+    assert 0 < result["cpu_s"] <= result["wall_s"] * 1.05 and result["rounds"] == 1
+
+
+def test_spread_is_the_median_and_range() -> None:
+    assert trust.spread([3.1, None, 4.0, 3.3]) == {"median": 3.3, "min": 3.1, "max": 4.0}
+    assert trust.spread([None]) is None
+
+
+def test_the_real_proc_can_be_read() -> None:
+    proc = trust.Proc()
+    used = trust.measure(proc, [1], 0.05)
+    assert used.seconds >= 0.05 and used.others_pct >= 0 and 0 <= used.steal_pct <= 100
+    assert len(proc.loadavg()) == 3
