@@ -102,6 +102,8 @@ class ChatNode:
             rooms,
             presence_max_online=settings.presence_max_online,
             store_and_route_together=shared_batch,
+            resume_wait_s=settings.resume_wait_ms / 1000,
+            gap_wait_s=settings.gap_wait_ms / 1000,
         )
         self._draining = False
         # In the registry's live set, so public messages reach it. Only once ready the first time

@@ -10,13 +10,20 @@ whichever is more, and never more than ``max_keep``.
 kind, recipient and text) within ``dedupe_s`` gets the first attempt's id and offsets back,
 so a client that retries after an error or a lost ack never creates a second message.
 
+Every channel has an *epoch*: a string that changes whenever the channel's offsets start
+over because its storage lost them (a Redis that restarted empty). An offset means something
+only together with its epoch; a client that resumes with an old epoch is told its channel has a
+gap instead of being replayed the wrong messages. Epochs sort by the time they were made.
+
 Redis layout (names from ``Names``): ``chat:chan:{channel}:seq`` (counter),
-``chat:chan:{channel}:log`` (sorted set scored by offset; member ``"{ts}|{json}"``),
-``chat:sent:{user}:{fingerprint}`` (``"{id}|{ts}|{o1},{o2}"``, expiring).
+``chat:chan:{channel}:epoch`` (string), ``chat:chan:{channel}:log`` (sorted set scored by
+offset; member ``"{ts}|{json}"``), ``chat:sent:{user}:{fingerprint}``
+(``"{id}|{ts}|{o1},{o2}|{e1},{e2}"``, expiring).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +52,25 @@ class Stored:
     ts: int
     offsets: tuple[tuple[str, int], ...]
     duplicate: bool = False
+    epochs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A channel's newest offset (0 before its first message) and its epoch."""
+
+    offset: int
+    epoch: str
+
+
+#: How long a message's id alone (no ``cid``) recognises a second run of its store: long enough
+#: for a client library's retry of a command whose reply was lost, short enough to cost no memory.
+RERUN_WINDOW_MS = 10_000
+
+
+def new_epoch(clock: Clock = time.time) -> str:
+    """A fresh epoch: the time it was made (so later epochs sort higher), then random bits."""
+    return f"{int(clock() * 1000):012x}{random.getrandbits(32):08x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +90,10 @@ class History(Protocol):
         """The newest offset of each channel (0 for a channel with no message yet)."""
         ...
 
+    async def heads(self, channels: Sequence[str]) -> dict[str, Head]:
+        """The newest offset and the epoch of each channel (an epoch is made if it has none)."""
+        ...
+
     async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
         """Up to ``limit`` messages with offsets above ``offset``, oldest first, and the oldest
         offset still stored (0 when the log is empty)."""
@@ -74,6 +104,10 @@ class History(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _member(envelope: Envelope, channel: str) -> str:
@@ -87,27 +121,47 @@ def _message(member: bytes | str, offset: float) -> Message:
     return body
 
 
-def _parse_sent(value: bytes | str, channels: Sequence[str]) -> Stored:
+def _parse_stored(value: bytes | str, channels: Sequence[str], duplicate: bool) -> Stored:
+    """``"{id}|{ts}|{o1},{o2}|{e1},{e2}"`` as the store script answers and keeps for retries."""
     text = value.decode() if isinstance(value, bytes) else value
-    message_id, ts, offsets = text.split("|")
+    message_id, ts, offsets, epochs = text.split("|")
     return Stored(
-        message_id, int(ts), tuple(zip(channels, (int(o) for o in offsets.split(",")), strict=True)), duplicate=True
+        message_id,
+        int(ts),
+        tuple(zip(channels, (int(o) for o in offsets.split(",")), strict=True)),
+        duplicate,
+        tuple(zip(channels, epochs.split(","), strict=True)),
     )
 
 
-# KEYS: sent key, then (seq, log) per channel. ARGV: dedupe?, dedupe ttl ms, now ms, min keep,
-# max keep, keep ms, "id|ts", then one member per channel.
-_STORE_LUA = """
-local n = (#KEYS - 1) / 2
-if ARGV[1] == '1' then
-  local prior = redis.call('GET', KEYS[1])
-  if prior then return {1, prior} end
+# The epoch of KEYS[k], made (as ARGV[a]) if it has none. Shared by both scripts.
+_EPOCH_LUA = """
+local function epoch_of(key, fresh)
+  local epoch = redis.call('GET', key)
+  if not epoch then
+    redis.call('SET', key, fresh)
+    epoch = fresh
+  end
+  return epoch
 end
-local now = tonumber(ARGV[3])
-local min_keep, max_keep, keep_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local offsets = {}
+"""
+
+# KEYS: sent key, then (seq, log, epoch) per channel. ARGV: dedupe ttl ms, now ms, min keep,
+# max keep, keep ms, "id|ts", a fresh epoch, then one member per channel. The sent key is
+# always written: a retry (same cid) or a re-run of the same call (same id) finds the first
+# attempt and changes nothing.
+_STORE_LUA = (
+    _EPOCH_LUA
+    + """
+local n = (#KEYS - 1) / 3
+local prior = redis.call('GET', KEYS[1])
+if prior then return {1, prior} end
+local now = tonumber(ARGV[2])
+local min_keep, max_keep, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local offsets, epochs = {}, {}
 for i = 1, n do
-  local seq, log = KEYS[2 * i], KEYS[2 * i + 1]
+  local seq, log = KEYS[3 * i - 1], KEYS[3 * i]
+  epochs[i] = epoch_of(KEYS[3 * i + 1], ARGV[7])
   local offset = redis.call('INCR', seq)
   redis.call('ZADD', log, offset, ARGV[7 + i])
   local card = redis.call('ZCARD', log)
@@ -126,11 +180,24 @@ for i = 1, n do
   end
   offsets[i] = offset
 end
-if ARGV[1] == '1' then
-  redis.call('SET', KEYS[1], ARGV[7] .. '|' .. table.concat(offsets, ','), 'PX', ARGV[2])
-end
-return {0, table.concat(offsets, ',')}
+local stored = ARGV[6] .. '|' .. table.concat(offsets, ',') .. '|' .. table.concat(epochs, ',')
+redis.call('SET', KEYS[1], stored, 'PX', ARGV[1])
+return {0, stored}
 """
+)
+
+# KEYS: (seq, epoch) per channel. ARGV: a fresh epoch. Answers offset, epoch, offset, epoch...
+_HEADS_LUA = (
+    _EPOCH_LUA
+    + """
+local heads = {}
+for i = 1, #KEYS / 2 do
+  heads[2 * i - 1] = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  heads[2 * i] = epoch_of(KEYS[2 * i], ARGV[1])
+end
+return heads
+"""
+)
 
 
 class RedisHistory:
@@ -149,30 +216,40 @@ class RedisHistory:
         self._batch = batch or RedisBatch(client)  # stores of one loop turn share a round trip
 
     async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        """Without a ``fingerprint`` the message's id is the key that recognises a second run."""
         channels = envelope.channels()
-        keys = [self._names.sent(envelope.sender, fingerprint or "-")]
+        keys = [self._names.sent(envelope.sender, fingerprint or "id-" + envelope.id)]
         for channel in channels:
-            keys += [self._names.channel_seq(channel), self._names.channel_log(channel)]
+            names = self._names
+            keys += [names.channel_seq(channel), names.channel_log(channel), names.channel_epoch(channel)]
         r = self._retention
         args: list[str | int] = [
-            "1" if fingerprint else "0",
-            int(r.dedupe_s * 1000),
+            int(r.dedupe_s * 1000) if fingerprint else RERUN_WINDOW_MS,
             int(self._clock() * 1000),
             r.min_keep,
             r.max_keep,
             int(r.keep_s * 1000),
             f"{envelope.id}|{envelope.ts}",
+            new_epoch(self._clock),
             *(_member(envelope, c) for c in channels),
         ]
         try:
             flag, value = await self._batch.eval(_STORE_LUA, keys, args)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
-        if flag == 1:
-            return _parse_sent(value, channels)
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        offsets = tuple(zip(channels, (int(o) for o in text.split(",")), strict=True))
-        return Stored(envelope.id, envelope.ts, offsets)
+        return _parse_stored(value, channels, duplicate=flag == 1)
+
+    async def heads(self, channels: Sequence[str]) -> dict[str, Head]:
+        if not channels:
+            return {}
+        keys = []
+        for channel in channels:
+            keys += [self._names.channel_seq(channel), self._names.channel_epoch(channel)]
+        try:
+            found = await self._batch.eval(_HEADS_LUA, keys, [new_epoch(self._clock)])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return {c: Head(int(found[2 * i]), _text(found[2 * i + 1])) for i, c in enumerate(channels)}
 
     async def latest(self, channels: Sequence[str]) -> dict[str, int]:
         if not channels:
@@ -216,6 +293,7 @@ class MemoryHistory:
         self._retention = retention
         self._clock = clock
         self._seq: dict[str, int] = {}
+        self._epochs: dict[str, str] = {}
         self._logs: dict[str, list[tuple[int, int, Message]]] = {}  # (offset, ts, body)
         self._sent: dict[tuple[str, str], tuple[float, Stored]] = {}
 
@@ -226,17 +304,31 @@ class MemoryHistory:
             if prior is not None and prior[0] > now:
                 s = prior[1]
                 return Stored(s.id, s.ts, s.offsets, duplicate=True)
-        offsets = []
+        offsets, epochs = [], []
         for channel in envelope.channels():
             offset = self._seq[channel] = self._seq.get(channel, 0) + 1
             log = self._logs.setdefault(channel, [])
             log.append((offset, envelope.ts, envelope.message_body(channel)))
             self._trim(log, now)
             offsets.append((channel, offset))
-        stored = Stored(envelope.id, envelope.ts, tuple(offsets))
+            epochs.append((channel, self._epoch(channel)))
+        stored = Stored(envelope.id, envelope.ts, tuple(offsets), epochs=tuple(epochs))
         if fingerprint is not None:
             self._sent[(envelope.sender, fingerprint)] = (now + self._retention.dedupe_s, stored)
         return stored
+
+    def _epoch(self, channel: str) -> str:
+        epoch = self._epochs.get(channel)
+        if epoch is None:
+            epoch = self._epochs[channel] = new_epoch(self._clock)
+        return epoch
+
+    def lose_everything(self) -> None:
+        """Forget every message, offset and epoch, as a Redis that restarted empty (for tests)."""
+        self._seq.clear()
+        self._epochs.clear()
+        self._logs.clear()
+        self._sent.clear()
 
     def _trim(self, log: list[tuple[int, int, Message]], now: float) -> None:
         r = self._retention
@@ -248,6 +340,9 @@ class MemoryHistory:
 
     async def latest(self, channels: Sequence[str]) -> dict[str, int]:
         return {c: self._seq.get(c, 0) for c in channels}
+
+    async def heads(self, channels: Sequence[str]) -> dict[str, Head]:
+        return {c: Head(self._seq.get(c, 0), self._epoch(c)) for c in channels}
 
     async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
         log = self._logs.get(channel, [])

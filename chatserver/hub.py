@@ -7,7 +7,7 @@ non-blocking ``send``/``close``. A frame written to many sessions is encoded onc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, KeysView
+from collections.abc import Iterable, Iterator, KeysView, Mapping
 from typing import Protocol
 
 from chatserver.protocol import OutFrame
@@ -29,27 +29,43 @@ class Session(Protocol):
 
 
 class _Gate:
-    """Live frames of a session held back while its channels are replayed (``resume``)."""
+    """What one session may still be sent of each channel it reads.
 
-    __slots__ = ("all", "held", "queue", "upto")
+    ``top[channel]`` is the highest offset the session was sent (or told of, by ``welcome``):
+    a live frame goes out only above it, so a session never gets a copy or an older message.
+    ``floor[channel]``: nothing at or below it was sent, everything above it up to ``top`` was,
+    so a ``resume`` from further back replays only what is below the floor and above the top.
+    While a channel is held (until the session is greeted, while it is replayed), its frames
+    queue, and go out by the same rule when it is released."""
+
+    __slots__ = ("all", "floor", "held", "queue", "top")
 
     def __init__(self) -> None:
         self.all = False  # hold every frame (until the session is greeted)
         self.held: set[str] = set()
         self.queue: list[OutFrame] = []
-        self.upto: dict[str, int] = {}  # replayed up to this offset: older live copies are dropped
+        self.top: dict[str, int] = {}
+        self.floor: dict[str, int] = {}
 
     def admit(self, frame: OutFrame) -> bool:
         if self.all:
             self.queue.append(frame)
             return False
-        channel = frame.body.get("channel")
+        body = frame.body
+        channel = body.get("channel")
         if channel is None:
             return True
         if channel in self.held:
             self.queue.append(frame)
             return False
-        return bool(frame.body.get("offset", 0) > self.upto.get(channel, 0))
+        offset = body.get("offset", 0)
+        if offset <= self.top.get(channel, 0):
+            return False
+        self.top[channel] = offset
+        return True
+
+
+_NO_GATE = _Gate()
 
 
 class Hub:
@@ -126,19 +142,53 @@ class Hub:
         gate.held.update(channels)
         gate.all = gate.all or everything
 
-    def release(self, session: Session, upto: dict[str, int]) -> None:
-        """End a replay that sent ``session`` every message up to ``upto[channel]``: flush the
-        held frames it did not already send, in arrival order, and drop older copies later."""
+    def place(self, session: Session, positions: Mapping[str, int]) -> None:
+        """``session`` starts reading each channel at ``positions`` (``welcome``'s, a room it
+        joined, a channel whose offsets started over): only later offsets go out to it."""
+        gate = self._gates.setdefault(session.id, _Gate())
+        for channel, offset in positions.items():
+            gate.floor[channel] = gate.top[channel] = max(gate.top.get(channel, 0), offset)
+
+    def replayed(self, session: Session, channel: str, after: int, upto: int) -> None:
+        """A replay sent ``session`` what it had not been sent of ``(after, upto]``."""
+        gate = self._gates.setdefault(session.id, _Gate())
+        top = gate.top.get(channel, 0)
+        gate.floor[channel] = min(gate.floor.get(channel, top), after)
+        gate.top[channel] = max(top, upto)
+
+    def sent(self, session: Session, channel: str) -> tuple[int, int]:
+        """(floor, top) of ``channel`` for ``session``: it was sent every offset in ``(floor,
+        top]`` (its own messages excepted: it has their acks) and nothing at or below ``floor``."""
+        gate = self._gates.get(session.id)
+        if gate is None:
+            return 0, 0
+        top = gate.top.get(channel, 0)
+        return gate.floor.get(channel, top), top
+
+    def release(self, session: Session, channels: Iterable[str] | None = None) -> None:
+        """Stop holding ``channels`` (None: every one, and every frame): their queued frames go
+        out in arrival order, minus those ``place`` says the session has."""
         gate = self._gates.get(session.id)
         if gate is None:
             return
-        gate.upto.update(upto)
-        gate.held.difference_update(upto)
+        if channels is None:
+            gate.held.clear()
+        else:
+            gate.held.difference_update(channels)
         gate.all = False
         queued, gate.queue = gate.queue, []
         for frame in queued:
             if gate.admit(frame) and self.has_session(session):
                 session.send(frame)
+
+    def holding(self, session: Session) -> set[str]:
+        """The channels of ``session`` held right now."""
+        gate = self._gates.get(session.id)
+        return set(gate.held) if gate is not None else set()
+
+    def readers(self, channel: str) -> list[Session]:
+        """The sessions here that read ``channel`` (were placed in it)."""
+        return [s for s in self.sessions() if channel in self._gates.get(s.id, _NO_GATE).top]
 
     def has_session(self, session: Session) -> bool:
         return session.id in self._by_user.get(session.user, {})

@@ -70,6 +70,11 @@ class Metrics:
             "chat_backlog_oldest_seconds", "Age of the oldest accepted message not yet acked or refused", registry=r
         )
         self.replayed = Counter("chat_replayed_messages", "Messages replayed by resume", registry=r)
+        self.channel_resets = Counter(
+            "chat_channel_resets",
+            "Channels whose readers here were told to resume: offsets started over, or a hole history lost",
+            registry=r,
+        )
         self.consumer_lag = Gauge("chat_consumer_lag", "Messages in this server's topic not consumed yet", registry=r)
         self.bus_failures = Counter("chat_bus_publish_failures", "Publishes the bus refused", registry=r)
         self.registry_failures = Counter("chat_registry_failures", "Registry calls that failed", registry=r)

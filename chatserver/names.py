@@ -33,6 +33,10 @@ class Names:
         """Redis counter: the latest offset of ``channel`` (offsets start at 1)."""
         return f"{self.prefix}chat:chan:{channel}:seq"
 
+    def channel_epoch(self, channel: str) -> str:
+        """Redis string: the epoch of ``channel``'s offsets (new whenever they start over)."""
+        return f"{self.prefix}chat:chan:{channel}:epoch"
+
     def channel_log(self, channel: str) -> str:
         """Redis sorted set: the stored messages of ``channel``, scored by offset."""
         return f"{self.prefix}chat:chan:{channel}:log"

@@ -106,6 +106,7 @@ class HistoryFrame:
 class ResumeFrame:
     positions: tuple[tuple[str, int], ...]
     cid: str | None = None
+    epochs: tuple[tuple[str, str], ...] = ()  # version 2: the epoch the client knows per channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
             cid=cid,
         )
     if kind == "resume":
-        return ResumeFrame(positions=_positions(obj, cid), cid=cid)
+        return ResumeFrame(positions=_positions(obj, cid), cid=cid, epochs=_epochs(obj, cid))
     if kind == "join":
         return JoinFrame(room=_name(obj, "room", cid), cid=cid)
     if kind == "leave":
@@ -281,6 +282,26 @@ def _positions(obj: dict[Any, Any], cid: str | None) -> tuple[tuple[str, int], .
     return tuple(sorted(pairs))
 
 
+MAX_EPOCH_CHARS: Final = 64
+
+
+def _epochs(obj: dict[Any, Any], cid: str | None) -> tuple[tuple[str, str], ...]:
+    epochs = obj.get("epochs")
+    if epochs is None:
+        return ()
+    if not isinstance(epochs, dict) or len(epochs) > MAX_RESUME_CHANNELS:
+        raise ProtocolError(
+            BAD_FRAME, f"field 'epochs' must map at most {MAX_RESUME_CHANNELS} channels to strings", cid
+        )
+    pairs = []
+    for channel, epoch in epochs.items():
+        _channel(channel, cid)
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_CHARS:
+            raise ProtocolError(BAD_FRAME, f"the epoch of {channel!r} must be a string from 'welcome'", cid)
+        pairs.append((channel, epoch))
+    return tuple(sorted(pairs))
+
+
 # ---------------------------------------------------------------------------- codecs
 
 
@@ -364,9 +385,18 @@ class OutFrame:
 MessageKind = Literal["public", "private", "room", "event"]
 
 
-def welcome(user: str, server: str, positions: dict[str, int], rooms: list[str] | None = None) -> OutFrame:
-    """``rooms`` (an addition): the rooms the user is in; ``positions`` then covers their channels too."""
+def welcome(
+    user: str,
+    server: str,
+    positions: dict[str, int],
+    rooms: list[str] | None = None,
+    epochs: dict[str, str] | None = None,
+) -> OutFrame:
+    """``rooms`` (an addition): the rooms the user is in; ``positions`` then covers their channels
+    too. ``epochs`` (version 2): each channel's epoch, for ``resume``."""
     body: dict[str, Any] = {"type": "welcome", "user": user, "server": server, "positions": positions}
+    if epochs is not None:
+        body["epochs"] = epochs
     if rooms:
         body["rooms"] = rooms
     return OutFrame(body)
@@ -376,6 +406,11 @@ def ack(cid: str | None, message_id: str, ts: int, channel: str, offset: int) ->
     """``channel`` and ``offset`` (an addition to the protocol): where the sender's own copy is
     stored, since the sending session gets no echo of a private message."""
     return OutFrame({"type": "ack", "cid": cid, "id": message_id, "ts": ts, "channel": channel, "offset": offset})
+
+
+def membership_ack(cid: str, room: str) -> OutFrame:
+    """Version 2: a ``join`` or ``leave`` with a ``cid`` is answered once the membership is stored."""
+    return OutFrame({"type": "ack", "cid": cid, "room": room})
 
 
 def error(code: str, message: str, cid: str | None = None) -> OutFrame:
@@ -392,11 +427,22 @@ def history(channel: str, messages: list[dict[str, Any]], cid: str | None) -> Ou
     return OutFrame(body)
 
 
-def resumed(recovered: bool, cid: str | None, gaps: list[str]) -> OutFrame:
-    """``gaps`` (an addition to the protocol): the channels whose gap history no longer covers."""
+def resumed(
+    recovered: bool,
+    cid: str | None,
+    gaps: list[str],
+    positions: dict[str, int] | None = None,
+    epochs: dict[str, str] | None = None,
+) -> OutFrame:
+    """``gaps``: the channels whose gap history no longer covers (or whose epoch changed);
+    ``positions`` and ``epochs`` (version 2): where each resumed channel now stands."""
     body: dict[str, Any] = {"type": "resumed", "recovered": recovered}
     if gaps:
         body["gaps"] = gaps
+    if positions is not None:
+        body["positions"] = positions
+    if epochs is not None:
+        body["epochs"] = epochs
     if cid is not None:
         body["cid"] = cid
     return OutFrame(body)
@@ -471,6 +517,7 @@ class Envelope:
     room: str | None = None
     event: dict[str, Any] | None = None  # kind "event": a transient frame (presence, typing)
     receipt: bool = False  # the sending session asked for "delivered" receipts
+    epochs: tuple[tuple[str, str], ...] = ()  # the epoch of each offset (empty from older servers)
 
     def channels(self) -> tuple[str, ...]:
         """The channels that store this message: ``public``, the room's, or both users'."""
@@ -498,6 +545,7 @@ class Envelope:
                 "m": self.room,
                 "e": self.event,
                 "d": self.receipt,
+                "p": dict(self.epochs),
             },
             use_bin_type=True,
         )
@@ -525,6 +573,7 @@ class Envelope:
                 room=None if obj.get("m") is None else str(obj["m"]),
                 event=obj.get("e") if isinstance(obj.get("e"), dict) else None,
                 receipt=obj.get("d") is True,
+                epochs=tuple((str(c), str(e)) for c, e in (obj.get("p") or {}).items()),
             )
         except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             if isinstance(exc, EnvelopeError):

@@ -12,6 +12,10 @@ Sending: the message is first stored (offsets assigned in its channels), then ro
   (always this one); each delivers it to the recipient's sessions and the sender's other ones.
 Storing before looking up the route is what makes recovery exact: a session registers before
 it reads its positions, so every message stored after that read is also routed to it.
+Delivering: bus messages pass a ``Sequencer`` (each channel in offset order, holes filled from
+history, copies dropped), then the hub (each session only above what it has). After ``welcome``
+a session's channels are held until it sends ``resume`` (or a message, or ``resume_wait_s``
+passes), so a replay and the live messages form one increasing sequence.
 The sender's ``ack`` goes out only when the store and every topic have the message; while
 the oldest message still waiting for that has waited too long, new ones are refused at once
 (``limits.Backlog``).
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
@@ -36,11 +41,14 @@ from chatserver.limits import Backlog, LimitError, TokenBucket, UserLimiter
 from chatserver.metrics import Metrics
 from chatserver.registry import SWEEP_PAGE, Registry, RegistryError
 from chatserver.rooms import MemoryRooms, Rooms, RoomsError
+from chatserver.sequencer import Deliver, Sequencer
 
 log = logging.getLogger(__name__)
 
 #: WebSocket close code: the server is going away (clients reconnect elsewhere).
 CLOSE_GOING_AWAY = 1001
+#: WebSocket close code: a dependency is down right now (clients reconnect after a pause).
+CLOSE_TRY_AGAIN = 1013
 
 
 class ClientSession(Session, Protocol):
@@ -98,6 +106,12 @@ class _Flow:
 
 #: WebSocket close code: the client broke a policy (it kept flooding after rate_limited errors).
 CLOSE_POLICY = 1008
+#: WebSocket close code: a channel the session reads started its offsets over (its storage lost
+#: data); the client reconnects and resumes, and is told which channels have a gap.
+CLOSE_RESET = 4002
+
+#: Frames that end the hold after ``welcome``: the client resumes, or it is plainly not going to.
+_ENDS_HOLD = (p.ResumeFrame, p.PublicFrame, p.PrivateFrame, p.RoomFrame)
 
 
 class Router:
@@ -118,6 +132,8 @@ class Router:
         new_id: Callable[[], str] = _new_id,
         presence_max_online: int = 0,
         store_and_route_together: bool = False,
+        resume_wait_s: float = 0.0,
+        gap_wait_s: float = 0.25,
     ) -> None:
         self.server_id = server_id
         self.hub = hub
@@ -141,6 +157,9 @@ class Router:
         self._in_flight = 0  # frames being handled right now
         self._idle = asyncio.Event()
         self._idle.set()
+        self._resume_wait_s = resume_wait_s
+        self._awaiting: dict[str, asyncio.TimerHandle] = {}  # greeted sessions that may resume
+        self._sequencer = Sequencer(self._fill, self._channel_reset, gap_wait_s)
 
     # ------------------------------------------------------------------ sessions
 
@@ -149,8 +168,8 @@ class Router:
 
         Registering first means that every message stored after the positions were read is
         also routed here (see the module docstring). Until ``welcome`` is out, live frames are
-        held; then only those newer than the positions it reports are sent: older ones are
-        history to this client, and ``resume`` replays them when it wants them."""
+        held; then those of its channels stay held until it resumes (see ``_end_hold``), and
+        only those newer than the positions it was given are sent."""
         user = session.user
         try:
             rooms = await self._rooms.rooms_of(user)
@@ -161,6 +180,8 @@ class Router:
         self._buckets[session.id] = _Flow(self._limits)
         first = self.hub.add(session)
         self.hub.hold(session, channels, everything=True)  # welcome goes first
+        for channel in channels:
+            self._sequencer.expect(channel)
         self._metrics.sessions_per_user.observe(self.hub.count(user))
         if first:
             pending = self._unregistering.get(user)
@@ -176,22 +197,48 @@ class Router:
                 log.warning("could not register %s: %s", user, exc)
         self._count_sessions()
         try:
-            positions = await self._history.latest(channels)
-        except HistoryError as exc:
+            heads = await self._history.heads(channels)
+        except HistoryError as exc:  # positions it could not be told: come back later
             log.warning("positions of %s unknown: %s", user, exc)
-            positions = {}
-        session.send(p.welcome(user, self.server_id, positions, rooms))
-        self.hub.release(session, {c: positions.get(c, 0) for c in channels})
+            session.close(CLOSE_TRY_AGAIN, "the message store is unavailable; reconnect shortly")
+            return
+        if not self.hub.has_session(session):
+            return  # closed while it was being greeted
+        positions = {c: h.offset for c, h in heads.items()}
+        for channel, head in heads.items():
+            if self._sequencer.start(channel, head.epoch, head.offset):
+                self._channel_reset(channel)
+        self.hub.place(session, positions)
+        session.send(p.welcome(user, self.server_id, positions, rooms, {c: h.epoch for c, h in heads.items()}))
+        self.hub.release(session, [])  # events go out; the channels wait for resume
+        if self._resume_wait_s > 0:
+            loop = asyncio.get_running_loop()
+            self._awaiting[session.id] = loop.call_later(self._resume_wait_s, self._end_hold, session)
+        else:
+            self.hub.release(session)
+
+    def _end_hold(self, session: ClientSession) -> None:
+        """The session did not resume in time (or sent a message first): its channels go live
+        from the positions ``welcome`` gave it."""
+        timer = self._awaiting.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+            self.hub.release(session)
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""
         self._buckets.pop(session.id, None)
         self._typing_sent.pop(session.id, None)
-        if self.hub.remove(session) and not self._withdrawn:
-            task = asyncio.create_task(self._unregister(session.user))
-            self._unregistering[session.user] = task
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        timer = self._awaiting.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+        if self.hub.remove(session):
+            self._sequencer.forget(p.user_channel(session.user))
+            if not self._withdrawn:
+                task = asyncio.create_task(self._unregister(session.user))
+                self._unregistering[session.user] = task
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         self._count_sessions()
 
     async def _unregister(self, user: str) -> None:
@@ -244,6 +291,12 @@ class Router:
         except p.ProtocolError as exc:
             self._refuse(session, exc.code, exc.message, exc.cid)
             return
+        greeted = False  # this resume ends the hold after welcome
+        if self._awaiting and isinstance(frame, _ENDS_HOLD) and session.id in self._awaiting:
+            self._awaiting.pop(session.id).cancel()
+            greeted = isinstance(frame, p.ResumeFrame)
+            if not greeted:
+                self.hub.release(session)
         try:
             if isinstance(frame, p.PublicFrame):
                 self._metrics.frames_in.labels("public").inc()
@@ -256,7 +309,7 @@ class Router:
                 await self._history_page(session, frame)
             elif isinstance(frame, p.ResumeFrame):
                 self._metrics.frames_in.labels("resume").inc()
-                await self._resume(session, frame)
+                await self._resume(session, frame, greeted)
             elif isinstance(frame, p.RoomFrame):
                 self._metrics.frames_in.labels("room").inc()
                 await self._send(session, frame, self._send_room)
@@ -361,6 +414,8 @@ class Router:
         servers = (where[recipient] | where[sender]) - {self.server_id}
         if wanted_here:
             servers.add(self.server_id)
+        else:  # the sender's channel moves on here without a copy coming back
+            self._sequence(envelope)
         return self._publish(session, frame.cid, envelope, servers)
 
     async def _store_and_route(
@@ -384,15 +439,16 @@ class Router:
         return stored_or_error, where_or_error
 
     async def _store(self, envelope: p.Envelope, cid: str | None) -> p.Envelope:
-        """Store ``envelope``; a retry (same cid and content) gets its first attempt's id and offsets."""
+        """Store ``envelope``; a retry (same cid and content, to the same user or room) gets its
+        first attempt's id and offsets."""
         fingerprint = None
         if cid is not None:
-            digest = hashlib.sha256(f"{envelope.kind}\0{envelope.to}\0{cid}\0{envelope.text}".encode())
-            fingerprint = digest.hexdigest()[:24]
+            what = f"{envelope.kind}\0{envelope.to}\0{envelope.room}\0{cid}\0{envelope.text}"
+            fingerprint = hashlib.sha256(what.encode()).hexdigest()[:24]
         stored = await self._history.store(envelope, fingerprint)
         if stored.duplicate:
             self._metrics.retries_recognised.inc()
-        return dataclasses.replace(envelope, id=stored.id, ts=stored.ts, offsets=stored.offsets)
+        return dataclasses.replace(envelope, id=stored.id, ts=stored.ts, offsets=stored.offsets, epochs=stored.epochs)
 
     # ------------------------------------------------------------------ rooms
 
@@ -428,8 +484,17 @@ class Router:
         joining = isinstance(frame, p.JoinFrame)
         change = self._rooms.join if joining else self._rooms.leave
         changed = await change(session.user, frame.room)
+        channel = p.room_channel(frame.room)
+        if joining:  # the room's messages from now on reach this session (and are in order)
+            self._sequencer.expect(channel)
+            head = (await self._history.heads([channel]))[channel]
+            if self._sequencer.start(channel, head.epoch, head.offset):
+                self._channel_reset(channel)
+            self.hub.place(session, {channel: head.offset})
         status = "join" if joining else "leave"
         body = p.presence(session.user, status, frame.room)
+        if frame.cid is not None:
+            session.send(p.membership_ack(frame.cid, frame.room))
         session.send(p.OutFrame({**body, "cid": frame.cid} if frame.cid is not None else body))
         if changed:  # tell the members (and the user's other sessions)
             members = await self._rooms.members(frame.room)
@@ -530,37 +595,66 @@ class Router:
         messages = await self._history.before(frame.channel, frame.before, frame.limit)
         session.send(p.history(frame.channel, messages, frame.cid))
 
-    async def _resume(self, session: ClientSession, frame: p.ResumeFrame) -> None:
+    async def _resume(self, session: ClientSession, frame: p.ResumeFrame, greeted: bool = False) -> None:
         """Replay every stored message after the given offsets, in order, then ``resumed``.
 
-        Live frames of those channels are held while the replay runs and flushed after it,
-        minus those it already sent: nothing published meanwhile is lost or doubled."""
+        Live frames of those channels are held while the replay runs and go out after it,
+        minus those it sent: the session sees one increasing sequence per channel. A channel
+        whose epoch differs from the client's, or whose history no longer reaches back to its
+        offset, is a gap: it is named in ``resumed`` with where it stands now. ``greeted``:
+        this resume ends the hold after ``welcome``, so every other channel goes live after it.
+        """
         readable = {c: await self.may_read(session.user, c) for c, _ in frame.positions}
         wanted = [(c, o) for c, o in frame.positions if readable[c]]
         refused = [c for c, _ in frame.positions if not readable[c]]
         if refused:
             self._refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
-        latest = await self._history.latest([c for c, _ in wanted])
-        # A position beyond the newest offset comes from a store that was reset: start over.
-        gaps = [c for c, o in wanted if o > latest[c]]
-        upto = {c: min(o, latest[c]) for c, o in wanted}
-        self.hub.hold(session, upto)
+        self.hub.hold(session, [c for c, _ in wanted])
         try:
+            heads = await self._history.heads([c for c, _ in wanted])
+            for channel, head in heads.items():
+                self._sequencer.expect(channel)
+                if self._sequencer.start(channel, head.epoch, head.offset):
+                    self._channel_reset(channel, spare=session)  # this one hears of it in resumed
+            known = dict(frame.epochs)
+            gaps, replayed = [], 0
             for channel, offset in wanted:
-                while True:
-                    messages, first = await self._history.after(channel, upto[channel], self.REPLAY_PAGE)
-                    if upto[channel] == offset and first > offset + 1 and channel not in gaps:
-                        gaps.append(channel)  # trimmed before the client could read it
-                    for message in messages:
-                        session.send(p.OutFrame(message))
-                    if messages:
-                        upto[channel] = messages[-1]["offset"]
-                    if len(messages) < self.REPLAY_PAGE:
-                        break
+                head = heads[channel]
+                if known.get(channel, head.epoch) != head.epoch or offset > head.offset:
+                    gaps.append(channel)  # its offsets started over: the client's mean nothing
+                    self.hub.place(session, {channel: head.offset})
+                    continue
+                floor, top = self.hub.sent(session, channel)
+                done, lost = await self._replay(session, channel, offset, floor, top)
+                replayed += done
+                if lost:
+                    gaps.append(channel)
         finally:
-            self.hub.release(session, upto)
-        self._metrics.replayed.inc(sum(max(0, upto[c] - o) for c, o in wanted))
-        session.send(p.resumed(not gaps, frame.cid, gaps))
+            self.hub.release(session, None if greeted else [c for c, _ in wanted])
+        self._metrics.replayed.inc(replayed)
+        positions = {c: max(heads[c].offset, self.hub.sent(session, c)[1]) for c, _ in wanted}
+        epochs = {c: heads[c].epoch for c, _ in wanted}
+        session.send(p.resumed(not gaps, frame.cid, gaps, positions, epochs))
+
+    async def _replay(
+        self, session: ClientSession, channel: str, offset: int, floor: int, top: int
+    ) -> tuple[int, bool]:
+        """Send ``session`` the stored messages of ``channel`` after ``offset`` that it was not
+        sent live (those in ``(floor, top]``); how many, and whether history had lost some."""
+        sent, lost, after = 0, False, offset
+        while True:
+            messages, first = await self._history.after(channel, after, self.REPLAY_PAGE)
+            if after == offset and first > offset + 1:
+                lost = True  # trimmed before the client could read it
+            for message in messages:
+                if not floor < message["offset"] <= top:
+                    session.send(p.OutFrame(message))
+                    sent += 1
+            if messages:
+                self.hub.replayed(session, channel, offset, messages[-1]["offset"])
+                after = messages[-1]["offset"]
+            if len(messages) < self.REPLAY_PAGE:
+                return sent, lost
 
     def _publish(
         self, session: ClientSession, cid: str | None, envelope: p.Envelope, servers: Collection[str]
@@ -612,26 +706,71 @@ class Router:
             return
         if envelope.kind == "event":
             self._deliver_event(envelope)
-            return
+        elif envelope.offsets:
+            self._sequence(envelope)
+        else:  # from a server that stores nothing (none of this version): as it comes
+            for channel in envelope.channels():
+                self._deliver(envelope, channel)
+
+    def _sequence(self, envelope: p.Envelope) -> None:
+        """Hand each of the message's channels to the sequencer, which delivers in order."""
+        epochs = dict(envelope.epochs)
+        for channel, offset in envelope.offsets:
+            deliver = functools.partial(self._deliver, envelope, channel)
+            self._sequencer.offer(channel, epochs.get(channel, ""), offset, deliver)
+
+    def _deliver(self, envelope: p.Envelope, channel: str) -> None:
+        """``envelope``'s message as stored in ``channel``, to the local sessions reading it there."""
+        frame = envelope.message_frame(channel)
         if envelope.kind == "public":
-            delivered = self.hub.broadcast(envelope.message_frame(p.PUBLIC))
-        elif envelope.kind == "room" and envelope.room is not None:
-            frame = envelope.message_frame(p.room_channel(envelope.room))
+            delivered = self.hub.broadcast(frame)
+        elif envelope.kind == "room":
             delivered = sum(  # every member, the sender included (as for public messages)
                 self.hub.deliver(user, frame) for user in envelope.recipients if self.hub.has_user(user)
             )
         else:
-            delivered = 0
-            for user in envelope.recipients:
-                if self.hub.has_user(user):
-                    frame = envelope.message_frame(p.user_channel(user))
-                    got = self.hub.deliver(user, frame, skip=envelope.origin)
-                    delivered += got
-                    if got and envelope.receipt and user == envelope.to and user != envelope.sender:
-                        self._receipt_delivered(envelope)
+            user = channel[len("user:") :]
+            delivered = self.hub.deliver(user, frame, skip=envelope.origin)
+            if delivered and envelope.receipt and user == envelope.to and user != envelope.sender:
+                self._receipt_delivered(envelope)
         if delivered:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
+
+    async def _fill(self, channel: str, after: int, upto: int) -> list[tuple[int, Deliver]]:
+        """Deliveries of ``channel``'s stored messages in ``(after, upto]``, for the sequencer
+        to put in a hole that the bus left (a message stored and never published)."""
+        messages, _ = await self._history.after(channel, after, max(1, upto - after))
+        room_members: set[str] = set()
+        if channel.startswith("room:"):
+            room_members = set(await self._rooms.members(channel[len("room:") :]))
+        deliveries: list[tuple[int, Deliver]] = []
+        for message in messages:
+            if message["offset"] > upto:
+                break
+            frame = p.OutFrame(message)
+            deliveries.append(
+                (message["offset"], functools.partial(self._deliver_stored, channel, frame, room_members))
+            )
+        return deliveries
+
+    def _deliver_stored(self, channel: str, frame: p.OutFrame, room_members: set[str]) -> None:
+        if channel == p.PUBLIC:
+            self.hub.broadcast(frame)
+        elif channel.startswith("room:"):
+            for user in room_members:
+                self.hub.deliver(user, frame)
+        else:
+            self.hub.deliver(channel[len("user:") :], frame)
+
+    def _channel_reset(self, channel: str, spare: ClientSession | None = None) -> None:
+        """``channel``'s offsets started over, or a hole in it cannot be filled: what its local
+        readers (but ``spare``) were told no longer holds. They reconnect and resume, and hear
+        of the gap then."""
+        self._metrics.channel_resets.inc()
+        for session in self.hub.readers(channel):
+            if session is not spare:
+                session.close(CLOSE_RESET, f"{channel} was reset; reconnect and resume")
 
     def _receipt_delivered(self, envelope: p.Envelope) -> None:
         """Tell the sender a session of the recipient got the message (an addition to the protocol,

@@ -43,5 +43,6 @@ def test_a_held_session_gets_nothing_before_release_then_everything_in_order() -
         hub.broadcast(frame)
     assert new.frames == []
     new.send(p.pong("welcome first"))
-    hub.release(new, {"public": 3})  # offsets up to 3 are history to this session
+    hub.place(new, {"public": 3})  # offsets up to 3 are history to this session
+    hub.release(new)
     assert [f.get("offset", f["type"]) for f in new.frames] == ["pong", "presence", 4]

@@ -1,0 +1,234 @@
+"""The seams of exactly-once delivery, over in-memory parts: reconnect and resume while messages
+flow, epochs after a store lost its data, membership acks, retries, and messages the bus brings
+out of order, twice, or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from chatserver import protocol as p
+from chatserver.bus import MemoryBroker, MemoryBus
+from chatserver.history import MemoryHistory
+from chatserver.hub import Hub
+from chatserver.metrics import Metrics
+from chatserver.registry import MemoryRegistry
+from chatserver.rooms import MemoryRooms
+from chatserver.router import CLOSE_RESET, Router
+from tests.fakes import FakeSession, settle
+
+
+class Cluster:
+    """Routers sharing a registry, a history and a broker; sessions held after welcome for a
+    resume (as in production), for ``resume_wait_s``."""
+
+    def __init__(self, count: int = 2, resume_wait_s: float = 30.0, gap_wait_s: float = 0.05) -> None:
+        self.registry = MemoryRegistry(ttl_s=30)
+        self.history = MemoryHistory()
+        self.rooms = MemoryRooms()
+        self.broker = MemoryBroker()
+        self.routers = [
+            Router(
+                f"ws-{n}",
+                Hub(),
+                self.registry,
+                self.history,
+                MemoryBus(self.broker, f"ws-{n}"),
+                Metrics(),
+                rooms=self.rooms,
+                resume_wait_s=resume_wait_s,
+                gap_wait_s=gap_wait_s,
+            )
+            for n in range(1, count + 1)
+        ]
+
+    async def start(self) -> Cluster:
+        for router in self.routers:
+            await router._bus.start(router.on_bus_message)
+            await router.heartbeat(live=True)
+        return self
+
+    async def join(self, user: str, server: int) -> FakeSession:
+        session = FakeSession(user, f"ws-{server}")
+        await self.routers[server - 1].connect(session)
+        return session
+
+    async def send(self, session: FakeSession, server: int, frame: dict[str, Any]) -> None:
+        await self.routers[server - 1].handle(session, json.dumps(frame))
+        await settle()
+
+
+async def stored_private(history: MemoryHistory, i: int) -> bytes:
+    """Message ``i`` from alice to bob, stored as another server would, as the bus carries it."""
+    envelope = p.Envelope(
+        kind="private", id=f"m{i}", sender="alice", text=f"t{i}", ts=1, to="bob", recipients=("bob", "alice")
+    )
+    stored = await history.store(envelope, None)
+    return dataclasses.replace(envelope, offsets=stored.offsets, epochs=stored.epochs).to_bytes()
+
+
+def offsets(session: FakeSession, channel: str) -> list[int]:
+    return [f["offset"] for f in session.of_type("message") if f["channel"] == channel]
+
+
+@pytest.mark.gen_test
+async def test_messages_published_between_welcome_and_resume_come_once_and_in_order() -> None:
+    c = await Cluster().start()
+    alice = await c.join("alice", 1)
+    await c.send(alice, 1, {"type": "resume", "positions": {}})
+    for i in range(3):  # bob is away: offsets 1-3 of user:bob
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"away {i}"})
+    bob = await c.join("bob", 2)
+    assert bob.frames[0]["positions"]["user:bob"] == 3
+    for i in range(3):  # after bob's welcome, before his resume: offsets 4-6, live
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"live {i}"})
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 1}, "cid": "r"})
+    for i in range(2):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"after {i}"})
+    assert offsets(bob, "user:bob") == [2, 3, 4, 5, 6, 7, 8]
+    resumed = bob.of_type("resumed")[0]
+    assert resumed["recovered"] is True and resumed["cid"] == "r"
+    assert bob.frames.index(resumed) > [f.get("offset") for f in bob.frames].index(6)  # replay, then resumed
+
+
+@pytest.mark.gen_test
+async def test_a_session_that_never_resumes_goes_live_from_its_welcome_after_the_wait() -> None:
+    c = await Cluster(resume_wait_s=0.05).start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "early"})
+    assert bob.of_type("message") == []  # held for a resume that may come
+    deadline = asyncio.get_running_loop().time() + 5
+    while not bob.of_type("message") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert [m["text"] for m in bob.of_type("message")] == ["early"]
+
+
+@pytest.mark.gen_test
+async def test_sending_a_message_ends_the_wait_for_resume() -> None:
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "early"})
+    await c.send(bob, 2, {"type": "public", "text": "hello"})
+    assert [m["text"] for m in bob.of_type("message")] == ["early", "hello"]
+
+
+@pytest.mark.gen_test
+async def test_a_resume_repeated_later_sends_nothing_twice() -> None:
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 0}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"m{i}"})
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 1}})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "m3"})
+    assert offsets(bob, "user:bob") == [1, 2, 3, 4]
+
+
+@pytest.mark.gen_test
+async def test_after_the_store_lost_its_data_a_session_is_told_to_resume_and_hears_of_the_gap() -> None:
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    assert offsets(bob, "user:bob") == [1, 2, 3]
+    old_epochs = bob.frames[0]["epochs"]
+    c.history.lose_everything()  # Redis restarted empty: offsets start over at 1
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "new"})
+    # Offset 1 again: not dropped as "already seen", and not shown as if nothing happened.
+    assert bob.closed is not None and bob.closed[0] == CLOSE_RESET
+    again = await c.join("bob", 1)
+    assert again.frames[0]["epochs"]["user:bob"] != old_epochs["user:bob"]
+    await c.send(again, 1, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs, "cid": "r"})
+    resumed = again.of_type("resumed")[0]
+    assert resumed["recovered"] is False and resumed["gaps"] == ["user:bob"]
+    assert resumed["positions"]["user:bob"] == 1
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "newer"})
+    assert [m["text"] for m in again.of_type("message")] == ["newer"]
+
+
+@pytest.mark.gen_test
+async def test_resume_with_the_current_epoch_replays_as_usual() -> None:
+    c = await Cluster().start()
+    alice = await c.join("alice", 1)
+    await c.send(alice, 1, {"type": "resume", "positions": {}})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "hi"})
+    bob = await c.join("bob", 2)
+    epochs = bob.frames[0]["epochs"]
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 0}, "epochs": epochs})
+    assert [m["text"] for m in bob.of_type("message")] == ["hi"]
+    assert bob.of_type("resumed")[0]["recovered"] is True
+
+
+@pytest.mark.gen_test
+async def test_join_and_leave_with_a_cid_are_acked() -> None:
+    c = await Cluster(1).start()
+    ann = await c.join("ann", 1)
+    await c.send(ann, 1, {"type": "join", "room": "lobby", "cid": "j1"})
+    await c.send(ann, 1, {"type": "leave", "room": "lobby", "cid": "l1"})
+    assert [f for f in ann.of_type("ack")] == [
+        {"type": "ack", "cid": "j1", "room": "lobby"},
+        {"type": "ack", "cid": "l1", "room": "lobby"},
+    ]
+
+
+@pytest.mark.gen_test
+async def test_the_same_cid_and_text_to_two_rooms_are_two_messages() -> None:
+    c = await Cluster(1).start()
+    ann = await c.join("ann", 1)
+    await c.send(ann, 1, {"type": "resume", "positions": {}})
+    for room in ("red", "blue"):
+        await c.send(ann, 1, {"type": "join", "room": room})
+    for room in ("red", "blue"):
+        await c.send(ann, 1, {"type": "room", "room": room, "text": "same", "cid": "c1"})
+    rooms = [m["room"] for m in ann.of_type("message")]
+    assert rooms == ["red", "blue"]
+    assert len(await c.history.before("room:blue", None, 10)) == 1
+
+
+@pytest.mark.gen_test
+async def test_messages_the_bus_brings_out_of_order_or_twice_reach_sessions_once_in_order() -> None:
+    c = await Cluster(1).start()
+    router = c.routers[0]
+    bob = await c.join("bob", 1)
+    await c.send(bob, 1, {"type": "resume", "positions": {}})
+    envelopes = [await stored_private(c.history, i) for i in range(1, 5)]  # offsets 1-4 of user:bob
+    for n in (2, 1, 1, 4, 3, 2):  # out of order, with copies
+        router.on_bus_message(envelopes[n - 1])
+    assert offsets(bob, "user:bob") == [1, 2, 3, 4]
+
+
+@pytest.mark.gen_test
+async def test_a_message_stored_and_never_published_is_read_from_history_into_its_place() -> None:
+    c = await Cluster(1, gap_wait_s=0.01).start()
+    router = c.routers[0]
+    bob = await c.join("bob", 1)
+    await c.send(bob, 1, {"type": "resume", "positions": {}})
+    payloads = [await stored_private(c.history, i) for i in range(1, 4)]
+    router.on_bus_message(payloads[0])
+    router.on_bus_message(payloads[2])  # offset 2's server died between storing and publishing
+    assert offsets(bob, "user:bob") == [1]
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(offsets(bob, "user:bob")) < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert offsets(bob, "user:bob") == [1, 2, 3]
+    assert [m["text"] for m in bob.of_type("message")] == ["t1", "t2", "t3"]
+
+
+@pytest.mark.gen_test
+async def test_a_private_message_replied_to_at_once_reaches_the_sender_without_waiting_for_its_own() -> None:
+    """The sender's own copy never comes back to its server: its channel must move on anyway,
+    or every reply would wait for a hole that never fills."""
+    c = await Cluster(2, gap_wait_s=30).start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "ping"})
+    await c.send(bob, 2, {"type": "private", "to": "alice", "text": "pong"})
+    assert [m["text"] for m in alice.of_type("message")] == ["pong"]
+    assert offsets(alice, "user:alice") == [2]
