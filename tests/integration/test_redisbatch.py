@@ -148,3 +148,21 @@ async def test_the_per_user_limit_in_redis_counts_every_session_and_shares_the_p
     finally:
         await client.delete(names.user_rate("ann", 1000), names.user_rate("ann", 1001), names.user_rate("bob", 1000))
         await client.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_commands_of_one_turn_never_travel_in_two_pipelines_that_can_overtake_each_other() -> None:
+    async with client_and_key() as (client, key):
+        filler = key + ":filler"
+        batch = RedisBatch(client, max_batch=2)
+        try:
+            # One loop turn: another caller's large write, then a caller's store and its look-up.
+            # Split after two commands, the look-up went in a second pipeline, on a second
+            # connection, and Redis ran it while it was still reading the first.
+            large = batch.execute("SET", filler, b"x" * (32 << 20))
+            store = batch.execute("RPUSH", key, "stored")
+            lookup = batch.execute("LRANGE", key, 0, -1)
+            assert await lookup == [b"stored"], "the look-up ran before the store queued ahead of it"
+            assert await store == 1 and await large is True
+        finally:
+            await client.delete(filler)
