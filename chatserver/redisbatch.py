@@ -14,19 +14,32 @@ pipeline of its own. A turn is what was queued between two flushes; coroutines s
 together (``asyncio.gather``) take their first steps in adjacent callbacks, so what they
 queue there is always in one turn.
 
-Nothing is retried here beyond what the client's own retry policy does for a connection that
-broke before the pipeline was sent.
+Exactly once: a pipeline is never sent twice. The client's retry policy re-sends a whole
+pipeline after a connection error or a timeout, but by then Redis may have run it (the
+reply was lost, or is merely late): a message stored twice, a counter counted twice, and
+the second run comes after pipelines sent meanwhile. So the pipeline is written here
+directly on a pooled connection: what fails before anything was written (checking out or
+connecting; the pool replaces a connection that Redis closed, and the connection's health
+check, a PING before the write when it was idle for a while, is retried on its own) is
+tried again on a fresh connection; what fails after the write fails every caller of the
+pipeline, whose own error path decides (a send is retried by the client with its ``cid``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[tuple[Any, ...], asyncio.Future[Any]]
+
+#: Attempts to check out a connection (nothing has been sent yet), and the pause after each failure.
+_CHECKOUT_BACKOFF_S = (0.05, 0.2, 0.5)
 
 
 class RedisBatch:
@@ -81,10 +94,7 @@ class RedisBatch:
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for args, _ in batch:
-                    pipe.execute_command(*args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._run([args for args, _ in batch])
         except BaseException as exc:  # the connection failed (or we stop): every caller hears of it
             failure = exc if isinstance(exc, Exception) else RedisError("redis batch cancelled")
             for _, future in batch:
@@ -100,6 +110,40 @@ class RedisBatch:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Write ``commands`` once, as one pipeline, and read every reply (a command's error
+        reply in its place). Not retried once written: see the module docstring."""
+        pool = self._client.connection_pool
+        conn = await self._checkout()
+        try:
+            try:
+                await conn.send_packed_command(conn.pack_commands(commands))
+                replies: list[Any] = []
+                for args in commands:
+                    try:
+                        replies.append(await self._client.parse_response(conn, args[0]))
+                    except ResponseError as exc:  # this command's own error; the others go on
+                        replies.append(exc)
+                return replies
+            except BaseException:
+                # What is on the wire is unknown: this connection is never used again as it is.
+                await conn.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(conn)
+
+    async def _checkout(self) -> Connection:
+        """A connected connection from the client's pool; nothing has been sent when this fails."""
+        pool = self._client.connection_pool
+        for pause in (*_CHECKOUT_BACKOFF_S, None):
+            try:
+                return cast(Connection, await pool.get_connection())  # type: ignore[no-untyped-call]
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._in_flight:

@@ -6,11 +6,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from chatserver.app import redis_client
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import RedisHistory, Retention
 from chatserver.hub import Hub
@@ -166,3 +168,88 @@ async def test_commands_of_one_turn_never_travel_in_two_pipelines_that_can_overt
             assert await store == 1 and await large is True
         finally:
             await client.delete(filler)
+
+
+class ReplyHoldingProxy:
+    """A TCP proxy in front of Redis. The first request that contains ``marker`` is forwarded,
+    so Redis runs it, but its reply is held: lost (the connection closes) when ``lose``, else
+    kept for ``hold_s`` seconds, longer than the client waits. Everything else passes."""
+
+    def __init__(self, marker: bytes, lose: bool = True, hold_s: float = 0.0) -> None:
+        self.marker, self.lose, self.hold_s = marker, lose, hold_s
+        self.armed = True
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/{urlparse(REDIS_URL).path.strip('/') or 0}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        target = urlparse(REDIS_URL)
+        redis_in, redis_out = await asyncio.open_connection(target.hostname, target.port or 6379)
+        held = asyncio.Event()  # set once this connection carried the marked request
+
+        async def upstream() -> None:
+            while data := await client_in.read(1 << 16):
+                if self.armed and self.marker in data:
+                    self.armed = False
+                    held.set()
+                redis_out.write(data)
+                await redis_out.drain()
+            redis_out.close()
+
+        async def downstream() -> None:
+            while data := await redis_in.read(1 << 16):
+                if held.is_set():
+                    if not self.lose:
+                        await asyncio.sleep(self.hold_s)  # Redis answered; the client has given up
+                    client_out.close()  # the reply never reaches the client
+                    return
+                client_out.write(data)
+                await client_out.drain()
+            client_out.close()
+
+        for coro in (upstream(), downstream()):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+@asynccontextmanager
+async def behind_proxy(key: str, lose: bool = True, hold_s: float = 0.0) -> AsyncIterator[aioredis.Redis]:
+    """A client configured as the server configures its own, whose first request naming ``key``
+    is run by Redis but never answered in time."""
+    proxy = ReplyHoldingProxy(key.encode(), lose=lose, hold_s=hold_s)
+    client = redis_client(await proxy.start())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await proxy.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_pipeline_whose_reply_was_lost_is_not_run_again() -> None:
+    async with client_and_key() as (direct, key), behind_proxy(key) as client:
+        batch = RedisBatch(client)
+        with pytest.raises(aioredis.ConnectionError):  # the caller's error path decides
+            await batch.execute("RPUSH", key, "a message without a cid")
+        assert await direct.llen(key) == 1, "Redis ran it once; sending it again would store it twice"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_pipeline_slower_than_the_socket_timeout_is_not_run_again() -> None:
+    async with client_and_key() as (direct, key), behind_proxy(key, lose=False, hold_s=3.0) as client:
+        batch = RedisBatch(client)
+        with pytest.raises(aioredis.TimeoutError):
+            await batch.execute("RPUSH", key, "a message without a cid")
+        assert await direct.llen(key) == 1, "Redis ran it once; sending it again would store it twice"
