@@ -266,11 +266,13 @@ def redis_client(url: str) -> aioredis.Redis:
     ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
     # A pooled connection that Redis closed (a restart) fails on first use: retry such a command
     # on a fresh connection. Only connection errors, not timeouts: a command that may have run is
-    # not repeated (the message store recognises a resend with a cid anyway).
+    # not repeated. redis-py's Retry retries TimeoutError unless told otherwise (retry_on_error
+    # only adds to its supported_errors), so they are named here. The RedisBatch, which carries
+    # every message store, never re-sends a pipeline it wrote, whatever this policy says.
     options: dict[str, Any] = {
         "socket_timeout": 2.0,
         "socket_connect_timeout": 2.0,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)),
         "retry_on_error": [RedisConnectionError],
     }
     if not url.startswith(SENTINEL_SCHEME):

@@ -253,3 +253,14 @@ async def test_a_pipeline_slower_than_the_socket_timeout_is_not_run_again() -> N
         with pytest.raises(aioredis.TimeoutError):
             await batch.execute("RPUSH", key, "a message without a cid")
         assert await direct.llen(key) == 1, "Redis ran it once; sending it again would store it twice"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_servers_client_does_not_repeat_a_command_that_timed_out() -> None:
+    # Not only the batch: the client's own retry covered timeouts too (redis-py's default
+    # Retry retries TimeoutError; retry_on_error only adds to it), so a write slower than the
+    # socket timeout ran again while the first one was still under way.
+    async with client_and_key() as (direct, key), behind_proxy(key, lose=False, hold_s=3.0) as client:
+        with pytest.raises(aioredis.TimeoutError):
+            await client.rpush(key, "once")
+        assert await direct.llen(key) == 1
