@@ -47,24 +47,26 @@ class _Gate:
         self.top: dict[str, int] = {}
         self.floor: dict[str, int] = {}
 
-    def admit(self, frame: OutFrame) -> bool:
+    def admit(self, frame: OutFrame) -> int:
+        """``_SEND`` it now, ``_HELD`` (queued: it goes out on release) or ``_DROP`` it."""
         if self.all:
             self.queue.append(frame)
-            return False
+            return _HELD
         body = frame.body
         channel = body.get("channel")
         if channel is None:
-            return True
+            return _SEND
         if channel in self.held:
             self.queue.append(frame)
-            return False
+            return _HELD
         offset = body.get("offset", 0)
         if offset <= self.top.get(channel, 0):
-            return False
+            return _DROP
         self.top[channel] = offset
-        return True
+        return _SEND
 
 
+_DROP, _SEND, _HELD = 0, 1, 2
 _NO_GATE = _Gate()
 
 
@@ -110,31 +112,34 @@ class Hub:
         return user in self._by_user
 
     def deliver(self, user: str, frame: OutFrame, skip: str = "") -> int:
-        """Send ``frame`` to every local session of ``user`` except ``skip``; how many got it."""
+        """Send ``frame`` to every local session of ``user`` except ``skip``; how many got it
+        (or will, once their channel is released)."""
         sessions = self._by_user.get(user)
         if not sessions:
             return 0
         sent = 0
         for session in list(sessions.values()):
-            if session.id != skip and self._admit(session, frame):
-                session.send(frame)
+            if session.id != skip and (verdict := self._admit(session, frame)):
+                if verdict == _SEND:
+                    session.send(frame)
                 sent += 1
         return sent
 
     def broadcast(self, frame: OutFrame, skip: str = "") -> int:
-        """Send ``frame`` to every local session but ``skip``; how many got it."""
+        """Send ``frame`` to every local session but ``skip``; how many got it (or will)."""
         sent = 0
         for session in self.sessions():
-            if session.id != skip and self._admit(session, frame):
-                session.send(frame)
+            if session.id != skip and (verdict := self._admit(session, frame)):
+                if verdict == _SEND:
+                    session.send(frame)
                 sent += 1
         return sent
 
-    def _admit(self, session: Session, frame: OutFrame) -> bool:
+    def _admit(self, session: Session, frame: OutFrame) -> int:
         if not self._gates:
-            return True
+            return _SEND
         gate = self._gates.get(session.id)
-        return gate is None or gate.admit(frame)
+        return _SEND if gate is None else gate.admit(frame)
 
     def hold(self, session: Session, channels: Iterable[str], everything: bool = False) -> None:
         """Queue live frames of ``channels`` (or all frames) for ``session`` until ``release``."""
@@ -178,7 +183,7 @@ class Hub:
         gate.all = False
         queued, gate.queue = gate.queue, []
         for frame in queued:
-            if gate.admit(frame) and self.has_session(session):
+            if gate.admit(frame) == _SEND and self.has_session(session):
                 session.send(frame)
 
     def holding(self, session: Session) -> set[str]:

@@ -442,6 +442,9 @@ class Worker:
             frame = self.decode(await asyncio.wait_for(ws.recv(), WELCOME_TIMEOUT_S))
             if not isinstance(frame, dict) or frame.get("type") != "welcome":
                 raise ValueError(f"expected a welcome frame, got {str(frame)[:200]}")
+            # Resuming from where welcome stands ends the server's wait for a resume at once:
+            # without it, this connection's live messages would be held CHAT_RESUME_WAIT_MS.
+            await ws.send(self.encode({"type": "resume", "positions": frame.get("positions") or {}}))
         except BaseException:
             await ws.close()
             raise

@@ -75,6 +75,7 @@
   };
   // localStorage (shared by the tabs of this browser, kept after sign-out): 'chat.positions.<user>'.
   const POSITIONS_PREFIX = 'chat.positions.';
+  const EPOCHS_PREFIX = 'chat.epochs.';      // the epoch of each saved position (protocol v2)
   // localStorage: 'chat.rooms.<user>', the rooms this browser joined for the user (no frame lists them).
   const ROOMS_PREFIX = 'chat.rooms.';
 
@@ -117,6 +118,7 @@
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
     outbox: [],               // messages typed while not connected, sent on welcome
     positions: {},            // channel -> highest offset seen (saved per user, for `resume`)
+    epochs: {},               // channel -> the epoch of that offset (saved with it)
     positionsDirty: false,    // positions changed since they were last saved
     oldest: {},               // channel -> lowest offset loaded on this page
     loaded: {},               // channel -> its recent history has been loaded on this page
@@ -291,7 +293,19 @@
     if (!state.me) return;
     try {
       localStorage.setItem(POSITIONS_PREFIX + state.me, JSON.stringify(state.positions));
+      localStorage.setItem(EPOCHS_PREFIX + state.me, JSON.stringify(state.epochs));
     } catch (e) { /* private mode or full: positions live as long as the page */ }
+  }
+
+  /** Epochs of the saved positions of `user`: a position means something only in its epoch. */
+  function loadEpochs(user) {
+    let saved = null;
+    try { saved = JSON.parse(localStorage.getItem(EPOCHS_PREFIX + user) || 'null'); } catch (e) { saved = null; }
+    const epochs = {};
+    if (saved && typeof saved === 'object' && !Array.isArray(saved)) {
+      for (const [ch, epoch] of Object.entries(saved)) if (typeof epoch === 'string') epochs[ch] = epoch;
+    }
+    return epochs;
   }
 
   /** Rooms of `user` this browser joined: [] when none. */
@@ -363,6 +377,7 @@
     saveSession();
     resetChat();
     state.positions = loadPositions(username);
+    state.epochs = loadEpochs(username);
     for (const room of loadRooms(username)) addRoom(room);
     restoreConvs();
     renderScreen();
@@ -407,6 +422,7 @@
     state.pending = new Map();
     state.outbox = [];
     state.positions = {};
+    state.epochs = {};
     state.positionsDirty = false;
     state.oldest = {};
     state.loaded = {};
@@ -655,18 +671,15 @@
    */
   function startChannels(latest) {
     const resumeFrom = {};
-    let stored = false;
-    // Membership is durable, but this browser may be the only one that remembers it: join again
-    // (idempotent) before reading the room channels. Frames are handled in order by the server.
-    for (const room of state.rooms) send({ type: 'join', room });
-    send({ type: 'who', cid: newCid() });
+    const epochs = {};
+    const history = [];
     for (const ch of [PUBLIC, myChannel(), ...state.rooms.map(roomChannel)]) {
       const top = typeof latest[ch] === 'number' ? latest[ch] : null;
       const have = state.positions[ch];
       let before;                               // undefined: the newest messages
       if (typeof have === 'number') {
-        stored = true;
         resumeFrom[ch] = have;
+        if (typeof state.epochs[ch] === 'string') epochs[ch] = state.epochs[ch];
         // Beyond the latest offset: the store was reset. The server reports the gap
         // (`resumed` lists the channel); from now on this page counts from the latest offset.
         if (top !== null && have > top) setPosition(ch, top, true);
@@ -675,14 +688,17 @@
         resumeFrom[ch] = top;
         setPosition(ch, top, true);
       }
-      if (!state.loaded[ch]) {
-        requestHistory({ purpose: 'recent', channel: ch, before, limit: recentLimit(ch) });
-      }
+      if (!state.loaded[ch]) history.push({ purpose: 'recent', channel: ch, before, limit: recentLimit(ch) });
     }
-    if (stored) {
-      const cid = newCid();
-      if (send({ type: 'resume', positions: resumeFrom, cid })) state.resuming = { cid, from: resumeFrom };
-    }
+    // Resume first, always: until it does, the server holds this socket's live messages, so
+    // that what it replays and what comes live form one sequence without a copy or a swap.
+    const cid = newCid();
+    if (send({ type: 'resume', positions: resumeFrom, epochs, cid })) state.resuming = { cid, from: resumeFrom };
+    // Membership is durable, but this browser may be the only one that remembers it: join again
+    // (idempotent) before reading the room channels. Frames are handled in order by the server.
+    for (const room of state.rooms) send({ type: 'join', room });
+    send({ type: 'who', cid: newCid() });
+    for (const req of history) requestHistory(req);
     for (const gap of state.gapsToRetry.splice(0)) requestHistory(gap);
   }
 
@@ -770,10 +786,19 @@
     const r = state.resuming;
     if (!r || (typeof f.cid === 'string' && f.cid !== r.cid)) return;
     state.resuming = null;
+    if (f.epochs && typeof f.epochs === 'object') {
+      for (const [ch, epoch] of Object.entries(f.epochs)) if (typeof epoch === 'string') state.epochs[ch] = epoch;
+      state.positionsDirty = true;
+    }
     if (f.recovered !== false) return;
     // `gaps` (an addition of this server) names the channels that lost messages; without it, all.
     const gaps = Array.isArray(f.gaps) && f.gaps.length ? f.gaps : Object.keys(r.from);
-    for (const ch of gaps) if (typeof r.from[ch] === 'number') addGapMarkers(ch, r.from[ch]);
+    for (const ch of gaps) {
+      if (typeof r.from[ch] === 'number') addGapMarkers(ch, r.from[ch]);
+      // Its offsets may have started over (a new epoch): count from where it stands now.
+      const now = f.positions && f.positions[ch];
+      if (typeof now === 'number') setPosition(ch, now, true);
+    }
   }
 
   function onAck(f) {

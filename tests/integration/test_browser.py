@@ -464,14 +464,15 @@ def test_a_reload_shows_earlier_messages_again(chat: Pair) -> None:
         expect(bob.message(text)).to_have_count(1)
     expect(bob.message(reply)).to_have_class(re.compile(r"\bis-own\b.*\bis-sent\b"))
     assert [t for t in bob.texts() if tag in t] == [dm, reply]
-    # History up to the saved positions, then resume from them.
+    # Resume from the saved positions first (live messages wait for it), then history up to them.
     sent = [f for d, f in bob.sockets[-1] if d == "sent" and f.get("type") in ("history", "resume")]
     assert [(f["type"], f.get("channel"), f.get("before"), f.get("limit")) for f in sent] == [
+        ("resume", None, None, None),
         ("history", "public", saved["public"] + 1, 50),
         ("history", "user:bob", saved["user:bob"] + 1, 100),
-        ("resume", None, None, None),
     ]
-    assert sent[-1]["positions"] == saved
+    assert sent[0]["positions"] == saved
+    assert set(sent[0]["epochs"]) == set(saved)  # the epoch of each saved position goes with it
     assert bob.wait_for_frame("received", "resumed")["recovered"] is True
     open_conversation(bob, "Public channel")
     expect(bob.message(public)).to_have_count(1)
@@ -497,7 +498,10 @@ def test_a_first_sign_in_shows_recent_history(browser: Browser, nginx: NginxFron
         # Fewer than the 50 asked for: the whole channel is there.
         expect(frank.page.locator("#messages .history-row")).to_have_text("Beginning of conversation")
         sent = [f for d, f in frank.sockets[-1] if d == "sent" and f.get("type") in ("history", "resume")]
-        assert [(f["type"], f["channel"], f.get("before"), f["limit"]) for f in sent] == [
+        # A first sign-in resumes from where welcome stands (its live messages wait for that).
+        welcome = frank.wait_for_frame("received", "welcome")
+        assert (sent[0]["type"], sent[0]["positions"], sent[0]["epochs"]) == ("resume", welcome["positions"], {})
+        assert [(f["type"], f["channel"], f.get("before"), f["limit"]) for f in sent[1:]] == [
             ("history", "public", None, 50),
             ("history", "user:frank", None, 100),
         ]

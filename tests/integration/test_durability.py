@@ -68,7 +68,12 @@ async def test_a_client_reconnecting_to_the_other_server_resumes_what_it_missed(
     replay = [await bob.recv_type("message"), await bob.recv_type("message")]
     assert [m["text"] for m in replay] == ["second", "third"]
     assert [m["offset"] for m in replay] == [first["offset"] + 1, first["offset"] + 2]
-    assert await bob.recv_type("resumed") == {"type": "resumed", "recovered": True, "cid": "r"}
+    resumed = await bob.recv_type("resumed")
+    assert (resumed["recovered"], resumed["cid"], resumed["positions"]) == (
+        True,
+        "r",
+        {"user:bob11": first["offset"] + 2},
+    )
     await alice.send({"type": "private", "to": "bob11", "text": "live again"})
     assert (await bob.recv_type("message"))["text"] == "live again"
 

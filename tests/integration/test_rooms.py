@@ -23,7 +23,7 @@ async def test_room_messages_cross_servers_to_members_only_and_are_kept(cluster:
         await connect(cluster, 2, "dee20"),
     )
     await ann.send({"type": "join", "room": "r20", "cid": "j1"})
-    assert (await ann.recv_until(lambda f: f.get("cid") == "j1"))["status"] == "join"
+    assert await ann.recv_until(lambda f: f.get("cid") == "j1") == {"type": "ack", "cid": "j1", "room": "r20"}
     await ben.send({"type": "join", "room": "r20"})
     seen = await ann.recv_until(lambda f: f["type"] == "presence" and f.get("room") == "r20" and f["user"] == "ben20")
     assert seen["status"] == "join"
