@@ -12,6 +12,7 @@ servers' resident memory, so each row also says what a delivered message costs:
 
 - ``server µs/msg``: CPU microseconds of all chat servers together per delivered message;
 - ``all µs/msg``: the same for servers + Redis + Kafka + generator (everything on the machine);
+- ``gen µs/msg``: the load generator's own share of that;
 - idle rows: resident memory per connection (growth of the servers' RSS while the connections
   are held, divided by the connections) and the connect rate.
 
@@ -25,6 +26,16 @@ Two rows bound what any tuning of the chat server can reach on the machine:
 - ``kafka-rtt``: the broker's produce round trip with the servers' settings, at a low rate;
 - ``ceiling-*``: the same private traffic against ``benchmarks/ceiling.py``, a bare Tornado
   relay with no Redis, Kafka, history or limits, run after the cluster is stopped.
+
+Every row also says whether it can be trusted (``benchmarks/trust.py``): before it, with the
+cluster settled, a short CPU-bound calibration is compared with ``benchmarks/reference.json``
+and the CPU of everything outside the run (others) and the steal are read for 2 s; during it
+(its measured window) others and steal again. Beyond ``--max-others``, ``--max-steal``,
+``--max-slowdown`` or ``--max-generator-us`` the row is marked untrustworthy, with the reasons,
+in the table and the JSON; the idle row waits first for Kafka's own CPU to settle. The run
+begins by printing the machine's facts and a warning when it is not quiet. An untrustworthy row
+is reported, never an error (CI's machine is shared), unless ``--strict``. ``--repeat N`` runs
+each row N times and reports the median and range of its figures.
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import trust  # benchmarks/trust.py: whether a row can be trusted
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADTEST = ROOT / "scripts" / "loadtest.py"
@@ -215,7 +228,8 @@ def rss_kib(pid: int) -> int:
 class Cluster:
     urls: list[str]  # chat servers, each pinned directly
     secret: str | None
-    pids: dict[str, int]  # role ("ws-1", "redis", "kafka", "nginx") -> pid
+    pids: dict[str, int]  # role ("ws-1", "redis", "kafka") -> pid: their CPU is billed to the messages
+    helpers: dict[str, int] = dataclasses.field(default_factory=dict)  # take part, not billed (nginx)
 
     def servers(self) -> list[int]:
         return [pid for role, pid in self.pids.items() if role.startswith("ws-")]
@@ -223,8 +237,13 @@ class Cluster:
     def cpu(self) -> dict[str, float]:
         return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
 
+    def participants(self) -> list[int]:
+        """The roots of every process tree that is part of the run: the cluster's, and the
+        harness's own (the load generator and the ceiling relay are its children)."""
+        return [os.getpid(), *self.pids.values(), *self.helpers.values()]
 
-def discover(urls: list[str], secret: str | None) -> Cluster:
+
+def discover(urls: list[str], secret: str | None, nginx_port: int | None = None) -> Cluster:
     pids: dict[str, int] = {}
     for i, url in enumerate(urls, 1):
         port = int(url.rsplit(":", 1)[1].strip("/"))
@@ -238,7 +257,11 @@ def discover(urls: list[str], secret: str | None) -> Cluster:
         pid = listening_pid(port)
         if pid is not None:
             pids[role] = pid
-    return Cluster(urls, secret, pids)
+    helpers: dict[str, int] = {}
+    nginx = listening_pid(nginx_port) if nginx_port else None
+    if nginx is not None:
+        helpers["nginx"] = nginx
+    return Cluster(urls, secret, pids, helpers)
 
 
 # ------------------------------------------------------------------------------ running
@@ -260,7 +283,8 @@ def process_tree(pid: int) -> list[int]:
 
 class Sampler(threading.Thread):
     """Every 0.2 s while a scenario runs: the CPU seconds of each role so far (wall-clock
-    stamped) and the servers' total RSS (its peak is kept)."""
+    stamped), the servers' total RSS (its peak is kept), and the machine's counters (what the
+    run's processes, everything else and the hypervisor took: benchmarks/trust.py)."""
 
     def __init__(self, cluster: Cluster, generator: int) -> None:
         super().__init__(daemon=True)
@@ -268,6 +292,12 @@ class Sampler(threading.Thread):
         self.generator = generator
         self.generator_cpu: dict[int, float] = {}  # last reading of each generator process
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.machine: list[trust.Sample] = []
+        self.proc = trust.Proc()
+        self.kernel_threads = self.proc.kernel_threads()
+        self.names: tuple[float, trust.Snapshot] = (0.0, {})  # every process, to name the others
+        self.names_at_end: tuple[float, trust.Snapshot] = (0.0, {})
+        self.participants_at_end: set[int] = set()
         self.peak_rss = 0
         self.done = threading.Event()
 
@@ -277,13 +307,24 @@ class Sampler(threading.Thread):
         cpu = self.cluster.cpu()
         cpu["generator"] = sum(self.generator_cpu.values())
         self.samples.append((time.time(), cpu))
+        self.machine.append(trust.sample(self.proc, self.cluster.participants(), self.kernel_threads))
         self.peak_rss = max(self.peak_rss, sum(rss_kib(pid) for pid in self.cluster.servers()))
 
     def run(self) -> None:
+        self.names = trust.snapshot(self.proc)
         self.sample()
         while not self.done.wait(0.2):
             self.sample()
         self.sample()
+        self.names_at_end = trust.snapshot(self.proc)
+        self.participants_at_end = self.proc.tree(self.cluster.participants())
+
+    def machine_between(self, start: float, end: float) -> trust.Usage:
+        """What the machine did from ``start`` to ``end``; the busiest others are those of the
+        whole run of the scenario."""
+        during = trust.window(self.machine, start, end)
+        named = trust.top_others(self.names, self.names_at_end, self.participants_at_end)
+        return dataclasses.replace(during, top_others=named)
 
     def cpu_between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of each role from ``start`` to ``end`` (unix times), interpolated."""
@@ -299,14 +340,43 @@ class Sampler(threading.Thread):
         return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
 
 
-def idle_cost(cluster: Cluster, seconds: float = 3.0) -> dict[str, Any]:
+def idle_cost(cluster: Cluster, seconds: float = 3.0) -> tuple[dict[str, Any], trust.Usage]:
     """What the cluster burns with no traffic (the consumer's poll callback, heartbeats): the
-    floor under every per-message figure at low rates."""
+    floor under every per-message figure at low rates; and what the machine did meanwhile."""
+    span = trust.Span(trust.Proc(), cluster.participants())
     before = cluster.cpu()
     time.sleep(seconds)
     after = cluster.cpu()
+    during = span.end()
     share = {role: round(100 * (after[role] - before.get(role, 0.0)) / seconds, 1) for role in after}
-    return {"name": "idle-cpu", "what": f"no traffic for {seconds:g} s", "cpu_percent_of_one_core": share}
+    return {"name": "idle-cpu", "what": f"no traffic for {seconds:g} s", "cpu_percent_of_one_core": share}, during
+
+
+def settle_broker(cluster: Cluster, below_pct: float, for_s: int, limit_s: float) -> dict[str, Any] | None:
+    """Wait until Kafka's own CPU has stayed below ``below_pct`` of a core for ``for_s``
+    consecutive seconds, at most ``limit_s``: a broker that has just started, or just carried
+    traffic, compiles and compacts for a while, and an idle row taken then measures that."""
+    pid = cluster.pids.get("kafka")
+    if pid is None:
+        return None
+    started = time.monotonic()
+    quiet, pct = 0, 0.0
+    while True:
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(1.0)
+        pct = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        quiet = quiet + 1 if pct < below_pct else 0
+        waited = time.monotonic() - started
+        if quiet >= for_s or waited >= limit_s:
+            break
+    return {
+        "settled": quiet >= for_s,
+        "waited_s": round(waited, 1),
+        "kafka_percent_of_one_core": round(pct, 1),
+        "below_percent": below_pct,
+        "for_s": for_s,
+        "limit_s": limit_s,
+    }
 
 
 def settle(cluster: Cluster, idle: dict[str, float], limit_s: float = 120.0) -> float:
@@ -323,8 +393,9 @@ def settle(cluster: Cluster, idle: dict[str, float], limit_s: float = 120.0) -> 
     return round(time.monotonic() - started, 1)
 
 
-def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
-    """One loadtest run with the cluster's CPU and memory read around it."""
+def run_scenario(cluster: Cluster, scenario: Scenario) -> tuple[dict[str, Any], trust.Usage | None]:
+    """One loadtest run with the cluster's CPU and memory read around it, and what the machine
+    did over its measured window."""
     command = [sys.executable, str(LOADTEST), "--json", "--quiet", *scenario.args]
     for url in cluster.urls:
         command += ["--url", url]
@@ -340,7 +411,8 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return {"name": scenario.name, "what": scenario.what, "failed": f"no result within {scenario.timeout_s:g} s"}
+        failed = f"no result within {scenario.timeout_s:g} s"
+        return {"name": scenario.name, "what": scenario.what, "failed": failed}, None
     finally:
         sampler.done.set()
         sampler.join()
@@ -348,7 +420,8 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
         report: dict[str, Any] = json.loads(stdout)
     except json.JSONDecodeError:
         tail = (stderr or stdout).strip().splitlines()[-3:]
-        return {"name": scenario.name, "what": scenario.what, "failed": f"exit {proc.returncode}: {' | '.join(tail)}"}
+        failed = f"exit {proc.returncode}: {' | '.join(tail)}"
+        return {"name": scenario.name, "what": scenario.what, "failed": failed}, None
     row: dict[str, Any] = {
         "name": scenario.name,
         "what": scenario.what,
@@ -360,7 +433,7 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
         held = report["still_connected"]
         row["connections_per_server"] = round(held / max(1, len(cluster.servers())))
         row["rss_kib_per_connection"] = round((sampler.peak_rss - rss_before) / held, 1) if held else None
-        return row
+        return row, sampler.machine_between(*report["window_unix"])
     measured = report
     if "ramp" in report and report["ramp"]["last_good_step"] is not None:
         measured = report["ramp"]["last_good_step"]  # the figures at the last good rate
@@ -376,7 +449,9 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
     servers_cpu = sum(v for k, v in cpu.items() if k.startswith("ws-"))
     row["server_us_per_delivery"] = round(1e6 * servers_cpu / delivered, 1) if delivered else None
     row["all_us_per_delivery"] = round(1e6 * sum(cpu.values()) / delivered, 1) if delivered else None
-    return row
+    # The generator's own cost: beyond about 50 µs per message it, not the servers, sets the pace.
+    row["generator_us_per_delivery"] = round(1e6 * cpu.get("generator", 0.0) / delivered, 1) if delivered else None
+    return row, sampler.machine_between(*measured["window_unix"])
 
 
 def kafka_round_trip(bootstrap: str, topic: str, count: int = 300, rate: float = 100.0) -> dict[str, Any]:
@@ -471,54 +546,228 @@ class Ceiling:
 # ------------------------------------------------------------------------------ the table
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def figures(row: dict[str, Any]) -> dict[str, float | None]:
+    """The key figures of one run of a row, by name: what --repeat gives the median and range of."""
+    out: dict[str, float | None] = {}
+    if "failed" in row:
+        return out
+    for role, pct in row.get("cpu_percent_of_one_core", {}).items():
+        out[f"cpu:{role}"] = pct
+    for key, short in (("kafka_round_trip_ms", "ack"), ("kafka_produce_to_consume_ms", "consumed")):
+        if key in row:
+            out[f"{short}_p50"], out[f"{short}_p99"] = row[key]["p50"], row[key]["p99"]
+    report = row.get("report")
+    if report is not None and report["scenario"] == "idle":
+        out["held"] = report["still_connected"]
+        out["conn_rate"] = report["connect"]["rate_per_s"]
+        out["rss_kib_per_connection"] = row["rss_kib_per_connection"]
+    if "measured" in row:
+        m = row["measured"]
+        out.update(
+            target=m["target_rate"],
+            sent=m["sent"],
+            delivered=m["delivered"],
+            lost=m["lost"],
+            rate=m["achieved_rate"],
+            p50=m["latency_ms"]["p50"],
+            p99=m["latency_ms"]["p99"],
+            max=m["latency_ms"]["max"],
+            server_us=row["server_us_per_delivery"],
+            all_us=row["all_us_per_delivery"],
+            generator_us=row["generator_us_per_delivery"],
+        )
+        if "ramp" in row["report"]:
+            out["last_good_rate"] = row["report"]["ramp"]["last_good_rate"]
+    seen = row.get("machine")
+    if seen:
+        for when in ("before", "during"):
+            if seen[when]:
+                out[f"others_{when}"] = seen[when]["others_pct"]
+                out[f"steal_{when}"] = seen[when]["steal_pct"]
+        calibration = seen["calibration"]
+        out["slowdown"] = calibration["slowdown"]
+        out["waited"] = round(calibration["wall_s"] / calibration["cpu_s"], 2) if calibration["cpu_s"] else None
+    return out
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from ``--repeat`` runs: every run kept, each key figure's median and range."""
+    if len(runs) == 1:
+        return runs[0]
+    keys = dict.fromkeys(k for run in runs for k in figures(run))
+    spreads = {k: trust.spread([figures(run).get(k) for run in runs]) for k in keys}
+    judged = [run for run in runs if "trusted" in run]
+    because = [f"run {i}: {why}" for i, run in enumerate(runs, 1) for why in run.get("untrusted_because", ())]
+    row: dict[str, Any] = {
+        "name": runs[0]["name"],
+        "what": runs[0]["what"],
+        "runs": len(runs),
+        "spread": {k: v for k, v in spreads.items() if v is not None},
+        "trusted": bool(judged) and all(run["trusted"] for run in judged),
+        "untrusted_runs": sum(1 for run in judged if not run["trusted"]),
+        "untrusted_because": because,
+        "repeats": runs,
+    }
+    if any("failed" in run for run in runs):
+        row["failed_runs"] = sum(1 for run in runs if "failed" in run)
+    return row
+
+
+def _num(value: float | None, digits: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if digits is None else f"{value:.{digits}f}"
+
+
+def _cell(row: dict[str, Any], key: str, digits: int | None = 1) -> str:
+    """One figure: its value, or over repeated runs its median (min-max)."""
+    if "repeats" not in row:
+        return _num(figures(row).get(key), digits)
+    spread = row["spread"].get(key)
+    if spread is None:
+        return "-"
+    median, low, high = (_num(spread[k], digits) for k in ("median", "min", "max"))
+    return median if low == high else f"{median} ({low}-{high})"
+
+
+def _worst(row: dict[str, Any], key: str) -> float | None:
+    if "repeats" in row:
+        spread = row["spread"].get(key)
+        return spread["max"] if spread else None
+    return figures(row).get(key)
+
+
+def _machine_cells(row: dict[str, Any]) -> list[str]:
+    """others % (before/during), steal % (before/during), calibration (its time against the
+    reference's, and its wall time against its CPU time when that shows a wait): the worst over runs."""
+
+    def pair(a: float | None, b: float | None) -> str:
+        return "-" if a is None and b is None else f"{_num(a, 0)}/{_num(b, 0)}"
+
+    others = pair(_worst(row, "others_before"), _worst(row, "others_during"))
+    steal = pair(_worst(row, "steal_before"), _worst(row, "steal_during"))
+    slow, waited = _worst(row, "slowdown"), _worst(row, "waited")
+    calibration = "-" if slow is None else f"{slow:.2f}x"
+    if waited is not None and waited >= 1.1:
+        calibration += f" (wall {waited:.1f}x)"
+    return [others, steal, calibration]
+
+
+def _trust_cell(row: dict[str, Any]) -> str:
+    if "trusted" not in row:
+        return "-"
+    if row["trusted"]:
+        return "ok"
+    if "repeats" in row:
+        return f"NO ({row['untrusted_runs']} of {row['runs']} runs): " + "; ".join(
+            _worst_reasons(r for run in row["repeats"] for r in run.get("untrusted_because", ()))
+        )
+    return "NO: " + "; ".join(row["untrusted_because"])
+
+
+def _worst_reasons(reasons: Any) -> list[str]:
+    """Of reasons from several runs, each kind once ("others N% of a core before the row"),
+    the one with the highest figure, without the names of the busiest others."""
+    worst: dict[str, tuple[float, str]] = {}
+    for reason in reasons:
+        bare = re.sub(r" \([^()]*%[^()]*\)$", "", reason)
+        kind = re.sub(r"\d+(\.\d+)?", "#", bare)
+        figure = float(re.findall(r"\d+(?:\.\d+)?", bare)[0]) if re.search(r"\d", bare) else 0.0
+        if kind not in worst or figure > worst[kind][0]:
+            worst[kind] = (figure, bare)
+    return [text for _, text in worst.values()]
+
+
+def _notes(row: dict[str, Any]) -> str:
+    """What the row's last run says besides its figures."""
+    sample = row["repeats"][-1] if "repeats" in row else row
+    if "failed" in sample:
+        return f"failed: {sample['failed']}"
+    if "cpu_percent_of_one_core" in sample:
+        roles = sample["cpu_percent_of_one_core"]
+        share = ", ".join(f"{role} {_cell(row, f'cpu:{role}', None)}%" for role in roles)
+        notes = f"CPU with no traffic (% of one core): {share}"
+        settled = sample.get("kafka_settle")
+        if settled:
+            notes += (
+                f"; kafka settled in {settled['waited_s']:g} s"
+                if settled["settled"]
+                else f"; kafka NOT settled after {settled['waited_s']:g} s ({settled['kafka_percent_of_one_core']:g}%)"
+            )
+        return notes
+    if "kafka_round_trip_ms" in sample:
+        if "repeats" not in row:
+            return str(sample["what"])
+        return (
+            f"Kafka alone, ms: produced to acked p50 {_cell(row, 'ack_p50', 2)}, p99 {_cell(row, 'ack_p99', 2)}; "
+            f"produced to consumed p50 {_cell(row, 'consumed_p50', 2)}, p99 {_cell(row, 'consumed_p99', 2)}"
+        )
+    report = sample["report"]
+    if report["scenario"] == "idle":
+        c = report["connect"]
+        held = _cell(row, "held", 0)
+        first = row["repeats"][0] if "repeats" in row else row  # Python keeps memory: later runs grow less
+        return (
+            f"{held} held ({sample['connections_per_server']}/server), {_cell(row, 'conn_rate', 0)} conn/s, "
+            f"RSS {_num(first['rss_kib_per_connection'], 1)} KiB/conn{' (first run)' if 'repeats' in row else ''}, "
+            f"{c['failed']} failed"
+        )
+    notes = str(sample["what"])
+    if "ramp" in report:
+        ramp = report["ramp"]
+        good = _cell(row, "last_good_rate", None)
+        notes = f"last good rate {good}/s" if good != "-" else "no step met the bound (figures: the first)"
+        notes += f"; stopped: {ramp['stopped_because']}"
+    elif not report["ok"]:
+        notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
+    if report.get("errors"):
+        notes += "; errors: " + ", ".join(f"{code} {n}" for code, n in sorted(report["errors"].items()))
+    return notes
+
+
+COLUMNS = (
+    "scenario",
+    "target/s",
+    "sent",
+    "delivered",
+    "lost",
+    "deliveries/s",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "server µs/msg",
+    "all µs/msg",
+    "gen µs/msg",
+    "others % before/during",
+    "steal % before/during",
+    "calibration",
+    "trust",
+    "notes",
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "| scenario | target/s | sent | delivered | lost | deliveries/s | p50 ms | p99 ms | max ms "
-        "| server µs/msg | all µs/msg | notes |"
-    )
-    lines = [head, "|" + "---|" * 12]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        if "cpu_percent_of_one_core" in row:
-            share = ", ".join(f"{role} {pct:g}%" for role, pct in row["cpu_percent_of_one_core"].items())
-            lines.append(f"| {row['name']} | | | | | | | | | | | CPU with no traffic (% of one core): {share} |")
-            continue
-        if "kafka_round_trip_ms" in row:
-            lines.append(f"| {row['name']} | | | | | | | | | | | {row['what']} |")
-            continue
-        if "failed" in row:
-            lines.append(f"| {row['name']} | | | | | | | | | | | failed: {row['failed']} |")
-            continue
-        report = row["report"]
-        if report["scenario"] == "idle":
-            c = report["connect"]
-            notes = (
-                f"{report['still_connected']} held ({row['connections_per_server']}/server), "
-                f"{c['rate_per_s']:.0f} conn/s, RSS {row['rss_kib_per_connection']} KiB/conn, "
-                f"{c['failed']} failed"
-            )
-            lines.append(f"| {row['name']} | | | | | | | | | | | {notes} |")
-            continue
-        m = row["measured"]
-        lat = m["latency_ms"]
-        notes = row["what"]
-        if "ramp" in report:
-            ramp = report["ramp"]
-            good = ramp["last_good_rate"]
-            notes = f"last good rate {good:g}/s" if good is not None else "no step met the bound (figures: the first)"
-            notes += f"; stopped: {ramp['stopped_because']}"
-        elif not report["ok"]:
-            notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
-        if report.get("errors"):
-            notes += "; errors: " + ", ".join(f"{code} {n}" for code, n in sorted(report["errors"].items()))
-        lines.append(
-            f"| {row['name']} | {m['target_rate']:g} | {m['sent']} | {m['delivered']} | {m['lost']} "
-            f"| {m['achieved_rate']:.0f} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} "
-            f"| {row.get('server_us_per_delivery', '-')} | {row.get('all_us_per_delivery', '-')} | {notes} |"
-        )
+        sample = row["repeats"][-1] if "repeats" in row else row
+        if "measured" in sample:
+            figures_cells = [
+                _cell(row, "target", None),
+                _cell(row, "sent", 0),
+                _cell(row, "delivered", 0),
+                _cell(row, "lost", 0),
+                _cell(row, "rate", 0),
+                _cell(row, "p50"),
+                _cell(row, "p99"),
+                _cell(row, "max"),
+                _cell(row, "server_us"),
+                _cell(row, "all_us"),
+                _cell(row, "generator_us"),
+            ]
+        else:
+            figures_cells = [""] * 11
+        cells = [row["name"], *figures_cells, *_machine_cells(row), _trust_cell(row), _notes(row)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -573,7 +822,7 @@ class OwnCluster:
             sys.exit(f"scripts/up.sh failed:\n{proc.stderr}")
         urls = [f"http://127.0.0.1:{self.port_base + n}" for n in range(1, self.servers + 1)]
         secret = (self.run_dir / "secret").read_text().strip()
-        return discover(urls, secret)
+        return discover(urls, secret, int(self.env["NGINX_PORT"]))
 
     def __exit__(self, *exc: object) -> None:
         try:
@@ -609,6 +858,207 @@ class OwnCluster:
         subprocess.run([str(ROOT / "scripts" / "down.sh")], env=self.env, capture_output=True, check=False)
 
 
+# ------------------------------------------------------------------------------ trust and repeats
+
+PRECHECK_S = 2.0  # the machine's usage measured before each row (after the calibration)
+
+
+class Bench:
+    """Runs rows on a cluster: each after the cluster has settled, with the machine checked
+    before (calibration, others, steal) and during (others, steal), ``--repeat`` times."""
+
+    def __init__(self, args: argparse.Namespace, limits: trust.Limits, reference: dict[str, Any]) -> None:
+        self.args = args
+        self.limits = limits
+        self.reference = reference
+        self.proc = trust.Proc()
+        self.idle: dict[str, float] = {}
+
+    # one run ---------------------------------------------------------------
+
+    def precheck(self, cluster: Cluster) -> dict[str, Any]:
+        """Before a row, with nothing of the run busy: the machine's speed, then who uses it."""
+        calibration = trust.calibrate()
+        calibration["slowdown"] = trust.slowdown(calibration, self.reference)
+        before = trust.measure(self.proc, cluster.participants(), PRECHECK_S)
+        return {"calibration": calibration, "before": before}
+
+    def judge(
+        self, row: dict[str, Any], pre: dict[str, Any], during: trust.Usage | None, extra: list[str] | None = None
+    ) -> dict[str, Any]:
+        if "failed" in row:
+            return row
+        found = [*(extra or [])]
+        found += trust.reasons(
+            self.limits,
+            before=pre["before"],
+            during=during,
+            calibration=pre["calibration"],
+            reference=self.reference,
+            generator_us=row.get("generator_us_per_delivery"),
+        )
+        row["machine"] = {
+            "before": pre["before"].to_dict(),
+            "during": during.to_dict() if during else None,
+            "calibration": pre["calibration"],
+        }
+        row["trusted"] = not found
+        row["untrusted_because"] = found
+        if found:
+            print(f"  {row['name']}: untrustworthy: {'; '.join(found)}", file=sys.stderr, flush=True)
+        return row
+
+    def once(self, cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
+        waited = settle(cluster, self.idle)
+        pre = self.precheck(cluster)
+        print(f"running {scenario.name}: {scenario.what}...", file=sys.stderr, flush=True)
+        row, during = run_scenario(cluster, scenario)
+        row["settled_s"] = waited
+        return self.judge(row, pre, during)
+
+    def idle_row(self, cluster: Cluster) -> dict[str, Any]:
+        """The CPU with no traffic, once Kafka has settled (its JIT, its housekeeping)."""
+        a = self.args
+        if "kafka" in cluster.pids:
+            print(
+                f"waiting for Kafka to settle (below {a.kafka_settle_pct:g}% of a core for {a.kafka_settle_s} s, "
+                f"at most {a.kafka_settle_limit:g} s)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        settled = settle_broker(cluster, a.kafka_settle_pct, a.kafka_settle_s, a.kafka_settle_limit)
+        pre = self.precheck(cluster)
+        row, during = idle_cost(cluster)
+        extra = []
+        if settled is not None:
+            row["kafka_settle"] = settled
+            if not settled["settled"]:
+                extra.append(
+                    f"kafka not settled: {settled['kafka_percent_of_one_core']:g}% of a core "
+                    f"after {settled['waited_s']:g} s"
+                )
+        return self.judge(row, pre, during, extra)
+
+    def kafka_rtt(self, cluster: Cluster, bootstrap: str, topic: str) -> dict[str, Any]:
+        pre = self.precheck(cluster)
+        span = trust.Span(self.proc, cluster.participants())
+        row = kafka_round_trip(bootstrap, topic)
+        return self.judge(row, pre, span.end())
+
+    # rows --------------------------------------------------------------------
+
+    def repeat(self, run: Any) -> dict[str, Any]:
+        runs = []
+        for i in range(self.args.repeat):
+            if self.args.repeat > 1:
+                print(f"  (run {i + 1} of {self.args.repeat})", file=sys.stderr, flush=True)
+            runs.append(run(i))
+        return combine(runs)
+
+    def rows(self, cluster: Cluster, scenarios: list[Scenario], idle_row: bool = True) -> list[dict[str, Any]]:
+        """The idle row (``idle_row=False``: only measured, as the floor ``settle`` waits for),
+        then each scenario's."""
+        if len(cluster.servers()) < len(cluster.urls):
+            print(
+                f"note: not every one of {cluster.urls} is a local process: only {len(cluster.servers())} "
+                "servers' CPU is counted",
+                file=sys.stderr,
+            )
+        rows = []
+        if idle_row:
+            rows.append(self.repeat(lambda _i: self.idle_row(cluster)))
+            first = rows[0]["repeats"][0] if "repeats" in rows[0] else rows[0]
+            self.idle = first["cpu_percent_of_one_core"]
+        else:
+            self.idle = idle_cost(cluster)[0]["cpu_percent_of_one_core"]
+        for scenario in scenarios:
+            rows.append(self.repeat(lambda _i, s=scenario: self.once(cluster, s)))
+        return rows
+
+
+# ------------------------------------------------------------------------------ the machine's facts
+
+
+def facts(bench: Bench, roots: list[int]) -> dict[str, Any]:
+    """The machine before anything of the run starts: cores, model, load, others, speed."""
+    info = machine()
+    info["loadavg"] = bench.proc.loadavg()
+    calibration = trust.calibrate()
+    calibration["slowdown"] = trust.slowdown(calibration, bench.reference)
+    used = trust.measure(bench.proc, roots, PRECHECK_S)
+    info["at_start"] = {**used.to_dict(), "calibration": calibration}
+    found = trust.reasons(
+        bench.limits, before=used, calibration=calibration, reference=bench.reference, when=("at the start", "")
+    )
+    info["quiet"] = not found
+    info["not_quiet_because"] = found
+    return info
+
+
+def facts_lines(info: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    start = info["at_start"]
+    recorded = reference.get("recorded", {})
+    slowdown = start["calibration"]["slowdown"]
+    speed = (
+        f"calibration {slowdown:.2f}x the reference (recorded {recorded.get('date', '?')}"
+        f"{'' if recorded.get('quiet') else ', on a machine that was not quiet'})"
+        if slowdown is not None
+        else "no reference calibration (python benchmarks/run.py --record-reference)"
+    )
+    if recorded and (recorded.get("python") != info["python"] or recorded.get("cpu_model") != info["cpu_model"]):
+        speed += f"; the reference is from {recorded.get('cpu_model')}, Python {recorded.get('python')}"
+    lines = [
+        f"{info['date']} · {info['cpus']} CPUs ({info['cpu_model']}) · {info['memory_gib']} GiB · "
+        f"Python {info['python']} · commit {info['commit']}",
+        f"machine at the start: load average {' '.join(f'{v:g}' for v in info['loadavg'])} · others "
+        f"{start['others_pct']:.0f}% of a core · steal {start['steal_pct']:.1f}% · {speed}",
+    ]
+    if not info["quiet"]:
+        lines.append(
+            f"warning: this machine is not quiet ({'; '.join(info['not_quiet_because'])}): rows are likely "
+            "to be marked untrustworthy, and figures taken now are not fit for BENCHMARKS.md"
+        )
+    return lines
+
+
+def record_reference(path: Path, limits: trust.Limits, note: str | None) -> int:
+    """Measure the calibration (9 rounds, the best) and write it, with how, when and where it
+    was recorded and whether the machine was quiet meanwhile, to ``path``."""
+    proc = trust.Proc()
+    span = trust.Span(proc, [os.getpid()])
+    calibration = trust.calibrate(rounds=9)
+    used = span.end()
+    quiet = used.others_pct <= limits.others_pct and used.steal_pct <= limits.steal_pct
+    info = machine()
+    reference = trust.load_reference(path)
+    reference["calibration"] = {**calibration, "work": trust.CALIBRATION_WORK}
+    reference["recorded"] = {
+        "how": "python benchmarks/run.py --record-reference",
+        "date": info["date"],
+        "commit": info["commit"],
+        "cpus": info["cpus"],
+        "cpu_model": info["cpu_model"],
+        "python": info["python"],
+        "loadavg": proc.loadavg(),
+        "others_percent_of_one_core": round(used.others_pct, 1),
+        "steal_percent": round(used.steal_pct, 1),
+        "busiest_others": used.to_dict()["top_others"],
+        "quiet": quiet,
+    }
+    default_note = (
+        "recorded on a quiet machine"
+        if quiet
+        else f"recorded while others used {used.others_pct:.0f}% of a core: re-record on a quiet machine"
+    )
+    reference["note"] = note or default_note
+    path.write_text(json.dumps(reference, indent=2, ensure_ascii=False) + "\n")
+    print(
+        f"recorded {path}: calibration {calibration['cpu_s']} s CPU, {calibration['wall_s']} s wall; "
+        f"others {used.others_pct:.0f}% of a core, steal {used.steal_pct:.1f}%; {reference['note']}"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -629,7 +1079,66 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated scenario names to run (default all)")
     parser.add_argument("--rate", help="override the rate of the scenarios run (to explore; not the matrix)")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each row: median and min-max (default 1)")
+    trusting = parser.add_argument_group("trust: when a row is marked untrustworthy")
+    trusting.add_argument(
+        "--max-others",
+        type=float,
+        default=5.0,
+        metavar="PCT",
+        help="CPU of processes outside the run, %% of one core (default 5)",
+    )
+    trusting.add_argument(
+        "--max-steal", type=float, default=2.0, metavar="PCT", help="CPU steal, %% of all CPU time (default 2)"
+    )
+    trusting.add_argument(
+        "--max-slowdown",
+        type=float,
+        default=1.3,
+        metavar="X",
+        help="calibration this many times slower than the reference (default 1.3)",
+    )
+    trusting.add_argument(
+        "--max-generator-us",
+        type=float,
+        default=50.0,
+        metavar="US",
+        help="the load generator's CPU per delivered message (µs) beyond which it limits the measurement (default 50)",
+    )
+    trusting.add_argument(
+        "--kafka-settle-pct",
+        type=float,
+        default=5.0,
+        metavar="PCT",
+        help="the idle row waits for Kafka below this (default 5)",
+    )
+    trusting.add_argument(
+        "--kafka-settle-s", type=int, default=3, metavar="S", help="... for this many seconds (default 3)"
+    )
+    trusting.add_argument(
+        "--kafka-settle-limit", type=float, metavar="S", help="... at most this long (default 180, --short 30)"
+    )
+    trusting.add_argument(
+        "--strict", action="store_true", help="exit 3 when a row is untrustworthy (default: only say so)"
+    )
+    trusting.add_argument(
+        "--reference",
+        type=Path,
+        default=trust.REFERENCE,
+        help="reference calibration (default benchmarks/reference.json)",
+    )
+    trusting.add_argument(
+        "--record-reference", action="store_true", help="record this machine's calibration as the reference, and exit"
+    )
+    trusting.add_argument("--reference-note", help="with --record-reference: the note kept with it")
     args = parser.parse_args()
+    limits = trust.Limits(args.max_others, args.max_steal, args.max_slowdown, args.max_generator_us)
+    if args.record_reference:
+        return record_reference(args.reference, limits, args.reference_note)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    if args.kafka_settle_limit is None:
+        args.kafka_settle_limit = 30.0 if args.short else 180.0
     scenarios = matrix(args.short)
     if args.only:
         wanted = set(args.only.split(","))
@@ -643,47 +1152,48 @@ def main() -> int:
             for s in scenarios
         ]
 
-    def bench(cluster: Cluster, scenarios: list[Scenario]) -> list[dict[str, Any]]:
-        if len(cluster.servers()) < len(cluster.urls):
-            print(
-                f"note: not every one of {cluster.urls} is a local process: only {len(cluster.servers())} "
-                "servers' CPU is counted",
-                file=sys.stderr,
-            )
-        rows = [idle_cost(cluster)]
-        idle = rows[0]["cpu_percent_of_one_core"]
-        for scenario in scenarios:
-            waited = settle(cluster, idle)
-            print(f"running {scenario.name}: {scenario.what}...", file=sys.stderr, flush=True)
-            rows.append({**run_scenario(cluster, scenario), "settled_s": waited})
-        return rows
+    reference = trust.load_reference(args.reference)
+    bench = Bench(args, limits, reference)
+    info = facts(bench, discover(args.url, None).participants())
+    header = facts_lines(info, reference)
+    for line in header[1:]:
+        print(line, file=sys.stderr, flush=True)
 
     on_cluster = [s for s in scenarios if s.target == "cluster"]
     on_ceiling = [s for s in scenarios if s.target == "ceiling"]
     rtt_topic = f"{args.prefix}rtt-probe"
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     rows: list[dict[str, Any]] = []
+
+    def on(cluster: Cluster) -> list[dict[str, Any]]:
+        found = bench.rows(cluster, on_cluster)
+        found.append(bench.repeat(lambda i: bench.kafka_rtt(cluster, bootstrap, f"{rtt_topic}-{i}")))
+        return found
+
     if on_cluster and args.url:
-        rows = bench(discover(args.url, args.secret), on_cluster)
-        rows.append(kafka_round_trip(bootstrap, rtt_topic))
+        rows = on(discover(args.url, args.secret))
     elif on_cluster:
         nginx_port = args.nginx_port or args.port_base
         with OwnCluster(args.servers, args.port_base, nginx_port, args.run_dir, args.prefix) as cluster:
-            rows = bench(cluster, on_cluster)
-            rows.append(kafka_round_trip(bootstrap, rtt_topic))
+            rows = on(cluster)
     if on_ceiling:  # after the cluster is stopped: the relay alone with the generator
         print("starting the bare relay (benchmarks/ceiling.py)...", file=sys.stderr)
         with Ceiling(args.ceiling_port or args.port_base + 19) as relay:
-            rows += [row for row in bench(relay, on_ceiling) if row["name"] != "idle-cpu"]
-    info = machine()
-    print(
-        f"{info['date']} · {info['cpus']} CPUs ({info['cpu_model']}) · {info['memory_gib']} GiB · "
-        f"Python {info['python']} · commit {info['commit']}"
-    )
+            rows += bench.rows(relay, on_ceiling, idle_row=False)
+    untrusted = [row["name"] for row in rows if row.get("trusted") is False]
+    print("\n".join(header))
     print(table(rows))
+    if untrusted:
+        print(
+            f"\n{len(untrusted)} of {len(rows)} rows are untrustworthy ({', '.join(untrusted)}): see the trust column"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
-    return 0 if all("failed" not in row for row in rows) else 1
+        Path(args.json).write_text(
+            json.dumps({"machine": info, "limits": dataclasses.asdict(limits), "rows": rows}, indent=1)
+        )
+    if any("failed" in row or row.get("failed_runs") for row in rows):
+        return 1
+    return 3 if args.strict and untrusted else 0
 
 
 if __name__ == "__main__":

@@ -222,7 +222,8 @@ def top_others(
         if used > 0:
             by_name[name] = by_name.get(name, 0) + used
     ranked = sorted(by_name.items(), key=lambda item: -item[1])[:count]
-    return tuple((name, round(100.0 * used / CLK_TCK / seconds, 1)) for name, used in ranked)
+    named = ((name, round(100.0 * used / CLK_TCK / seconds, 1)) for name, used in ranked)
+    return tuple((name, pct) for name, pct in named if pct >= 1.0)
 
 
 def usage(first: Sample, last: Sample) -> Usage:

@@ -27,12 +27,30 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     print(proc.stdout)  # the figures, in the CI log
 
     table = proc.stdout.splitlines()
-    assert table[1].startswith("| scenario |")
-    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert table[1].startswith("machine at the start: load average "), "the machine's facts head the table"
+    header = next(line for line in table if line.startswith("| scenario |"))
+    for column in ("gen µs/msg", "others % before/during", "steal % before/during", "calibration", "trust"):
+        assert f"| {column} |" in header, column
+    result = json.loads(out.read_text())
+    assert {"cpus", "cpu_model", "loadavg", "at_start", "quiet"} <= set(result["machine"])
+    rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ["idle-cpu", "idle", "private", "private-ramp", "public", "kafka-rtt", "ceiling"]
     assert rows["idle-cpu"]["cpu_percent_of_one_core"]["ws-1"] > 0, "the poll callback costs something"
     for name in rows:
         assert any(line.startswith(f"| {name} |") for line in table), f"no table row for {name}"
+
+    # Every row says whether it can be trusted, and why not. CI's machine may be busy: an
+    # untrustworthy row is reported (above, in the log), never a failure.
+    for name, row in rows.items():
+        assert isinstance(row["trusted"], bool) and row["trusted"] == (not row["untrusted_because"]), name
+        seen = row["machine"]
+        assert seen["before"]["seconds"] > 0 and seen["before"]["others_pct"] >= 0, name
+        assert seen["during"] is not None and 0 <= seen["during"]["steal_pct"] <= 100, name
+        assert seen["calibration"]["cpu_s"] > 0, name
+        line = next(line for line in table if line.startswith(f"| {name} |"))
+        assert ("| ok |" in line) == row["trusted"], line
+    settled = rows["idle-cpu"]["kafka_settle"]
+    assert settled["waited_s"] > 0 and isinstance(settled["settled"], bool), "the idle row waits for Kafka first"
 
     private = rows["private"]
     assert private["measured"]["lost"] == 0 and private["measured"]["delivered"] == private["measured"]["sent"] > 0
@@ -41,6 +59,7 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     assert {"ws-1", "ws-2", "redis", "kafka", "generator"} <= set(cpu), "every process of the machine is read"
     assert cpu["ws-1"] > 0 and cpu["ws-2"] > 0
     assert 0 < private["server_us_per_delivery"] < private["all_us_per_delivery"]
+    assert 0 < private["generator_us_per_delivery"] < private["all_us_per_delivery"], "the generator's own cost"
 
     ramp = rows["private-ramp"]["report"]["ramp"]
     assert ramp["steps"] and ramp["stopped_because"], "a ramp says where and why it stopped"
