@@ -94,6 +94,11 @@ class History(Protocol):
         """The newest offset and the epoch of each channel (an epoch is made if it has none)."""
         ...
 
+    async def renew_epoch(self, channel: str, stale: str) -> str:
+        """Give ``channel`` a new epoch if it still has ``stale`` (its offsets were handed out
+        twice); the epoch it has now."""
+        ...
+
     async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
         """Up to ``limit`` messages with offsets above ``offset``, oldest first, and the oldest
         offset still stored (0 when the log is empty)."""
@@ -186,6 +191,16 @@ return {0, stored}
 """
 )
 
+# KEYS: the epoch. ARGV: the stale epoch, a fresh one. Answers the epoch it has now.
+_RENEW_LUA = """
+local epoch = redis.call('GET', KEYS[1])
+if epoch == false or epoch == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return epoch
+"""
+
 # KEYS: (seq, epoch) per channel. ARGV: a fresh epoch. Answers offset, epoch, offset, epoch...
 _HEADS_LUA = (
     _EPOCH_LUA
@@ -260,6 +275,13 @@ class RedisHistory:
             raise HistoryError(f"redis: {exc}") from exc
         return {c: int(v) if v is not None else 0 for c, v in zip(channels, values, strict=True)}
 
+    async def renew_epoch(self, channel: str, stale: str) -> str:
+        try:
+            epoch = await self._batch.eval(_RENEW_LUA, [self._names.channel_epoch(channel)], [stale, new_epoch()])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return _text(epoch)
+
     async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
         log = self._names.channel_log(channel)
         try:
@@ -322,6 +344,17 @@ class MemoryHistory:
         if epoch is None:
             epoch = self._epochs[channel] = new_epoch(self._clock)
         return epoch
+
+    def lose_newest(self, channel: str, count: int) -> None:
+        """Forget the newest ``count`` messages of ``channel`` but not its epoch, as a Redis that
+        crashed before its last writes reached the disk (for tests)."""
+        self._seq[channel] = self._seq.get(channel, 0) - count
+        self._logs[channel] = [entry for entry in self._logs.get(channel, []) if entry[0] <= self._seq[channel]]
+
+    async def renew_epoch(self, channel: str, stale: str) -> str:
+        if self._epochs.get(channel, stale) == stale:
+            self._epochs[channel] = new_epoch(self._clock)
+        return self._epochs[channel]
 
     def lose_everything(self) -> None:
         """Forget every message, offset and epoch, as a Redis that restarted empty (for tests)."""

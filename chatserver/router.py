@@ -159,7 +159,7 @@ class Router:
         self._idle.set()
         self._resume_wait_s = resume_wait_s
         self._awaiting: dict[str, asyncio.TimerHandle] = {}  # greeted sessions that may resume
-        self._sequencer = Sequencer(self._fill, self._channel_reset, gap_wait_s)
+        self._sequencer = Sequencer(self._fill, self._channel_reset, self._renew_epoch, gap_wait_s)
 
     # ------------------------------------------------------------------ sessions
 
@@ -717,7 +717,7 @@ class Router:
         epochs = dict(envelope.epochs)
         for channel, offset in envelope.offsets:
             deliver = functools.partial(self._deliver, envelope, channel)
-            self._sequencer.offer(channel, epochs.get(channel, ""), offset, deliver)
+            self._sequencer.offer(channel, epochs.get(channel, ""), offset, envelope.id, deliver)
 
     def _deliver(self, envelope: p.Envelope, channel: str) -> None:
         """``envelope``'s message as stored in ``channel``, to the local sessions reading it there."""
@@ -737,21 +737,20 @@ class Router:
             self._metrics.deliveries.labels(envelope.kind).inc(delivered)
             self._metrics.delivery_seconds.observe(max(0.0, self._clock() - envelope.ts / 1000))
 
-    async def _fill(self, channel: str, after: int, upto: int) -> list[tuple[int, Deliver]]:
+    async def _fill(self, channel: str, after: int, upto: int) -> list[tuple[int, str, Deliver]]:
         """Deliveries of ``channel``'s stored messages in ``(after, upto]``, for the sequencer
         to put in a hole that the bus left (a message stored and never published)."""
         messages, _ = await self._history.after(channel, after, max(1, upto - after))
         room_members: set[str] = set()
         if channel.startswith("room:"):
             room_members = set(await self._rooms.members(channel[len("room:") :]))
-        deliveries: list[tuple[int, Deliver]] = []
+        deliveries: list[tuple[int, str, Deliver]] = []
         for message in messages:
             if message["offset"] > upto:
                 break
             frame = p.OutFrame(message)
-            deliveries.append(
-                (message["offset"], functools.partial(self._deliver_stored, channel, frame, room_members))
-            )
+            deliver = functools.partial(self._deliver_stored, channel, frame, room_members)
+            deliveries.append((message["offset"], str(message["id"]), deliver))
         return deliveries
 
     def _deliver_stored(self, channel: str, frame: p.OutFrame, room_members: set[str]) -> None:
@@ -762,6 +761,20 @@ class Router:
                 self.hub.deliver(user, frame)
         else:
             self.hub.deliver(channel[len("user:") :], frame)
+
+    def _renew_epoch(self, channel: str, stale: str) -> None:
+        """``channel``'s store handed out offsets of epoch ``stale`` a second time: give it a new
+        epoch, so every server and client learns that those offsets no longer mean one thing."""
+
+        async def renew() -> None:
+            try:
+                await self._history.renew_epoch(channel, stale)
+            except HistoryError as exc:  # the next reused offset tries again
+                log.warning("could not renew the epoch of %s: %s", channel, exc)
+
+        task = asyncio.create_task(renew())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _channel_reset(self, channel: str, spare: ClientSession | None = None) -> None:
         """``channel``'s offsets started over, or a hole in it cannot be filled: what its local

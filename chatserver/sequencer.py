@@ -14,6 +14,9 @@ keeps, per channel that local sessions read, the next offset it may hand on:
 An offset means something only with its epoch (see ``chatserver.history``): a message of a newer
 epoch means the channel's storage lost data and its offsets started over. Nothing a session was
 told still holds, so ``on_reset`` is called and the stream starts again from that message.
+A storage that lost only its newest writes (a crash before they reached disk) hands out those
+offsets again in the same epoch: an offset that comes back with another message's id says so,
+and ``on_reuse`` is called, to give the channel a new epoch.
 
 A channel's stream starts when a session begins to read it (``expect``, before the server
 registers the session), is placed by the position that session was given (``start``), and ends
@@ -30,20 +33,32 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[], None]
-#: ``fill(channel, after, upto)``: deliveries of the stored messages with offsets in
-#: ``(after, upto]``, oldest first, each with its offset (fewer when history lost some).
-Fill = Callable[[str, int, int], Awaitable[list[tuple[int, Deliver]]]]
+#: ``fill(channel, after, upto)``: the stored messages with offsets in ``(after, upto]``, oldest
+#: first, each as (offset, message id, delivery) (fewer when history lost some).
+Fill = Callable[[str, int, int], Awaitable[list[tuple[int, str, Deliver]]]]
+
+#: How many handed-on offsets a stream remembers the message ids of, to tell a copy from a reuse.
+REMEMBERED = 256
 
 
 class _Stream:
-    __slots__ = ("epoch", "filling", "next", "timer", "waiting")
+    __slots__ = ("epoch", "filling", "ids", "next", "timer", "waiting")
 
     def __init__(self, epoch: str, next_offset: int | None) -> None:
         self.epoch = epoch
         self.next = next_offset  # None: not placed yet, hold everything
-        self.waiting: dict[int, Deliver] = {}
+        self.waiting: dict[int, tuple[str, Deliver]] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.filling = False
+        self.ids: dict[int, str] = {}  # the newest handed-on offsets -> their message ids
+
+    def hand_on(self, message_id: str, deliver: Deliver) -> None:
+        assert self.next is not None
+        deliver()
+        ids = self.ids
+        ids[self.next] = message_id
+        ids.pop(self.next - REMEMBERED, None)
+        self.next += 1
 
 
 class Sequencer:
@@ -51,11 +66,13 @@ class Sequencer:
         self,
         fill: Fill,
         on_reset: Callable[[str], None],
+        on_reuse: Callable[[str, str], None],
         gap_wait_s: float = 0.25,
         max_waiting: int = 10_000,
     ) -> None:
         self._fill = fill
         self._on_reset = on_reset
+        self._on_reuse = on_reuse
         self._gap_wait_s = gap_wait_s
         self._max_waiting = max_waiting
         self._streams: dict[str, _Stream] = {}
@@ -96,7 +113,7 @@ class Sequencer:
     def reading(self, channel: str) -> bool:
         return channel in self._streams
 
-    def offer(self, channel: str, epoch: str, offset: int, deliver: Deliver) -> None:
+    def offer(self, channel: str, epoch: str, offset: int, message_id: str, deliver: Deliver) -> None:
         """A live message of ``channel``: delivered now, later in order, or never (a copy)."""
         stream = self._streams.get(channel)
         if stream is None:
@@ -112,26 +129,33 @@ class Sequencer:
             stream.epoch = epoch
         if stream.next is None or offset > stream.next:
             if offset not in stream.waiting:
-                stream.waiting[offset] = deliver
+                stream.waiting[offset] = (message_id, deliver)
             if stream.next is not None:
                 self._wait_for_gap(channel, stream)
             return
         if offset < stream.next:
+            known = stream.ids.get(offset)
+            if known is not None and message_id and known != message_id:
+                log.warning(
+                    "channel %s: offset %d came back with another message: its store lost writes", channel, offset
+                )
+                self._on_reuse(channel, stream.epoch)
+                self.forget(channel)
+                self._on_reset(channel)
+                return
             self.dropped += 1
             return
-        deliver()
-        stream.next += 1
+        stream.hand_on(message_id, deliver)
         if stream.waiting:
             self._drain(channel, stream)
 
     def _drain(self, channel: str, stream: _Stream) -> None:
         assert stream.next is not None
         while stream.waiting:
-            deliver = stream.waiting.pop(stream.next, None)
-            if deliver is None:
+            waiting = stream.waiting.pop(stream.next, None)
+            if waiting is None:
                 break
-            deliver()
-            stream.next += 1
+            stream.hand_on(*waiting)
         if stream.waiting:
             self._wait_for_gap(channel, stream)
         elif stream.timer is not None:
@@ -178,11 +202,10 @@ class Sequencer:
         if found is None:
             self._wait_for_gap(channel, stream)
             return
-        for offset, deliver in found:
+        for offset, message_id, deliver in found:
             if offset == stream.next:
                 self.filled += 1
-                deliver()
-                stream.next += 1
+                stream.hand_on(message_id, deliver)
         if stream.next < first_waiting and not stream.waiting.get(stream.next):
             log.warning(
                 "channel %s: offsets %d-%d are not in history; its readers must resume",

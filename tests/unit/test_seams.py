@@ -232,3 +232,26 @@ async def test_a_private_message_replied_to_at_once_reaches_the_sender_without_w
     await c.send(bob, 2, {"type": "private", "to": "alice", "text": "pong"})
     assert [m["text"] for m in alice.of_type("message")] == ["pong"]
     assert offsets(alice, "user:alice") == [2]
+
+
+@pytest.mark.gen_test
+async def test_offsets_handed_out_again_after_a_crash_give_the_channel_a_new_epoch() -> None:
+    """A Redis that crashed before its newest writes reached disk hands out their offsets again,
+    in the same epoch: the session must not drop the new messages as copies of what it saw."""
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    old_epochs = bob.frames[0]["epochs"]
+    for channel in ("user:alice", "user:bob"):
+        c.history.lose_newest(channel, 2)  # offsets 2 and 3 are lost, and will be given again
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "new"})
+    await settle()
+    assert bob.closed is not None and bob.closed[0] == CLOSE_RESET
+    again = await c.join("bob", 1)
+    assert again.frames[0]["epochs"]["user:bob"] != old_epochs["user:bob"]
+    await c.send(again, 1, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs})
+    resumed = again.of_type("resumed")[0]
+    assert (resumed["recovered"], resumed["gaps"], resumed["positions"]["user:bob"]) == (False, ["user:bob"], 2)

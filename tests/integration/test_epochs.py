@@ -1,0 +1,66 @@
+"""Epochs and the idempotent store on a real Redis: what a client is told after Redis lost data."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import redis.asyncio as aioredis
+
+from chatserver.history import RedisHistory, Retention
+from chatserver.names import Names
+from chatserver.protocol import Envelope
+from tests.integration.conftest import REDIS_URL
+
+
+@asynccontextmanager
+async def history() -> AsyncIterator[tuple[RedisHistory, aioredis.Redis, str]]:
+    """A history under a prefix of its own, its keys deleted afterwards."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    prefix = f"test-epochs-{uuid.uuid4().hex[:8]}-"
+    try:
+        yield RedisHistory(client, Names(prefix), Retention()), client, prefix
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def public(i: int) -> Envelope:
+    return Envelope(kind="public", id=f"id-{i}", sender="ann", text=f"m{i}", ts=1000 + i)
+
+
+@pytest.mark.gen_test
+async def test_a_channel_keeps_its_epoch_until_its_store_loses_it() -> None:
+    async with history() as (h, client, prefix):
+        before = (await h.heads(["public"]))["public"]
+        assert before.offset == 0 and before.epoch
+        stored = await h.store(public(1), None)
+        assert stored.offsets == (("public", 1),) and stored.epochs == (("public", before.epoch),)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        await client.delete(*keys)  # Redis restarted without its data
+        after = await h.store(public(2), None)
+        assert after.offsets == (("public", 1),)  # offsets start over...
+        assert dict(after.epochs)["public"] > before.epoch  # ...in a newer epoch
+
+
+@pytest.mark.gen_test
+async def test_a_store_run_twice_stores_once_even_without_a_cid() -> None:
+    async with history() as (h, _client, _prefix):
+        first = await h.store(public(1), None)
+        again = await h.store(public(1), None)  # the same call again: a retried pipeline
+        assert (again.offsets, again.duplicate) == (first.offsets, True)
+        assert len((await h.after("public", 0, 10))[0]) == 1
+
+
+@pytest.mark.gen_test
+async def test_renewing_an_epoch_happens_once_for_a_stale_one() -> None:
+    async with history() as (h, _client, _prefix):
+        stale = (await h.heads(["public"]))["public"].epoch
+        fresh = await h.renew_epoch("public", stale)
+        assert fresh != stale
+        assert await h.renew_epoch("public", stale) == fresh  # a second server's renewal: no change
+        assert (await h.heads(["public"]))["public"].epoch == fresh
