@@ -200,6 +200,8 @@ class Router:
             heads = await self._history.heads(channels)
         except HistoryError as exc:  # positions it could not be told: come back later
             log.warning("positions of %s unknown: %s", user, exc)
+            for channel in channels:
+                self._sequencer.abandon(channel)
             session.close(CLOSE_TRY_AGAIN, "the message store is unavailable; reconnect shortly")
             return
         if not self.hub.has_session(session):

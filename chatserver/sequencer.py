@@ -110,8 +110,12 @@ class Sequencer:
         if stream is not None and stream.timer is not None:
             stream.timer.cancel()
 
-    def reading(self, channel: str) -> bool:
-        return channel in self._streams
+    def abandon(self, channel: str) -> None:
+        """The session that ``expect``ed ``channel`` could not be placed in it: forget the stream
+        unless another session placed it."""
+        stream = self._streams.get(channel)
+        if stream is not None and stream.next is None:
+            self.forget(channel)
 
     def offer(self, channel: str, epoch: str, offset: int, message_id: str, deliver: Deliver) -> None:
         """A live message of ``channel``: delivered now, later in order, or never (a copy)."""

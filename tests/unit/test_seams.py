@@ -255,3 +255,34 @@ async def test_offsets_handed_out_again_after_a_crash_give_the_channel_a_new_epo
     await c.send(again, 1, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs})
     resumed = again.of_type("resumed")[0]
     assert (resumed["recovered"], resumed["gaps"], resumed["positions"]["user:bob"]) == (False, ["user:bob"], 2)
+
+
+class FlakyHistory(MemoryHistory):
+    """A history whose reads of positions fail while ``down``."""
+
+    down = False
+
+    async def heads(self, channels: Any) -> Any:
+        if self.down:
+            from chatserver.history import HistoryError
+
+            raise HistoryError("redis: connection refused")
+        return await super().heads(channels)
+
+
+@pytest.mark.gen_test
+async def test_a_session_that_cannot_be_told_its_positions_is_asked_to_come_back_and_leaves_nothing_held() -> None:
+    c = Cluster(1)
+    history = c.history = FlakyHistory()
+    c.routers[0]._history = history
+    await c.start()
+    history.down = True
+    first = await c.join("ann", 1)
+    assert first.frames == [] and first.closed is not None and first.closed[0] == 1013
+    c.routers[0].disconnect(first)
+    history.down = False
+    ann, ben = await c.join("ann", 1), await c.join("ben", 1)
+    for session in (ann, ben):
+        await c.send(session, 1, {"type": "resume", "positions": {}})
+    await c.send(ben, 1, {"type": "public", "text": "hello"})
+    assert [m["text"] for m in ann.of_type("message")] == ["hello"]
