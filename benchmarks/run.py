@@ -36,6 +36,12 @@ in the table and the JSON; the idle row waits first for Kafka's own CPU to settl
 begins by printing the machine's facts and a warning when it is not quiet. An untrustworthy row
 is reported, never an error (CI's machine is shared), unless ``--strict``. ``--repeat N`` runs
 each row N times and reports the median and range of its figures.
+
+A ramp row starts a little below the last good rate known for it (its previous run, else
+``last_good_rates`` in the reference file, else the matrix's rate; ``--ramp-start``) and raises
+the rate by the matrix's factor until a step fails; then it ramps again from that last good rate
+in steps of the factor's fourth root (x1.057 for x1.25), so it finds the ceiling to a few
+percent in a few steps. ``--record-rates`` keeps trusted ramps' results in the reference file.
 """
 
 from __future__ import annotations
@@ -718,6 +724,11 @@ def _notes(row: dict[str, Any]) -> str:
         good = _cell(row, "last_good_rate", None)
         notes = f"last good rate {good}/s" if good != "-" else "no step met the bound (figures: the first)"
         notes += f"; stopped: {ramp['stopped_because']}"
+        phases = sample.get("ramp_phases", [])
+        if len(phases) > 1:
+            notes += "; steps " + ", then ".join(
+                f"x{p['factor']:g} from {p['start']:g}/s (good to {_num(p['last_good_rate'], None)})" for p in phases
+            )
     elif not report["ok"]:
         notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
     if report.get("errors"):
@@ -861,6 +872,35 @@ class OwnCluster:
 # ------------------------------------------------------------------------------ trust and repeats
 
 PRECHECK_S = 2.0  # the machine's usage measured before each row (after the calibration)
+RAMP_START_SHARE = 0.8  # a ramp from a known good rate starts this much below it
+
+
+def _arg(args: tuple[str, ...], flag: str) -> str | None:
+    """The last value given to ``flag`` (argparse keeps the last)."""
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+    return values[-1] if values else None
+
+
+def with_args(scenario: Scenario, **values: float) -> Scenario:
+    """The scenario with loadtest options replaced: ``rate=…``, ``ramp_factor=…``."""
+    flags = {f"--{k.replace('_', '-')}": f"{v:g}" for k, v in values.items()}
+    kept: list[str] = []
+    skip = False
+    for a in scenario.args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            kept.append(a)
+    for flag, value in flags.items():
+        kept += [flag, value]
+    return dataclasses.replace(scenario, args=tuple(kept))
+
+
+def _last_good(row: dict[str, Any]) -> float | None:
+    good: float | None = row.get("report", {}).get("ramp", {}).get("last_good_rate")
+    return good
 
 
 class Bench:
@@ -873,6 +913,7 @@ class Bench:
         self.reference = reference
         self.proc = trust.Proc()
         self.idle: dict[str, float] = {}
+        self.known_good: dict[str, float] = {}  # a ramp's last good rate, for its next run
 
     # one run ---------------------------------------------------------------
 
@@ -945,6 +986,61 @@ class Bench:
         row = kafka_round_trip(bootstrap, topic)
         return self.judge(row, pre, span.end())
 
+    # ramps -----------------------------------------------------------------
+
+    def ramp_start(self, scenario: Scenario) -> float | None:
+        """Where a ramp starts: --ramp-start, else a little below this scenario's last good rate
+        (its previous run, else benchmarks/reference.json for the full matrix), else the matrix's."""
+        if self.args.rate:
+            return None  # an explicit --rate is where every scenario starts
+        given = self.args.ramp_start.get(scenario.name, self.args.ramp_start.get("*"))
+        if given:
+            return float(given)
+        known = self.known_good.get(scenario.name)
+        if known is None and not self.args.short:
+            known = self.reference.get("last_good_rates", {}).get(scenario.name)
+        return round(known * RAMP_START_SHARE, 3) if known else None
+
+    def ramp(self, cluster: Cluster, scenario: Scenario) -> dict[str, Any]:
+        """A coarse ramp from near the last known good rate until a step fails, then a fine one
+        (the coarse factor's fourth root, x1.057 for x1.25) from that last good rate: the
+        ceiling to within a few percent, in a few steps."""
+        factor = float(_arg(scenario.args, "--ramp-factor") or 1.5)
+        start = self.ramp_start(scenario)
+        phases: list[dict[str, Any]] = []
+
+        def phase(plan: Scenario, note: str) -> dict[str, Any]:
+            row = self.once(cluster, plan)
+            phases.append(
+                {
+                    "start": float(_arg(plan.args, "--rate") or 0),
+                    "factor": float(_arg(plan.args, "--ramp-factor") or factor),
+                    "last_good_rate": _last_good(row),
+                    "stopped_because": row.get("report", {}).get("ramp", {}).get("stopped_because", row.get("failed")),
+                    "why": note,
+                }
+            )
+            return row
+
+        plan = scenario if start is None else with_args(scenario, rate=start)
+        best = phase(plan, "coarse" if start is None else "coarse, from below the last known good rate")
+        if start is not None and "failed" not in best and _last_good(best) is None:
+            # Not even the known good rate is good now: once more from half of it.
+            best = phase(with_args(scenario, rate=round(start / 2, 3)), "coarse, from half: the start was not good")
+        good = _last_good(best)
+        if good is not None and best["report"]["ramp"]["stopped_because"] != "reached the step limit":
+            fine_factor = self.args.ramp_fine_factor or round(factor**0.25, 3)
+            fine = phase(
+                with_args(scenario, rate=round(good * fine_factor, 3), ramp_factor=fine_factor), "fine, from the edge"
+            )
+            if _last_good(fine) is not None:
+                best = fine
+        good = _last_good(best)
+        if good is not None:
+            self.known_good[scenario.name] = good
+        best["ramp_phases"] = phases
+        return best
+
     # rows --------------------------------------------------------------------
 
     def repeat(self, run: Any) -> dict[str, Any]:
@@ -972,7 +1068,10 @@ class Bench:
         else:
             self.idle = idle_cost(cluster)[0]["cpu_percent_of_one_core"]
         for scenario in scenarios:
-            rows.append(self.repeat(lambda _i, s=scenario: self.once(cluster, s)))
+            if "--ramp" in scenario.args:
+                rows.append(self.repeat(lambda _i, s=scenario: self.ramp(cluster, s)))
+            else:
+                rows.append(self.repeat(lambda _i, s=scenario: self.once(cluster, s)))
         return rows
 
 
@@ -1051,12 +1150,35 @@ def record_reference(path: Path, limits: trust.Limits, note: str | None) -> int:
         else f"recorded while others used {used.others_pct:.0f}% of a core: re-record on a quiet machine"
     )
     reference["note"] = note or default_note
+    reference.setdefault("last_good_rates", {})
     path.write_text(json.dumps(reference, indent=2, ensure_ascii=False) + "\n")
     print(
         f"recorded {path}: calibration {calibration['cpu_s']} s CPU, {calibration['wall_s']} s wall; "
         f"others {used.others_pct:.0f}% of a core, steal {used.steal_pct:.1f}%; {reference['note']}"
     )
     return 0
+
+
+def record_rates(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Keep the trusted ramps' last good rates in ``path``: the next run's ramps start there."""
+    reference = trust.load_reference(path)
+    rates = reference.setdefault("last_good_rates", {})
+    for row in rows:
+        good = _cell(row, "last_good_rate", None) if "repeats" in row else _last_good(row)
+        if good in (None, "-") or not row.get("trusted"):
+            continue
+        rates[row["name"]] = float(row["spread"]["last_good_rate"]["median"]) if "repeats" in row else good
+    reference["last_good_rates_recorded"] = machine()["date"]
+    path.write_text(json.dumps(reference, indent=2, ensure_ascii=False) + "\n")
+    print(f"recorded the trusted ramps' last good rates in {path}: {rates}", file=sys.stderr)
+
+
+def _ramp_starts(values: list[str]) -> dict[str, float]:
+    starts: dict[str, float] = {}
+    for value in values:
+        name, _, rate = value.rpartition("=")
+        starts[name or "*"] = float(rate)
+    return starts
 
 
 def main() -> int:
@@ -1131,6 +1253,20 @@ def main() -> int:
         "--record-reference", action="store_true", help="record this machine's calibration as the reference, and exit"
     )
     trusting.add_argument("--reference-note", help="with --record-reference: the note kept with it")
+    trusting.add_argument(
+        "--record-rates", action="store_true", help="keep the trusted ramps' last good rates in the reference file"
+    )
+    ramping = parser.add_argument_group("ramps: the highest good rate")
+    ramping.add_argument(
+        "--ramp-start",
+        action="append",
+        default=[],
+        metavar="[NAME=]RATE",
+        help="where a ramp starts (default: 0.8 x its last good rate in reference.json or its previous run)",
+    )
+    ramping.add_argument(
+        "--ramp-fine-factor", type=float, help="the step near the edge (default: the fourth root of the coarse step)"
+    )
     args = parser.parse_args()
     limits = trust.Limits(args.max_others, args.max_steal, args.max_slowdown, args.max_generator_us)
     if args.record_reference:
@@ -1139,6 +1275,7 @@ def main() -> int:
         parser.error("--repeat must be >= 1")
     if args.kafka_settle_limit is None:
         args.kafka_settle_limit = 30.0 if args.short else 180.0
+    args.ramp_start = _ramp_starts(args.ramp_start)
     scenarios = matrix(args.short)
     if args.only:
         wanted = set(args.only.split(","))
@@ -1191,6 +1328,8 @@ def main() -> int:
         Path(args.json).write_text(
             json.dumps({"machine": info, "limits": dataclasses.asdict(limits), "rows": rows}, indent=1)
         )
+    if args.record_rates and not args.short:
+        record_rates(args.reference, rows)
     if any("failed" in row or row.get("failed_runs") for row in rows):
         return 1
     return 3 if args.strict and untrusted else 0

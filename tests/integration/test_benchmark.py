@@ -63,6 +63,10 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
 
     ramp = rows["private-ramp"]["report"]["ramp"]
     assert ramp["steps"] and ramp["stopped_because"], "a ramp says where and why it stopped"
+    phases = rows["private-ramp"]["ramp_phases"]
+    assert phases[0]["factor"] == 2 and phases[0]["start"] == 100
+    if phases[0]["last_good_rate"] is not None:  # then a finer ramp from the edge
+        assert phases[-1]["factor"] < 2 and phases[-1]["start"] > phases[0]["last_good_rate"]
 
     public = rows["public"]
     assert public["measured"]["delivered"] == public["report"]["expected_deliveries"] > 0

@@ -233,3 +233,59 @@ def test_the_real_proc_can_be_read() -> None:
     used = trust.measure(proc, [1], 0.05)
     assert used.seconds >= 0.05 and used.others_pct >= 0 and 0 <= used.steal_pct <= 100
     assert len(proc.loadavg()) == 3
+
+
+# ------------------------------------------------------------------------------ ramps (benchmarks/run.py)
+
+
+def ramp_bench(ceiling: float, reference: dict[str, object]) -> tuple[object, list[tuple[float, float]]]:
+    """A Bench whose rows are a fake ramp against a cluster that carries ``ceiling`` msg/s."""
+    import argparse
+
+    import run
+
+    args = argparse.Namespace(rate=None, ramp_start={}, short=False, ramp_fine_factor=None, repeat=1)
+    bench = run.Bench(args, trust.Limits(), reference)
+    calls: list[tuple[float, float]] = []
+
+    def once(cluster: object, plan: run.Scenario) -> dict[str, object]:
+        rate, factor = float(run._arg(plan.args, "--rate")), float(run._arg(plan.args, "--ramp-factor"))
+        calls.append((rate, factor))
+        good = None
+        while rate <= ceiling:
+            good, rate = rate, round(rate * factor, 3)
+        ramp = {"last_good_rate": good, "stopped_because": f"p99 > 50 ms at {rate:g}/s"}
+        return {"name": plan.name, "report": {"ramp": ramp}, "trusted": True}
+
+    bench.once = once  # type: ignore[method-assign]
+    return bench, calls
+
+
+def private_ramp() -> object:
+    import run
+
+    return next(s for s in run.matrix(False) if s.name == "private-ramp")
+
+
+def test_a_ramp_starts_below_the_known_good_rate_then_refines_at_the_edge() -> None:
+    bench, calls = ramp_bench(700, {"last_good_rates": {"private-ramp": 500.0}})
+    row = bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
+    # Coarse x1.25 from 0.8 x 500: 400, 500, 625 good, 781 not; fine x1.057 from 625: 661, 698 good.
+    assert calls == [(400.0, 1.25), (660.625, 1.057)]
+    assert row["report"]["ramp"]["last_good_rate"] == pytest.approx(698.281)
+    assert [p["last_good_rate"] for p in row["ramp_phases"]] == [625.0, pytest.approx(698.281)]
+    bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
+    assert calls[2] == (pytest.approx(0.8 * 698.281, abs=0.01), 1.25), "the next run starts from the previous one"
+
+
+def test_a_ramp_whose_start_is_no_longer_good_starts_again_from_half() -> None:
+    bench, calls = ramp_bench(300, {"last_good_rates": {"private-ramp": 500.0}})
+    row = bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
+    assert calls == [(400.0, 1.25), (200.0, 1.25), (264.25, 1.057)]
+    assert row["report"]["ramp"]["last_good_rate"] == pytest.approx(295.229, abs=0.01)
+
+
+def test_without_a_known_rate_a_ramp_starts_at_the_matrix_rate() -> None:
+    bench, calls = ramp_bench(700, {})
+    bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
+    assert calls[0] == (250.0, 1.25)
