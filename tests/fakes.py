@@ -95,3 +95,52 @@ async def settle(turns: int = 20) -> None:
     """Let callbacks scheduled on the loop (bus deliveries, acks) run."""
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+class MemoryCluster:
+    """Routers over in-memory parts, sharing a registry, a history, rooms and a broker: a cluster
+    in one process. ``resume_wait_s`` 0 (the Router's default) sends live messages right after
+    welcome; production waits for the client's resume (see ``chatserver.router``)."""
+
+    def __init__(self, count: int = 2, resume_wait_s: float = 0.0, gap_wait_s: float = 0.25) -> None:
+        from chatserver.bus import MemoryBroker, MemoryBus
+        from chatserver.history import MemoryHistory
+        from chatserver.hub import Hub
+        from chatserver.metrics import Metrics
+        from chatserver.registry import MemoryRegistry
+        from chatserver.rooms import MemoryRooms
+        from chatserver.router import Router
+
+        self.registry = MemoryRegistry(ttl_s=30)
+        self.history = MemoryHistory()
+        self.rooms = MemoryRooms()
+        self.broker = MemoryBroker()
+        self.routers = [
+            Router(
+                f"ws-{n}",
+                Hub(),
+                self.registry,
+                self.history,
+                MemoryBus(self.broker, f"ws-{n}"),
+                Metrics(),
+                rooms=self.rooms,
+                resume_wait_s=resume_wait_s,
+                gap_wait_s=gap_wait_s,
+            )
+            for n in range(1, count + 1)
+        ]
+
+    async def start(self) -> MemoryCluster:
+        for router in self.routers:
+            await router._bus.start(router.on_bus_message)
+            await router.heartbeat(live=True)
+        return self
+
+    async def join(self, user: str, server: int) -> FakeSession:
+        session = FakeSession(user, f"ws-{server}")
+        await self.routers[server - 1].connect(session)
+        return session
+
+    async def send(self, session: FakeSession, server: int, frame: str | dict[str, Any]) -> None:
+        await self.routers[server - 1].handle(session, frame if isinstance(frame, str) else json.dumps(frame))
+        await settle()

@@ -275,22 +275,42 @@ async def test_kafka_restart_under_traffic_loses_no_acked_message(tmp_path: Path
         c.close()
 
 
-def shipped_redis(tmp_path: Path) -> tuple[list[str], int]:
-    """The arguments of a Redis with the persistence scripts/lib.sh and docker-compose.yml ship
-    (append-only file, fsync every second), on a port of its own."""
-    port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    return [*args, "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""], port
+class ShippedRedis:
+    """A Redis of its own with the persistence scripts/lib.sh and docker-compose.yml ship
+    (append-only file, fsync every second), that a test can restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)]
+        self.args = [*args, "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+        self.log = (directory / "redis.log").open("ab")
+        self.store = redis.Redis(port=self.port)
+        self.server = self._start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        server = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        _wait(lambda: _pings(self.store))
+        return server
+
+    def restart(self, sig: int) -> None:
+        self.server.send_signal(sig)
+        self.server.wait()
+        self.server = self._start()
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.wait(10)
 
 
 @pytest.mark.gen_test(timeout=120)
 async def test_redis_restart_sessions_reregister_and_history_survives(tmp_path: Path) -> None:
-    args, port = shipped_redis(tmp_path)
-    log = (tmp_path / "redis.log").open("ab")
-    server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    store = redis.Redis(port=port)
-    _wait(lambda: _pings(store))
-    c = new_cluster(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    redis_server = ShippedRedis(tmp_path)
+    store = redis_server.store
+    c = new_cluster(REDIS_URL=redis_server.url)
     try:
         c.start_all(1, 2)
         alice = await ChatClient.connect(c.url(1), c.token("ra"))
@@ -300,10 +320,7 @@ async def test_redis_restart_sessions_reregister_and_history_survives(tmp_path: 
         await alice.send({"type": "private", "to": "rb", "text": "before", "cid": "1"})
         await bob.recv_type("message")
 
-        server.send_signal(signal.SIGTERM)  # a restart: Redis writes its append-only file out first
-        server.wait()
-        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        _wait(lambda: _pings(store))
+        redis_server.restart(signal.SIGTERM)  # a restart: Redis writes its append-only file out first
         names = Names(c.prefix)
         store.delete(names.user_servers("rb"), names.live_servers())  # as if they had expired
         restarted = time.monotonic()
@@ -326,8 +343,7 @@ async def test_redis_restart_sessions_reregister_and_history_survives(tmp_path: 
         print(f"\nredis restart: sessions re-registered {reregistered:.1f}s after their keys vanished")
     finally:
         c.close()
-        server.terminate()
-        server.wait(10)
+        redis_server.stop()
 
 
 @pytest.mark.gen_test(timeout=120)
@@ -338,12 +354,8 @@ async def test_a_redis_crash_that_lost_its_last_writes_is_never_passed_over_in_s
     next message as usual (offsets go on) or is closed with 4002 and, resuming, told which
     channel has a gap: it never drops the next message as one it has already seen (the unit test
     ``test_offsets_handed_out_again_after_a_crash_give_the_channel_a_new_epoch`` loses writes)."""
-    args, port = shipped_redis(tmp_path)
-    log = (tmp_path / "redis.log").open("ab")
-    server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    store = redis.Redis(port=port)
-    _wait(lambda: _pings(store))
-    c = new_cluster(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    redis_server = ShippedRedis(tmp_path)
+    c = new_cluster(REDIS_URL=redis_server.url)
     try:
         c.start_all(1, 2)
         alice, _ = await c.connect(1, "ka")
@@ -352,10 +364,7 @@ async def test_a_redis_crash_that_lost_its_last_writes_is_never_passed_over_in_s
         for i in range(20):
             await alice.send({"type": "private", "to": "kb", "text": f"burst {i}", "cid": f"b{i}"})
         seen = [await bob.recv_type("message", timeout=10) for _ in range(20)]
-        server.send_signal(signal.SIGKILL)  # at once: the last second may not be on disk
-        server.wait()
-        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        _wait(lambda: _pings(store))
+        redis_server.restart(signal.SIGKILL)  # at once, right after the burst
         for _attempt in range(10):  # as a client does: an internal error right after a restart is retried
             await alice.send({"type": "private", "to": "kb", "text": "after", "cid": "after"})
             answer = await alice.recv_until(lambda f: f.get("cid") == "after", timeout=10)
@@ -377,8 +386,7 @@ async def test_a_redis_crash_that_lost_its_last_writes_is_never_passed_over_in_s
             print(f"\nredis kill -9: lost writes; resumed {resumed}")
     finally:
         c.close()
-        server.terminate()
-        server.wait(10)
+        redis_server.stop()
 
 
 @pytest.mark.gen_test(timeout=60)

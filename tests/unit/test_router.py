@@ -12,43 +12,10 @@ from chatserver.hub import Hub
 from chatserver.limits import Backlog
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry, RegistryError
-from chatserver.rooms import MemoryRooms
 from chatserver.router import Limits, Router
-from tests.fakes import FailingBus, FakeSession, HeldBus, settle
+from tests.fakes import FailingBus, FakeSession, HeldBus, MemoryCluster, settle
 
-
-class Cluster:
-    def __init__(self, count: int = 2) -> None:
-        self.registry = MemoryRegistry(ttl_s=30)
-        self.history = MemoryHistory()
-        self.rooms = MemoryRooms()
-        self.broker = MemoryBroker()
-        self.routers = [
-            Router(
-                f"ws-{n}",
-                Hub(),
-                self.registry,
-                self.history,
-                MemoryBus(self.broker, f"ws-{n}"),
-                Metrics(),
-                rooms=self.rooms,
-            )
-            for n in range(1, count + 1)
-        ]
-
-    async def start(self) -> None:
-        for router in self.routers:
-            await router._bus.start(router.on_bus_message)
-            await router.heartbeat(live=True)
-
-    async def join(self, user: str, server: int) -> FakeSession:
-        session = FakeSession(user, f"ws-{server}")
-        await self.routers[server - 1].connect(session)
-        return session
-
-    async def send(self, session: FakeSession, server: int, frame: str) -> None:
-        await self.routers[server - 1].handle(session, frame)
-        await settle()
+Cluster = MemoryCluster
 
 
 @pytest.mark.gen_test

@@ -6,60 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from typing import Any
 
 import pytest
 
 from chatserver import protocol as p
-from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import MemoryHistory
-from chatserver.hub import Hub
-from chatserver.metrics import Metrics
-from chatserver.registry import MemoryRegistry
-from chatserver.rooms import MemoryRooms
-from chatserver.router import CLOSE_RESET, Router
-from tests.fakes import FakeSession, settle
+from chatserver.router import CLOSE_RESET
+from tests.fakes import FakeSession, MemoryCluster, settle
 
 
-class Cluster:
-    """Routers sharing a registry, a history and a broker; sessions held after welcome for a
-    resume (as in production), for ``resume_wait_s``."""
-
-    def __init__(self, count: int = 2, resume_wait_s: float = 30.0, gap_wait_s: float = 0.05) -> None:
-        self.registry = MemoryRegistry(ttl_s=30)
-        self.history = MemoryHistory()
-        self.rooms = MemoryRooms()
-        self.broker = MemoryBroker()
-        self.routers = [
-            Router(
-                f"ws-{n}",
-                Hub(),
-                self.registry,
-                self.history,
-                MemoryBus(self.broker, f"ws-{n}"),
-                Metrics(),
-                rooms=self.rooms,
-                resume_wait_s=resume_wait_s,
-                gap_wait_s=gap_wait_s,
-            )
-            for n in range(1, count + 1)
-        ]
-
-    async def start(self) -> Cluster:
-        for router in self.routers:
-            await router._bus.start(router.on_bus_message)
-            await router.heartbeat(live=True)
-        return self
-
-    async def join(self, user: str, server: int) -> FakeSession:
-        session = FakeSession(user, f"ws-{server}")
-        await self.routers[server - 1].connect(session)
-        return session
-
-    async def send(self, session: FakeSession, server: int, frame: dict[str, Any]) -> None:
-        await self.routers[server - 1].handle(session, json.dumps(frame))
-        await settle()
+def Cluster(count: int = 2, resume_wait_s: float = 30.0, gap_wait_s: float = 0.05) -> MemoryCluster:
+    """Sessions held after welcome for a resume, as in production (for ``resume_wait_s``)."""
+    return MemoryCluster(count, resume_wait_s, gap_wait_s)
 
 
 async def stored_private(history: MemoryHistory, i: int) -> bytes:
