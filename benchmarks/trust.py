@@ -357,10 +357,11 @@ def reasons(
     for label, seen in zip(when, (before, during), strict=True):
         if seen is None:
             continue
-        if seen.others_pct > limits.others_pct:
-            found.append(f"others {seen.others_pct:.0f}% of a core {label}{seen.who()}")
-        if seen.steal_pct > limits.steal_pct:
-            found.append(f"steal {seen.steal_pct:.1f}% {label}")
+        others, steal = round(seen.others_pct, 1), round(seen.steal_pct, 1)  # as the table shows them
+        if others > limits.others_pct:
+            found.append(f"others {others:.0f}% of a core {label}{seen.who()}")
+        if steal > limits.steal_pct:
+            found.append(f"steal {steal:.1f}% {label}")
     if calibration is not None:
         ratio = slowdown(calibration, reference or {})
         if ratio is not None and ratio > limits.slowdown:
