@@ -24,6 +24,9 @@ The rules, per client and channel (and epoch: a channel whose offsets were reset
 - lost: every acked message is seen by every client of its audience whose range covers its offset
   (public: everyone; room: the members' clients; private: the recipient's clients and the sender's
   other clients). An acked message inside a declared-lost range is still lost.
+- A session whose ``resume`` was refused (an ``error`` with its cid: say Redis was down) never
+  joined its seam: the client drops it and resumes from where it stood before, so the messages
+  that session got count as seen (for lost) but not for order, and will come again.
 - phantom: a message whose text no client sent (or sent as another user, kind or channel).
 - conflict: two ids at one (channel, offset), one id at two offsets, one send stored twice.
 """
@@ -155,9 +158,9 @@ class Verdict:
         lines = [self.table(), ""]
         if self.violations:
             counts = ", ".join(f"{n} {k}" for k, n in by_kind.items() if n)
-            shown = min(first, len(self.violations))
-            lines.append(f"FAIL: {len(self.violations)} violations ({counts}); the first {shown}:")
-            lines += [f"  {v.line()}" for v in sorted(self.violations, key=lambda v: v.t)[:first]]
+            shown = self.first(first)
+            lines.append(f"FAIL: {len(self.violations)} violations ({counts}); the first of each kind:")
+            lines += [f"  {v.line()}" for v in shown]
         elif self.total("acked") == 0:
             lines.append("FAIL: no message was acked: the run measured nothing")
         else:
@@ -165,6 +168,16 @@ class Verdict:
             lines.append(f"PASS: {acked} acked messages, {delivered} deliveries, no violation")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def first(self, n: int) -> list[Violation]:
+        """Up to ``n`` violations, the earliest of each kind in turn, in time order."""
+        queues = [sorted((v for v in self.violations if v.kind == k), key=lambda v: v.t) for k in VIOLATIONS]
+        picked: list[Violation] = []
+        while len(picked) < n and any(queues):
+            for queue in queues:
+                if queue and len(picked) < n:
+                    picked.append(queue.pop(0))
+        return sorted(picked, key=lambda v: v.t)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -221,27 +234,49 @@ class _Client:
         self.resume_at: dict[str, int] = {}
         self.first_welcome: float | None = None
         self.resets = 0
+        self.session = 0
+        self.resume_cid: str | None = None  # the current session's resume
+        self.before_resume: dict[Key, int] = {}  # ``last`` when it was sent
+        self.since_resume: list[tuple[Key, int]] = []  # offsets first seen since
+        self.unsynced = 0  # a session whose resume was refused: its frames count as seen, not for order
+        self.replaying = False  # between a resume and its resumed
         self.observed: list[Seen] = []
         self.acks: list[tuple[float, dict[str, Any], str]] = []  # (t, ack frame, segment)
 
     def replay(self, events: Iterable[dict[str, Any]]) -> None:
-        session = 0
         for ev in events:
             kind, t = ev.get("e"), float(ev.get("t", 0.0))
             if kind == "connect":
-                session = int(ev.get("s", session + 1))
+                self.session = int(ev.get("s", self.session + 1))
+                self.resume_cid, self.replaying = None, False
             elif kind == "out":
                 self._sent(ev["f"])
             elif kind == "in":
-                self._received(t, session, ev["f"])
+                self._received(t, self.session, ev["f"])
 
     def _sent(self, frame: dict[str, Any]) -> None:
         if frame.get("type") != "resume":
             return
+        self.resume_cid, self.replaying = str(frame.get("cid")), True
+        self.before_resume = dict(self.last)
+        self.since_resume = []
         for channel, offset in (frame.get("positions") or {}).items():
             if channel in self.segment:
                 self.floor[(channel, self.segment[channel])] = int(offset)
                 self.resume_at[channel] = int(offset)
+
+    def _resume_refused(self) -> None:
+        """The server could not resume this session (``error`` with the resume's cid): the client
+        drops it and resumes from where it stood before, so what this session delivered will come
+        again. It counts as seen (for lost), not for order."""
+        self.unsynced = self.session
+        for key, offset in self.since_resume:
+            self.seen[key].pop(offset, None)
+        self.last.update(self.before_resume)
+        for (channel, seg), offset in self.before_resume.items():
+            if self.segment.get(channel) == seg:
+                self.floor[(channel, seg)] = offset
+        self.since_resume = []
 
     def _received(self, t: float, session: int, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -260,8 +295,12 @@ class _Client:
             seg = self.segment.get(frame["channel"], "")
             self.own[(frame["channel"], seg)].add(int(frame["offset"]))
             self.acks.append((t, frame, seg))
-        elif kind == "resumed" and not frame.get("recovered", True):
-            self._declared_lost(frame)
+        elif kind == "resumed":
+            self.replaying = False
+            if not frame.get("recovered", True):
+                self._declared_lost(frame)
+        elif kind == "error" and self.resume_cid is not None and frame.get("cid") == self.resume_cid:
+            self._resume_refused()
 
     def _declared_lost(self, frame: dict[str, Any]) -> None:
         positions, epochs = frame.get("positions") or {}, frame.get("epochs") or {}
@@ -295,19 +334,24 @@ class _Client:
         seen = Seen(self.name, session, t, channel, seg, offset, mid, text, sender, kind)
         self.observed.append(seen)
         self.ids[channel].add(mid)
+        if session == self.unsynced:
+            return
         if offset <= floor:
             before = self.seen[key].get(offset)
+            how = "replayed after its resume" if self.replaying else "live"
             if before is not None:
                 what = "doubled"
-                detail = f"seen again in session {session} (first copy id {before}, above offset {floor} already)"
+                detail = f"seen again in session {session}, {how}, after offset {floor} (first copy id {before})"
             else:
                 what = "reordered"
-                detail = f"arrived in session {session} after offset {floor}"
+                detail = f"arrived in session {session}, {how}, after offset {floor}"
                 self.seen[key][offset] = mid
+                self.since_resume.append((key, offset))
             self.sink.append(Violation(what, "", t, self.name, channel, str(offset), [mid], detail))
             return
         self.seen[key][offset] = mid
         self.last[key] = offset
+        self.since_resume.append((key, offset))
 
     def explained(self, key: Key, offset: int, unacked: set[int]) -> bool:
         if offset in self.seen[key] or offset in self.own[key] or offset in unacked:

@@ -384,3 +384,23 @@ def test_load_reads_what_a_run_wrote(tmp_path: Path) -> None:
     verdict = check(checker.load(tmp_path))
     assert verdict.ok
     assert verdict.rows["none"]["acked"] == 3
+
+
+def test_a_session_whose_resume_was_refused_starts_over() -> None:
+    def records(refused: bool) -> Records:
+        rec = Records()
+        clean(rec)
+        unacked_12_13(rec)
+        rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})
+        rec.resume("b1", {"public": 11, "user:bob": 1, "room:r": 1})
+        rec.message("b1", "public", 13, "m13", "a2-2-x", "alice", "public")  # live, above a hole
+        if refused:
+            rec.error("b1", "r2", "internal")  # Redis was down: b1 drops the session ...
+        rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})
+        rec.resume("b1", {"public": 11, "user:bob": 1, "room:r": 1})  # ... and resumes from before it
+        rec.message("b1", "public", 12, "m12", "a2-1-x", "alice", "public")
+        rec.message("b1", "public", 13, "m13", "a2-2-x", "alice", "public")
+        return rec
+
+    assert check(records(refused=True).run()).violations == []
+    assert kinds(check(records(refused=False).run())) == {"reordered": 1, "doubled": 1}
