@@ -9,7 +9,7 @@ import signal
 import sys
 
 from chatserver import logs
-from chatserver.app import ChatNode, make_app
+from chatserver.app import build_node, make_app
 from chatserver.config import DEV_SECRET, ConfigError, Settings
 
 log = logging.getLogger("chatserver")
@@ -17,7 +17,7 @@ log = logging.getLogger("chatserver")
 
 async def serve(settings: Settings) -> None:
     # 1. wire the parts and start consuming (readiness follows on its own);
-    node = ChatNode.from_settings(settings)
+    node = build_node(settings)
     await node.start()
     # 2. listen; /healthz answers at once, /readyz once Kafka and Redis do;
     # No xheaders: the socket handler trusts X-Real-IP only from CHAT_TRUSTED_PROXIES.

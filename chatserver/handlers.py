@@ -14,6 +14,7 @@ import json
 import logging
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
@@ -21,16 +22,19 @@ from tornado.web import HTTPError, RequestHandler
 from tornado.websocket import WebSocketHandler
 
 from chatserver.auth import AuthError, TokenAuthority
-from chatserver.config import Settings
 from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
 from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error, session_id
-from chatserver.registry import RegistryError
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class Unavailable(Exception):
+    """What a handler's collaborator raises when a store it needs does not answer."""
+
 
 #: Content-Security-Policy of the page: scripts and styles from this origin only, no inline code.
 PAGE_CSP = (
@@ -109,7 +113,7 @@ class AdminApiHandler(JsonHandler):
             return self.fail(401, "unauthorized", "send Authorization: Bearer <CHAT_ADMIN_TOKEN>")
         try:
             servers = await self.cluster_stats()
-        except RegistryError as exc:
+        except Unavailable as exc:
             return self.fail(503, "not_ready", f"the registry does not answer: {exc}")
         self.set_header("Cache-Control", "no-store")
         self.finish({"servers": servers})
@@ -205,6 +209,16 @@ class Keepalive:
             self._timer = asyncio.get_running_loop().call_later(self.interval_s, self._sweep)
 
 
+@dataclass(frozen=True)
+class SocketPolicy:
+    """What the WebSocket handler needs of the settings: whose ``Origin`` may open ``/ws``,
+    which peers' ``X-Real-IP`` to believe, and how many unread bytes a client may leave."""
+
+    allowed_origins: frozenset[str] = frozenset()
+    trusted_proxies: frozenset[str] = frozenset()
+    max_send_buffer: int = 1 << 20
+
+
 class ChatSocket(WebSocketHandler):
     """One client connection; it is also the hub's session for that client."""
 
@@ -213,7 +227,8 @@ class ChatSocket(WebSocketHandler):
         router: Router,
         auth: TokenAuthority,
         readiness: Readiness,
-        settings: Settings,
+        policy: SocketPolicy,
+        metrics: Metrics,
         connections: ConnectionCounter,
         session_ids: itertools.count[int],
         outbox: Outbox,
@@ -225,7 +240,8 @@ class ChatSocket(WebSocketHandler):
         self._unanswered_ping = False
         self.auth = auth
         self.readiness = readiness
-        self.chat = settings
+        self.chat = policy
+        self.metrics = metrics
         self.connections = connections
         self._id = session_id(router.server_id, next(session_ids))
         self._user = ""
@@ -260,7 +276,7 @@ class ChatSocket(WebSocketHandler):
         # makes. Valid because no extension (compression) is negotiated: get_compression_options()
         # is not overridden.
         self.outbox.put(self, frame.framed(self._codec, websocket_frame))
-        self.router.count_out(frame)
+        self.metrics.count_out(frame.body.get("type"))
 
     def write_now(self, chunks: list[bytes]) -> None:
         """Write frames to the stream at once (the outbox calls this)."""

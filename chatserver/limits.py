@@ -1,5 +1,6 @@
-"""Limits: a token bucket per connection, a per-user limit across the cluster, the count of
-connections, and the backlog that sheds load.
+"""Every limit of a server, built in one place (``Limits.from_settings``): a token bucket per
+connection (``Flows``), a per-user limit across the cluster, the count of connections, and the
+backlog that sheds load.
 
 The per-connection bucket bounds every frame a client sends (bad ones too). The per-user
 limit bounds the messages one user sends from all sessions on all servers together, with a
@@ -13,10 +14,13 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from chatserver.config import Settings
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
 
@@ -189,3 +193,72 @@ class Backlog:
 
     def overloaded(self) -> bool:
         return self._shed_after_s > 0 and self.oldest_age_s() > self._shed_after_s
+
+
+class Verdict(Enum):
+    """What to do with one frame of a connection: handle it, refuse it, or refuse it and close."""
+
+    ACCEPT = 0
+    REFUSE = 1
+    CLOSE = 2
+
+
+class _Flow:
+    """One connection's rate: its bucket, and its refusals (less one per accepted frame)."""
+
+    __slots__ = ("bucket", "strikes")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.bucket = TokenBucket(rate, burst)
+        self.strikes = 0
+
+
+class Flows:
+    """The frames of each connection: ``rate_per_s`` on average, bursts of ``burst``, and a
+    connection that keeps flooding (``strikes`` net refusals: an accepted frame forgives one, so a
+    steady flood still adds up) is to be closed."""
+
+    def __init__(self, rate_per_s: float = 0.0, burst: int = 100, strikes: int = 200) -> None:
+        self._rate = rate_per_s
+        self._burst = burst
+        self._strikes = strikes
+        self._flows: dict[str, _Flow] = {}
+
+    def open(self, connection: str) -> None:
+        self._flows[connection] = _Flow(self._rate, self._burst)
+
+    def close(self, connection: str) -> None:
+        self._flows.pop(connection, None)
+
+    def admit(self, connection: str) -> Verdict:
+        flow = self._flows.get(connection)
+        if flow is None:
+            return Verdict.ACCEPT
+        if not flow.bucket.take():
+            flow.strikes += 1
+            return Verdict.CLOSE if flow.strikes >= self._strikes else Verdict.REFUSE
+        if flow.strikes:
+            flow.strikes -= 1
+        return Verdict.ACCEPT
+
+
+@dataclass
+class Limits:
+    """How much one connection and one user may send, how many connections a user and an
+    address may open, and when the server sheds load."""
+
+    flows: Flows = field(default_factory=Flows)
+    user: UserLimiter | None = None
+    backlog: Backlog = field(default_factory=lambda: Backlog(0))
+    connections: ConnectionCounter = field(default_factory=lambda: ConnectionCounter(1 << 30, 1 << 30))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, user: UserLimiter | None) -> Limits:
+        """Every limit, from its ``CHAT_*`` setting; ``user``: the per-user limiter of the
+        server's store (Redis, or memory), whose rate is ``CHAT_USER_RATE_PER_S``."""
+        return cls(
+            flows=Flows(settings.conn_rate_per_s, settings.conn_burst, settings.flood_strikes),
+            user=user,
+            backlog=Backlog(settings.shed_after_ms / 1000),
+            connections=ConnectionCounter(settings.max_sessions_per_user, settings.max_conns_per_ip),
+        )

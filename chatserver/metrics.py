@@ -88,5 +88,13 @@ class Metrics:
             registry=r,
         )
 
+    def count_out(self, frame_type: object) -> None:
+        """A frame written to a client, by type."""
+        self.frames_out.labels(str(frame_type)).inc()
+
+    def count_registry_op(self, op: str) -> None:
+        """A call of the registry, by operation."""
+        self.registry_ops.labels(op).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

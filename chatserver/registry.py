@@ -318,3 +318,65 @@ class MemoryRegistry:
 
     async def close(self) -> None:
         return None
+
+
+class CountedRegistry:
+    """Any ``Registry``, with every call counted by operation (``chat_registry_ops_total``)."""
+
+    def __init__(self, inner: Registry, count: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._count = count
+
+    async def add(self, user: str, server_id: str) -> None:
+        self._count("add")
+        await self._inner.add(user, server_id)
+
+    async def remove(self, user: str, server_id: str) -> None:
+        self._count("remove")
+        await self._inner.remove(user, server_id)
+
+    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
+        self._count("servers_of")
+        return await self._inner.servers_of(users)
+
+    async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
+        self._count("heartbeat")
+        await self._inner.heartbeat(server_id, users, live)
+
+    async def withdraw(self, server_id: str, users: Iterable[str]) -> None:
+        self._count("withdraw")
+        await self._inner.withdraw(server_id, users)
+
+    async def live_servers(self) -> set[str]:
+        self._count("live_servers")
+        return await self._inner.live_servers()
+
+    async def online(self, limit: int) -> list[str]:
+        self._count("online")
+        return await self._inner.online(limit)
+
+    async def online_count(self) -> int:
+        self._count("online_count")
+        return await self._inner.online_count()
+
+    async def went_offline(self, user: str) -> bool:
+        self._count("went_offline")
+        return await self._inner.went_offline(user)
+
+    async def sweep_offline(self) -> list[str]:
+        self._count("sweep_offline")
+        return await self._inner.sweep_offline()
+
+    async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
+        self._count("publish_stats")
+        await self._inner.publish_stats(server_id, stats)
+
+    async def cluster_stats(self) -> dict[str, dict[str, str]]:
+        self._count("cluster_stats")
+        return await self._inner.cluster_stats()
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def close(self) -> None:
+        await self._inner.close()

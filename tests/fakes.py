@@ -102,7 +102,15 @@ class MemoryCluster:
     in one process. ``resume_wait_s`` 0 (the Router's default) sends live messages right after
     welcome; production waits for the client's resume (see ``chatserver.router``)."""
 
-    def __init__(self, count: int = 2, resume_wait_s: float = 0.0, gap_wait_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        count: int = 2,
+        resume_wait_s: float = 0.0,
+        gap_wait_s: float = 0.25,
+        history: Any = None,
+        registry: Any = None,
+        presence_max_online: int = 0,
+    ) -> None:
         from chatserver.bus import MemoryBroker, MemoryBus
         from chatserver.history import MemoryHistory
         from chatserver.hub import Hub
@@ -111,8 +119,8 @@ class MemoryCluster:
         from chatserver.rooms import MemoryRooms
         from chatserver.router import Router
 
-        self.registry = MemoryRegistry(ttl_s=30)
-        self.history = MemoryHistory()
+        self.registry = registry or MemoryRegistry(ttl_s=30)
+        self.history = history or MemoryHistory()
         self.rooms = MemoryRooms()
         self.broker = MemoryBroker()
         self.routers = [
@@ -126,13 +134,14 @@ class MemoryCluster:
                 rooms=self.rooms,
                 resume_wait_s=resume_wait_s,
                 gap_wait_s=gap_wait_s,
+                presence_max_online=presence_max_online,
             )
             for n in range(1, count + 1)
         ]
 
     async def start(self) -> MemoryCluster:
         for router in self.routers:
-            await router._bus.start(router.on_bus_message)
+            await router.parts.bus.start(router.on_bus_message)
             await router.heartbeat(live=True)
         return self
 

@@ -21,11 +21,12 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamBufferFullError
 
-from chatserver.app import ChatNode, make_app
+from chatserver.app import make_app
 from chatserver.bus import Bus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
 from chatserver.handlers import ChatSocket
 from chatserver.history import MemoryHistory
+from chatserver.node import ChatNode
 from chatserver.registry import MemoryRegistry, Registry, RegistryError
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.conftest import free_port

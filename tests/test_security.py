@@ -19,10 +19,10 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import MemoryHistory
 from chatserver.hub import Hub
-from chatserver.limits import MemoryUserLimiter
+from chatserver.limits import Limits, MemoryUserLimiter
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry
-from chatserver.router import Limits, Router
+from chatserver.router import Router
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.fakes import FakeSession, settle
 from tests.test_app import SECRET, cluster, connect, login
@@ -59,7 +59,7 @@ async def test_the_per_user_limit_spans_sessions() -> None:
     limiter = MemoryUserLimiter(per_second=3, clock=lambda: 1000.0)  # one window throughout
     router = Router("ws-1", Hub(), MemoryRegistry(30), MemoryHistory(), MemoryBus(MemoryBroker(), "ws-1"), Metrics(),
                     Limits(user=limiter))  # fmt: skip
-    await router._bus.start(router.on_bus_message)
+    await router.parts.bus.start(router.on_bus_message)
     phone, laptop = FakeSession("ann"), FakeSession("ann")
     await router.connect(phone)
     await router.connect(laptop)
@@ -208,7 +208,7 @@ def test_fuzzed_frames_never_escape_never_close_and_never_speak_for_another_user
     async def scenario() -> None:
         registry, history, broker = MemoryRegistry(30), MemoryHistory(), MemoryBroker()
         router = Router("ws-1", Hub(), registry, history, MemoryBus(broker, "ws-1"), Metrics())
-        await router._bus.start(router.on_bus_message)
+        await router.parts.bus.start(router.on_bus_message)
         await router.heartbeat(live=True)
         alice, bob = FakeSession("alice"), FakeSession("bob")
         await router.connect(alice)

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from chatserver.names import Names
-from chatserver.router import CLOSE_RESET
+from chatserver.parts import CLOSE_RESET
 from tests.chatclient import ChatClient, ConnectionClosed
 from tests.conftest import free_port
 from tests.integration.conftest import ROOT, RealCluster, new_cluster

@@ -12,7 +12,6 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from chatserver.app import redis_client
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import RedisHistory, Retention
 from chatserver.hub import Hub
@@ -20,6 +19,7 @@ from chatserver.limits import RedisUserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
+from chatserver.redisclient import redis_client
 from chatserver.registry import RedisRegistry
 from chatserver.router import Router
 from tests.fakes import FakeSession, settle
@@ -100,7 +100,7 @@ async def test_a_private_message_is_stored_and_routed_in_one_round_trip() -> Non
     ]
     try:
         for router in routers:
-            await router._bus.start(router.on_bus_message)
+            await router.parts.bus.start(router.on_bus_message)
         ann, ben = FakeSession("ann", "ws-1"), FakeSession("ben", "ws-2")
         await routers[0].connect(ann)
         await routers[1].connect(ben)

@@ -93,7 +93,7 @@ async def run(script: list[tuple[Any, ...]]) -> None:
     routers = []
     for n in range(1, SERVERS + 1):
         router = Router(f"ws-{n}", Hub(), registry, history, MemoryBus(broker, f"ws-{n}"), Metrics(), resume_wait_s=60)
-        await router._bus.start(router.on_bus_message)
+        await router.parts.bus.start(router.on_bus_message)
         await router.heartbeat(live=True)
         routers.append(router)
     devices = [Device(user) for user, _ in DEVICES]

@@ -9,10 +9,10 @@ import pytest
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import MemoryHistory, Retention
 from chatserver.hub import Hub
-from chatserver.limits import Backlog
+from chatserver.limits import Backlog, Limits
 from chatserver.metrics import Metrics
 from chatserver.registry import MemoryRegistry, RegistryError
-from chatserver.router import Limits, Router
+from chatserver.router import Router
 from tests.fakes import FailingBus, FakeSession, HeldBus, MemoryCluster, settle
 
 Cluster = MemoryCluster
@@ -185,10 +185,7 @@ class SlowHistory(MemoryHistory):
 
 @pytest.mark.gen_test
 async def test_a_message_sent_during_a_replay_is_neither_lost_nor_doubled() -> None:
-    c = Cluster()
-    c.history = SlowHistory()
-    for router in c.routers:
-        router._history = c.history
+    c = Cluster(history=SlowHistory())
     await c.start()
     alice = await c.join("alice", 1)
     for i in range(3):
@@ -211,10 +208,10 @@ async def test_a_live_copy_of_a_replayed_message_is_dropped() -> None:
     await c.start()
     alice = await c.join("alice", 1)
     bob = await c.join("bob", 2)
-    c.routers[0]._bus, real_bus = _HeldBus(), c.routers[0]._bus  # hold alice's publishes
+    c.routers[0].parts.bus, real_bus = _HeldBus(), c.routers[0].parts.bus  # hold alice's publishes
     await c.routers[0].handle(alice, '{"type": "private", "to": "bob", "text": "in flight"}')
     await c.send(bob, 2, '{"type": "resume", "positions": {"user:bob": 0}}')  # replays it
-    c.routers[0]._bus.flush_to(real_bus)  # ... then the live copy arrives
+    c.routers[0].parts.bus.flush_to(real_bus)  # type: ignore[attr-defined]  # ... then the live copy arrives
     await settle()
     assert texts(bob) == ["in flight"]
 
@@ -239,10 +236,7 @@ class _HeldBus:
 
 @pytest.mark.gen_test
 async def test_resume_past_trimmed_history_reports_the_gap() -> None:
-    c = Cluster()
-    c.history = MemoryHistory(Retention(min_keep=2, max_keep=2))
-    for router in c.routers:
-        router._history = c.history
+    c = Cluster(history=MemoryHistory(Retention(min_keep=2, max_keep=2)))
     await c.start()
     alice = await c.join("alice", 1)
     for i in range(5):
@@ -333,7 +327,7 @@ async def test_a_room_message_goes_only_to_servers_holding_members() -> None:
 def spy_on_publishes(router: Router) -> list[str]:
     """The servers ``router`` publishes to from now on, in order."""
     published: list[str] = []
-    bus = router._bus
+    bus = router.parts.bus
     original = bus.publish
 
     def spy(server_id: str, payload: bytes) -> asyncio.Future[None]:
@@ -430,9 +424,7 @@ async def test_online_and_offline_presence_reach_others() -> None:
 
 @pytest.mark.gen_test
 async def test_online_presence_is_withheld_beyond_the_limit_and_who_still_answers() -> None:
-    c = Cluster(2)
-    for router in c.routers:
-        router._presence_max_online = 2
+    c = Cluster(2, presence_max_online=2)
     await c.start()
     ann, ben = await c.join("ann", 1), await c.join("ben", 2)
     await settle()
@@ -443,7 +435,7 @@ async def test_online_presence_is_withheld_beyond_the_limit_and_who_still_answer
     await c.join("dee", 1)
     await settle()
     assert {"type": "presence", "user": "dee", "status": "online"} not in ben.frames
-    assert c.routers[0]._metrics.presence_withheld._value.get() == 1
+    assert c.routers[0].parts.metrics.presence_withheld._value.get() == 1
     await c.send(ben, 2, '{"type": "who", "cid": "w"}')
     assert ben.frames[-1]["users"] == ["ann", "ben", "cy", "dee"]
 
@@ -451,11 +443,7 @@ async def test_online_presence_is_withheld_beyond_the_limit_and_who_still_answer
 @pytest.mark.gen_test
 async def test_a_dead_servers_crowd_is_not_announced_one_by_one_beyond_the_limit() -> None:
     now = [1000.0]
-    c = Cluster(2)
-    c.registry = MemoryRegistry(ttl_s=30, clock=lambda: now[0])
-    for router in c.routers:
-        router._registry = c.registry
-        router._presence_max_online = 3
+    c = Cluster(2, registry=MemoryRegistry(ttl_s=30, clock=lambda: now[0]), presence_max_online=3)
     await c.start()
     ann = await c.join("ann", 1)
     for user in ("u1", "u2", "u3"):
@@ -467,7 +455,7 @@ async def test_a_dead_servers_crowd_is_not_announced_one_by_one_beyond_the_limit
     await c.routers[0].sweep_presence()
     await settle()
     assert len(ann.of_type("presence")) == before, "1 online + 3 gone > 3: withheld"
-    assert c.routers[0]._metrics.presence_withheld._value.get() == 3
+    assert c.routers[0].parts.metrics.presence_withheld._value.get() == 3
 
 
 @pytest.mark.gen_test
@@ -475,7 +463,7 @@ async def test_a_heartbeat_does_not_write_back_users_who_left_while_it_ran() -> 
     c = Cluster(1)
     await c.start()
     router = c.routers[0]
-    router.HEARTBEAT_CHUNK = 2
+    router.sessions.HEARTBEAT_CHUNK = 2
     sessions = [await c.join(u, 1) for u in ("a", "b", "c", "d")]
     written: list[list[str]] = []
     first_sent = asyncio.Event()
@@ -558,14 +546,12 @@ async def test_welcome_lists_the_users_rooms_with_their_positions() -> None:
     assert again.frames[0]["rooms"] == ["book-club"]
     assert again.frames[0]["positions"]["room:book-club"] == 1
     c.routers[0].disconnect(again)
-    assert again.id not in c.routers[0]._typing_sent
+    assert again.id not in c.routers[0].presence._typing_sent
 
 
 @pytest.mark.gen_test
 async def test_a_graceful_stop_waits_for_a_frame_that_is_being_handled() -> None:
-    c = Cluster(1)
-    c.history = SlowStore()
-    c.routers[0]._history = c.history
+    c = Cluster(1, history=SlowStore())
     await c.start()
     ann = await c.join("ann", 1)
     sending = asyncio.ensure_future(c.routers[0].handle(ann, '{"type": "public", "text": "last words", "cid": "l"}'))
@@ -665,5 +651,5 @@ async def test_an_overloaded_server_refuses_new_messages_at_once_and_recovers() 
     bus.release()
     await settle()
     assert [f["cid"] for f in alice.of_type("ack")][-1] == "c3", "accepted again once the backlog drained"
-    stored = await router._history.before("user:alice", None, 10)
+    stored = await router.parts.history.before("user:alice", None, 10)
     assert [m["text"] for m in stored] == ["one", "three"], "the refused attempt was not stored"

@@ -12,13 +12,15 @@ import pytest
 
 from chatserver import protocol as p
 from chatserver.history import MemoryHistory
-from chatserver.router import CLOSE_RESET
+from chatserver.parts import CLOSE_RESET
 from tests.fakes import FakeSession, MemoryCluster, settle
 
 
-def Cluster(count: int = 2, resume_wait_s: float = 30.0, gap_wait_s: float = 0.05) -> MemoryCluster:
+def Cluster(
+    count: int = 2, resume_wait_s: float = 30.0, gap_wait_s: float = 0.05, history: Any = None
+) -> MemoryCluster:
     """Sessions held after welcome for a resume, as in production (for ``resume_wait_s``)."""
-    return MemoryCluster(count, resume_wait_s, gap_wait_s)
+    return MemoryCluster(count, resume_wait_s, gap_wait_s, history=history)
 
 
 async def stored_private(history: MemoryHistory, i: int) -> bytes:
@@ -231,9 +233,8 @@ class FlakyHistory(MemoryHistory):
 
 @pytest.mark.gen_test
 async def test_a_session_that_cannot_be_told_its_positions_is_asked_to_come_back_and_leaves_nothing_held() -> None:
-    c = Cluster(1)
-    history = c.history = FlakyHistory()
-    c.routers[0]._history = history
+    history = FlakyHistory()
+    c = Cluster(1, history=history)
     await c.start()
     history.down = True
     first = await c.join("ann", 1)

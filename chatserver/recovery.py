@@ -1,0 +1,151 @@
+"""Recovery: what a session is told of its channels, and what it missed.
+
+``greet`` tells a new session where each of its channels stands (``welcome``: offset and epoch)
+and then holds the live messages of those channels until the client sends ``resume`` (or a
+message, or ``resume_wait_s`` passes): so the replay of what it missed and what comes live form
+one increasing sequence per channel, with nothing twice. ``resume`` replays from the client's
+offsets what the session was not sent, and answers ``resumed``: a channel whose epoch changed,
+or whose history no longer reaches back to the client's offset, is named as a gap with where it
+stands now. ``history`` pages through a channel the user may read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chatserver import protocol as p
+from chatserver.delivery import Delivery
+from chatserver.history import HistoryError
+from chatserver.parts import CLOSE_TRY_AGAIN, ClientSession, Parts
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    REPLAY_PAGE = 500  # messages per history read while resuming
+
+    def __init__(self, parts: Parts, delivery: Delivery, resume_wait_s: float = 0.0) -> None:
+        self._parts = parts
+        self._hub = parts.hub
+        self._delivery = delivery
+        self._resume_wait_s = resume_wait_s
+        self._waiting: dict[str, asyncio.TimerHandle] = {}  # greeted sessions that may resume
+
+    async def greet(self, session: ClientSession, channels: list[str], rooms: list[str]) -> None:
+        """``welcome`` with the positions of ``channels``, then their live messages wait for the
+        client's resume. The session was registered before: every message stored after the
+        positions were read is routed here too. One whose positions cannot be read is asked to
+        come back shortly."""
+        try:
+            heads = await self._parts.history.heads(channels)
+        except HistoryError as exc:
+            log.warning("positions of %s unknown: %s", session.user, exc)
+            for channel in channels:
+                self._delivery.abandon(channel)
+            session.close(CLOSE_TRY_AGAIN, "the message store is unavailable; reconnect shortly")
+            return
+        if not self._hub.has_session(session):
+            return  # closed while it was being greeted
+        for channel, head in heads.items():
+            self._delivery.place(channel, head)
+        positions = {c: h.offset for c, h in heads.items()}
+        self._hub.place(session, positions)
+        epochs = {c: h.epoch for c, h in heads.items()}
+        session.send(p.welcome(session.user, self._parts.server_id, positions, rooms, epochs))
+        self._hub.release(session, [])  # events go out; the channels wait for resume
+        if self._resume_wait_s > 0:
+            loop = asyncio.get_running_loop()
+            self._waiting[session.id] = loop.call_later(self._resume_wait_s, self.stop_waiting, session)
+        else:
+            self._hub.release(session)
+
+    def stop_waiting(self, session: ClientSession) -> bool:
+        """The session's channels go live from where ``welcome`` put them (it did not resume in
+        time, or it sent a message first); False when they were not waiting."""
+        timer = self._waiting.pop(session.id, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        self._hub.release(session)
+        return True
+
+    def forget(self, session: ClientSession) -> None:
+        timer = self._waiting.pop(session.id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def may_read(self, user: str, channel: str) -> bool:
+        """``public``, the user's own channel, and the channels of rooms they are in."""
+        if channel == p.PUBLIC or channel == p.user_channel(user):
+            return True
+        if channel.startswith("room:"):
+            return await self._parts.rooms.is_member(user, channel[5:])
+        return False
+
+    async def history(self, session: ClientSession, frame: p.HistoryFrame) -> None:
+        if not await self.may_read(session.user, frame.channel):
+            self._parts.refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
+            return
+        messages = await self._parts.history.before(frame.channel, frame.before, frame.limit)
+        session.send(p.history(frame.channel, messages, frame.cid))
+
+    async def resume(self, session: ClientSession, frame: p.ResumeFrame) -> None:
+        """Replay every stored message after the given offsets, in order, then ``resumed``.
+
+        Live frames of those channels are held while the replay runs and go out after it,
+        minus those it sent: the session sees one increasing sequence per channel. The first
+        resume after ``welcome`` ends the wait for it: every other channel goes live after it."""
+        greeted = session.id in self._waiting
+        if greeted:
+            self._waiting.pop(session.id).cancel()
+        readable = {c: await self.may_read(session.user, c) for c, _ in frame.positions}
+        wanted = [(c, o) for c, o in frame.positions if readable[c]]
+        refused = [c for c, _ in frame.positions if not readable[c]]
+        if refused:
+            self._parts.refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
+        self._hub.hold(session, [c for c, _ in wanted])
+        try:
+            heads = await self._parts.history.heads([c for c, _ in wanted])
+            for channel, head in heads.items():
+                self._delivery.open(channel)
+                self._delivery.place(channel, head, spare=session)  # this one hears of it in resumed
+            known = dict(frame.epochs)
+            gaps, replayed = [], 0
+            for channel, offset in wanted:
+                head = heads[channel]
+                if known.get(channel, head.epoch) != head.epoch or offset > head.offset:
+                    gaps.append(channel)  # its offsets started over: the client's mean nothing
+                    self._hub.place(session, {channel: head.offset})
+                    continue
+                floor, top = self._hub.sent(session, channel)
+                done, lost = await self._replay(session, channel, offset, floor, top)
+                replayed += done
+                if lost:
+                    gaps.append(channel)
+        finally:
+            self._hub.release(session, None if greeted else [c for c, _ in wanted])
+        self._parts.metrics.replayed.inc(replayed)
+        positions = {c: max(heads[c].offset, self._hub.sent(session, c)[1]) for c, _ in wanted}
+        epochs = {c: heads[c].epoch for c, _ in wanted}
+        session.send(p.resumed(not gaps, frame.cid, gaps, positions, epochs))
+
+    async def _replay(
+        self, session: ClientSession, channel: str, offset: int, floor: int, top: int
+    ) -> tuple[int, bool]:
+        """Send ``session`` the stored messages of ``channel`` after ``offset`` that it was not
+        sent live (those in ``(floor, top]``); how many, and whether history had lost some."""
+        sent, lost, after = 0, False, offset
+        while True:
+            messages, first = await self._parts.history.after(channel, after, self.REPLAY_PAGE)
+            if after == offset and first > offset + 1:
+                lost = True  # trimmed before the client could read it
+            for message in messages:
+                if not floor < message["offset"] <= top:
+                    session.send(p.OutFrame(message))
+                    sent += 1
+            if messages:
+                self._hub.replayed(session, channel, offset, messages[-1]["offset"])
+                after = messages[-1]["offset"]
+            if len(messages) < self.REPLAY_PAGE:
+                return sent, lost
