@@ -56,6 +56,7 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
         fetch_wait_ms=settings.kafka_fetch_wait_ms,
         fetch_min_bytes=settings.kafka_fetch_min_bytes,
         send_timeout_s=settings.kafka_send_timeout_s,
+        batch=settings.kafka_batch,
     )
     return ChatNode(
         settings,

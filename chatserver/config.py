@@ -47,6 +47,7 @@ class Settings:
     kafka_fetch_wait_ms: int = 100  # CHAT_KAFKA_FETCH_WAIT_MS: longest the broker holds a fetch for more
     kafka_fetch_min_bytes: int = 1  # CHAT_KAFKA_FETCH_MIN_BYTES: bytes a fetch waits for (up to the wait)
     kafka_send_timeout_s: float = 30.0  # CHAT_KAFKA_SEND_TIMEOUT_S: a send fails after this
+    kafka_batch: bool = True  # CHAT_KAFKA_BATCH: one record per server and loop turn (0 for older servers)
     history_min: int = 1000  # CHAT_HISTORY_MIN: a channel keeps at least this many messages,
     history_keep_s: float = 24 * 3600  # CHAT_HISTORY_KEEP_S: or all younger than this,
     history_max: int = 10_000  # CHAT_HISTORY_MAX: but never more than this
@@ -113,6 +114,7 @@ class Settings:
             kafka_fetch_wait_ms=_int(env, "CHAT_KAFKA_FETCH_WAIT_MS", cls.kafka_fetch_wait_ms),
             kafka_fetch_min_bytes=_int(env, "CHAT_KAFKA_FETCH_MIN_BYTES", cls.kafka_fetch_min_bytes),
             kafka_send_timeout_s=_float(env, "CHAT_KAFKA_SEND_TIMEOUT_S", cls.kafka_send_timeout_s),
+            kafka_batch=_bool(env, "CHAT_KAFKA_BATCH", cls.kafka_batch),
             ping_interval_s=_float(env, "CHAT_WS_PING_S", cls.ping_interval_s),
             history_min=_int(env, "CHAT_HISTORY_MIN", cls.history_min),
             history_keep_s=_float(env, "CHAT_HISTORY_KEEP_S", cls.history_keep_s),

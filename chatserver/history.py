@@ -249,7 +249,7 @@ class RedisHistory:
             *(_member(envelope, c) for c in channels),
         ]
         try:
-            flag, value = await self._batch.eval(_STORE_LUA, keys, args)
+            flag, value = await self._batch.group("store", _STORE_LUA, keys, args)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return _parse_stored(value, channels, duplicate=flag == 1)
@@ -261,7 +261,7 @@ class RedisHistory:
         for channel in channels:
             keys += [self._names.channel_seq(channel), self._names.channel_epoch(channel)]
         try:
-            found = await self._batch.eval(_HEADS_LUA, keys, [new_epoch(self._clock)])
+            found = await self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock)])
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return {c: Head(int(found[2 * i]), _text(found[2 * i + 1])) for i, c in enumerate(channels)}

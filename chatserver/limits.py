@@ -10,7 +10,6 @@ The backlog refuses new messages while an accepted one waits too long for its ac
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from collections.abc import Callable
@@ -61,6 +60,14 @@ class UserLimiter(Protocol):
         ...
 
 
+# KEYS: a user's counter of this second. Answers the count, this message included.
+_COUNT_LUA = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 2000)
+return count
+"""
+
+
 class RedisUserLimiter:
     """A one-second window per user in Redis. The two commands of a check join the pipeline of
     the loop turn (``batch``, shared with the other Redis parts): under load, one round trip for
@@ -84,7 +91,7 @@ class RedisUserLimiter:
             return True
         key = self._names.user_rate(user, int(self._clock()))
         try:
-            count, _ = await asyncio.gather(self._batch.execute("INCR", key), self._batch.execute("PEXPIRE", key, 2000))
+            count = await self._batch.group("user_rate", _COUNT_LUA, [key], [])
         except aioredis.RedisError as exc:
             raise LimitError(f"redis: {exc}") from exc
         return int(count) <= self._limit

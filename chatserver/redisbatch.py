@@ -14,6 +14,13 @@ pipeline of its own. A turn is what was queued between two flushes; coroutines s
 together (``asyncio.gather``) take their first steps in adjacent callbacks, so what they
 queue there is always in one turn.
 
+Grouped calls: ``group(name, script, keys, args)`` queues one call of a Lua script; the calls of
+one name queued in one turn run as *one* EVAL, at the place of the first of them (so a call only
+ever moves earlier, never behind a command queued after it). Under load a turn holds tens of
+messages: their stores are one script call, not tens, which is most of what Redis and redis-py
+cost per message. A group's script never returns nil (Redis would cut the list of replies there);
+an error fails every call of the group.
+
 Exactly once: a pipeline is never sent twice. The client's retry policy re-sends a whole
 pipeline after a connection error or a timeout, but by then Redis may have run it (the
 reply was lost, or is merely late): a message stored twice, a counter counted twice, and
@@ -36,7 +43,61 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Command = tuple[tuple[Any, ...], asyncio.Future[Any]]
+# KEYS and ARGV of the group's calls one after another; ARGV starts with the number of calls,
+# then each call's number of keys and of arguments.
+_GROUP_HEAD = "local function one(KEYS, ARGV)\n"
+_GROUP_TAIL = """
+end
+local calls = tonumber(ARGV[1])
+local results = {}
+local k, a = 0, 1 + 2 * calls
+for c = 1, calls do
+  local nk, na = tonumber(ARGV[2 * c]), tonumber(ARGV[2 * c + 1])
+  local keys, argv = {}, {}
+  for i = 1, nk do keys[i] = KEYS[k + i] end
+  for i = 1, na do argv[i] = ARGV[a + i] end
+  k, a = k + nk, a + na
+  results[c] = one(keys, argv)
+end
+return results
+"""
+
+
+class _Group:
+    """The calls of one script queued in one turn, sent as one EVAL."""
+
+    __slots__ = ("args", "futures", "keys", "script", "sizes")
+
+    def __init__(self, script: str) -> None:
+        self.script = _GROUP_HEAD + script + _GROUP_TAIL
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+        self.sizes: list[int] = []
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def command(self) -> tuple[Any, ...]:
+        return ("EVAL", self.script, len(self.keys), *self.keys, len(self.futures), *self.sizes, *self.args)
+
+    def answer(self, future: asyncio.Future[Any]) -> None:
+        """The EVAL's reply (or error) to each call."""
+        if future.cancelled():
+            for call in self.futures:
+                call.cancel()
+            return
+        exc = future.exception()
+        replies = future.result() if exc is None else []
+        for i, call in enumerate(self.futures):
+            if call.done():
+                continue
+            if exc is not None:
+                call.set_exception(exc)
+            elif i < len(replies):
+                call.set_result(replies[i])
+            else:
+                call.set_exception(ResponseError(f"grouped script call {i + 1} returned nothing"))
+
+
+Command = tuple[tuple[Any, ...] | _Group, asyncio.Future[Any]]
 
 #: Attempts to check out a connection (nothing has been sent yet), and the pause after each failure.
 _CHECKOUT_BACKOFF_S = (0.05, 0.2, 0.5)
@@ -49,6 +110,7 @@ class RedisBatch:
         self._max_in_flight = max_in_flight  # pipelines sent and not answered; more waits (and grows)
         self._turns: list[list[Command]] = []  # commands waiting to be sent, one list per loop turn
         self._open: list[Command] | None = None  # the turn being queued now (not flushed yet)
+        self._groups: dict[str, _Group] = {}  # grouped calls of the open turn, by name
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.pipelines = 0  # sent so far (for tests and metrics)
@@ -56,15 +118,32 @@ class RedisBatch:
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future gets its reply, or the RedisError it caused."""
+        return self._queue(args)
+
+    def _queue(self, command: tuple[Any, ...] | _Group) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._open is None:
             self._open = []
             self._turns.append(self._open)
-        self._open.append((args, future))
+        self._open.append((command, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
+        return future
+
+    def group(self, name: str, script: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one call of ``script`` (a Lua body that ends in ``return``, reading ``KEYS`` and
+        ``ARGV``); the calls of ``name`` in this turn run as one EVAL (see the module docstring)."""
+        group = self._groups.get(name) if self._open is not None else None
+        if group is None:
+            group = self._groups[name] = _Group(script)
+            self._queue(group).add_done_callback(group.answer)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        group.keys += keys
+        group.args += args
+        group.sizes += (len(keys), len(args))
+        group.futures.append(future)
         return future
 
     def eval(self, source: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
@@ -76,6 +155,7 @@ class RedisBatch:
     def _flush(self) -> None:
         self._scheduled = False
         self._open = None  # this turn is complete: what is queued from now on is the next one
+        self._groups = {}
         while self._turns and len(self._in_flight) < self._max_in_flight:
             batch = self._turns.pop(0)  # whole turns only, at least one
             while self._turns and len(batch) + len(self._turns[0]) <= self._max_batch:
@@ -94,7 +174,7 @@ class RedisBatch:
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            replies = await self._run([args for args, _ in batch])
+            replies = await self._run([c.command() if isinstance(c, _Group) else c for c, _ in batch])
         except BaseException as exc:  # the connection failed (or we stop): every caller hears of it
             failure = exc if isinstance(exc, Exception) else RedisError("redis batch cancelled")
             for _, future in batch:

@@ -83,6 +83,14 @@ class Registry(Protocol):
     async def close(self) -> None: ...
 
 
+# KEYS: the server sets of some users. ARGV: now (ms). Answers each user's live servers.
+_SERVERS_OF_LUA = """
+local found = {}
+for i = 1, #KEYS do found[i] = redis.call('ZRANGEBYSCORE', KEYS[i], ARGV[1], '+inf') end
+return found
+"""
+
+
 class RedisRegistry:
     """The registry in Redis, shared by every server of the cluster."""
 
@@ -129,8 +137,14 @@ class RedisRegistry:
         return replies
 
     async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
-        now = self._now_ms()
-        replies = await self._all(*(("ZRANGEBYSCORE", self._names.user_servers(u), now, "+inf") for u in users))
+        """One grouped script call: the route look-ups of a loop turn are one EVAL."""
+        if not users:
+            return {}
+        keys = [self._names.user_servers(u) for u in users]
+        try:
+            replies = await self._batch.group("servers_of", _SERVERS_OF_LUA, keys, [self._now_ms()])
+        except Exception as exc:  # as _all: whatever the batch failed with
+            raise RegistryError(f"redis: {exc}") from exc
         return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}
 
     async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:

@@ -264,3 +264,41 @@ async def test_the_servers_client_does_not_repeat_a_command_that_timed_out() -> 
         with pytest.raises(aioredis.TimeoutError):
             await client.rpush(key, "once")
         assert await direct.llen(key) == 1
+
+
+GET_OR_NONE = "return redis.call('GET', KEYS[1]) or 'none'"
+
+
+@pytest.mark.gen_test
+async def test_grouped_calls_of_one_turn_are_one_script_call_each_with_its_reply() -> None:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        replies = await asyncio.gather(*(batch.group("incr", SCRIPT, [key], [i]) for i in range(1, 21)))
+        assert replies == [sum(range(1, i + 1)) for i in range(1, 21)]  # each its own running total
+        assert batch.pipelines == 1 and batch.commands == 1, "twenty calls, one EVAL"
+
+
+@pytest.mark.gen_test
+async def test_a_grouped_call_runs_at_the_place_of_its_groups_first_call() -> None:
+    """Calls only ever move earlier: the second read runs with the first, before the SET queued
+    between them (a message's store may join an earlier store, never pass its route look-up)."""
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        first = batch.group("read", GET_OR_NONE, [key], [])
+        written = batch.execute("SET", key, "written")
+        second = batch.group("read", GET_OR_NONE, [key], [])
+        assert (await first, await written, await second) == (b"none", True, b"none")
+        assert await batch.group("read", GET_OR_NONE, [key], []) == b"written"  # a later turn
+
+
+@pytest.mark.gen_test
+async def test_a_failing_grouped_script_fails_each_of_its_calls() -> None:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        await client.set(key, "text")
+        calls = [batch.group("incr", SCRIPT, [key], [1]) for _ in range(3)]
+        other = batch.execute("GET", key)
+        for call in calls:
+            with pytest.raises(ResponseError):
+                await call
+        assert await other == b"text"
