@@ -25,7 +25,7 @@ from chatserver.registry import MemoryRegistry
 from chatserver.router import Router
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.fakes import FakeSession, settle
-from tests.test_app import SECRET, cluster, connect, login
+from tests.inprocess.servers import SECRET, cluster, connect, login
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -1,8 +1,5 @@
-"""In-process tier: real Tornado servers on unused ports, with the in-memory registry and bus.
-
-Two nodes share one in-memory registry and broker, so cross-server routing is exercised
-through real HTTP and WebSocket handshakes without Kafka or Redis.
-"""
+"""In-process tier: the HTTP routes, the WebSocket handshake and sessions across two real
+Tornado servers over the in-memory parts (``tests.inprocess.servers``)."""
 
 from __future__ import annotations
 
@@ -10,70 +7,20 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamBufferFullError
 
-from chatserver.app import make_app
 from chatserver.bus import Bus, MemoryBroker, MemoryBus
-from chatserver.config import Settings
 from chatserver.handlers import ChatSocket
-from chatserver.history import MemoryHistory
-from chatserver.node import ChatNode
-from chatserver.registry import MemoryRegistry, Registry, RegistryError
+from chatserver.registry import MemoryRegistry, RegistryError
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
-from tests.conftest import free_port
-
-SECRET = "t" * 40
-T = TypeVar("T")
-
-
-@asynccontextmanager
-async def cluster(
-    count: int = 2,
-    registry: Registry | None = None,
-    bus: Callable[[MemoryBroker, str], Bus] = MemoryBus,
-    **overrides: object,
-) -> AsyncIterator[list[tuple[str, ChatNode]]]:
-    """``count`` in-process servers sharing a registry and a broker: [(base_url, node)]."""
-    history, broker = MemoryHistory(), MemoryBroker()
-    registry = MemoryRegistry(ttl_s=30) if registry is None else registry
-    nodes: list[tuple[str, ChatNode, HTTPServer]] = []
-    for n in range(1, count + 1):
-        port = free_port()
-        settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **overrides)  # type: ignore[arg-type]
-        node = ChatNode(settings, registry, history, bus(broker, settings.server_id))
-        await node.start()
-        server = make_app(node).listen(port, "127.0.0.1")
-        nodes.append((f"http://127.0.0.1:{port}", node, server))
-    try:
-        yield [(url, node) for url, node, _ in nodes]
-    finally:
-        for _, node, server in nodes:
-            server.stop()
-            await node.stop()
-
-
-async def login(base_url: str, username: str) -> str:
-    response = await AsyncHTTPClient().fetch(
-        base_url + "/api/login", method="POST", body=json.dumps({"username": username})
-    )
-    token: str = json.loads(response.body)["token"]
-    return token
-
-
-async def connect(base_url: str, username: str) -> ChatClient:
-    client = await ChatClient.connect(base_url, await login(base_url, username))
-    welcome = await client.recv()
-    assert welcome["type"] == "welcome" and welcome["user"] == username
-    return client
+from tests.inprocess.servers import SECRET, T, cluster, connect, login
 
 
 @pytest.mark.gen_test(timeout=20)
@@ -232,7 +179,7 @@ async def test_the_operator_page_is_off_by_default_and_guarded_by_its_token() ->
 
 @pytest.mark.gen_test(timeout=20)
 async def test_keepalive_pings_every_socket_and_closes_one_that_never_answers() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import wsclient  # the load generator's client: it lets a test swallow pings
 
     async with cluster(1, ping_interval_s=0.3) as [(url, _)]:
@@ -289,7 +236,7 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 
 @pytest.mark.gen_test(timeout=20)
 async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pinged() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import wsclient
 
     async with cluster(1, ping_interval_s=0.2) as [(url, node)]:
