@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 
+from chatserver import frames
 from chatserver import protocol as p
+from chatserver.envelope import Envelope, EnvelopeError
 from chatserver.history import Head, HistoryError
 from chatserver.parts import CLOSE_RESET, ClientSession, Parts, ignore_failure
 from chatserver.sequencer import Deliver, Sequencer
@@ -60,8 +62,8 @@ class Delivery:
     def on_bus_message(self, payload: bytes) -> None:
         """Deliver one envelope from this server's topic to the local sessions it is for."""
         try:
-            envelope = p.Envelope.from_bytes(payload)
-        except p.EnvelopeError as exc:
+            envelope = Envelope.from_bytes(payload)
+        except EnvelopeError as exc:
             log.error("dropped an undecodable message from the bus: %s", exc)
             return
         if envelope.kind == "event":
@@ -72,7 +74,7 @@ class Delivery:
             for channel in envelope.channels():
                 self._deliver(envelope, channel)
 
-    def sequence(self, envelope: p.Envelope) -> None:
+    def sequence(self, envelope: Envelope) -> None:
         """Each of a stored message's channels, in its place in the channel's order: from the
         bus, or straight from the sender's server when no copy of it comes back here."""
         epochs = dict(envelope.epochs)
@@ -80,7 +82,7 @@ class Delivery:
             deliver = functools.partial(self._deliver, envelope, channel)
             self._sequencer.offer(channel, epochs.get(channel, ""), offset, envelope.id, deliver)
 
-    def _deliver(self, envelope: p.Envelope, channel: str) -> None:
+    def _deliver(self, envelope: Envelope, channel: str) -> None:
         """``envelope``'s message as stored in ``channel``, to the local sessions reading it there."""
         hub = self._hub
         frame = envelope.message_frame(channel)
@@ -138,23 +140,23 @@ class Delivery:
 
     # ------------------------------------------------------------------ events and receipts
 
-    def _receipt_delivered(self, envelope: p.Envelope) -> None:
+    def _receipt_delivered(self, envelope: Envelope) -> None:
         """Tell the sender a session of the recipient got the message (an addition to the protocol,
         for sessions that asked: it doubles the frames and bus traffic of a private message).
 
         The receipt goes to the server of the sending session (named in its id), for the sender's
         sessions there: no registry look-up, one small publish, and none when that is this server."""
-        body = p.receipt(envelope.id, envelope.to or "", "delivered")
+        body = frames.receipt(envelope.id, envelope.to or "", "delivered")
         server = p.server_of_session(envelope.origin)
         if server == self._parts.server_id:
             self._hub.deliver(envelope.sender, p.OutFrame(body))
         elif server:
-            event = p.Envelope(
+            event = Envelope(
                 kind="event", id="", sender="", text="", ts=envelope.ts, recipients=(envelope.sender,), event=body
             )
             self._parts.bus.publish(server, event.to_bytes()).add_done_callback(ignore_failure)
 
-    def _deliver_event(self, envelope: p.Envelope) -> None:
+    def _deliver_event(self, envelope: Envelope) -> None:
         if envelope.event is None:
             return
         frame = p.OutFrame(envelope.event)

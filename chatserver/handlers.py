@@ -22,9 +22,10 @@ from tornado.web import HTTPError, RequestHandler
 from tornado.websocket import WebSocketHandler
 
 from chatserver.auth import AuthError, TokenAuthority
+from chatserver.frames import error
 from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
-from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, error, session_id
+from chatserver.protocol import INTERNAL, JSON, MSGPACK, USERNAME_RE, Codec, OutFrame, session_id
 from chatserver.router import Router
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from typing import Any, Protocol, cast
 import orjson
 import redis.asyncio as aioredis
 
+from chatserver.envelope import Envelope
 from chatserver.names import Names
-from chatserver.protocol import Envelope
 from chatserver.redisbatch import RedisBatch
 
 Clock = Callable[[], float]

@@ -24,8 +24,10 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
+from chatserver.envelope import Envelope, MessageKind
 from chatserver.limits import Backlog, UserLimiter
 from chatserver.parts import ClientSession, Parts
 
@@ -95,8 +97,8 @@ class Messages:
         self._parts.refuse(session, p.RATE_LIMITED, why, cid)
         return False
 
-    def _envelope(self, session: ClientSession, kind: p.MessageKind, text: str, **fields: Any) -> p.Envelope:
-        return p.Envelope(
+    def _envelope(self, session: ClientSession, kind: MessageKind, text: str, **fields: Any) -> Envelope:
+        return Envelope(
             kind=kind,
             id=self._new_id(),
             sender=session.user,
@@ -156,8 +158,8 @@ class Messages:
     # ------------------------------------------------------------------ 2. store, 3. route
 
     async def _store_and_route(
-        self, envelope: p.Envelope, cid: str | None, users: list[str]
-    ) -> tuple[p.Envelope, dict[str, set[str]]]:
+        self, envelope: Envelope, cid: str | None, users: list[str]
+    ) -> tuple[Envelope, dict[str, set[str]]]:
         """Store ``envelope``, then look up the servers of ``users``: the look-up must see the
         registry as it is after the store. Together, both are queued in this loop turn, store
         first, so they travel in one pipeline that Redis runs in order."""
@@ -174,7 +176,7 @@ class Messages:
             raise where_or_error
         return stored_or_error, where_or_error
 
-    async def _store(self, envelope: p.Envelope, cid: str | None) -> p.Envelope:
+    async def _store(self, envelope: Envelope, cid: str | None) -> Envelope:
         """Store ``envelope``; a retry (same cid and content, to the same user or room) gets its
         first attempt's id and offsets."""
         fingerprint = None
@@ -189,7 +191,7 @@ class Messages:
     # ------------------------------------------------------------------ 4. publish, 5. ack
 
     def _publish(
-        self, session: ClientSession, cid: str | None, envelope: p.Envelope, servers: Collection[str]
+        self, session: ClientSession, cid: str | None, envelope: Envelope, servers: Collection[str]
     ) -> Published:
         """Publish to every server's topic; ack (or refuse) once all have answered. Returns the
         publish, done once the sender is answered."""
@@ -215,7 +217,7 @@ class Messages:
             parts.metrics.publish_seconds.observe(time.perf_counter() - started)
             parts.metrics.messages_acked.inc()
             own = envelope.channels()[0] if envelope.kind != "private" else p.user_channel(envelope.sender)
-            session.send(p.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
+            session.send(frames.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(answer)
         return done

@@ -15,8 +15,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.bus import Bus
+from chatserver.envelope import Envelope
 from chatserver.history import History
 from chatserver.hub import Hub, Session
 from chatserver.metrics import Metrics
@@ -75,7 +77,7 @@ class Parts:
     def refuse(self, session: ClientSession, code: str, message: str, cid: str | None) -> None:
         """An ``error`` frame to ``session`` (counted by code)."""
         self.metrics.errors.labels(code).inc()
-        session.send(p.error(code, message, cid))
+        session.send(frames.error(code, message, cid))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` in the background, kept until done (``Router.withdraw`` waits for it)."""
@@ -87,7 +89,7 @@ class Parts:
     async def publish_event(self, body: dict[str, Any], audience: list[str] | None, skip: str = "") -> None:
         """A transient event (presence, typing, receipt) to ``audience``'s sessions, or to
         everyone: to the servers that hold them, never stored, never acked."""
-        envelope = p.Envelope(
+        envelope = Envelope(
             kind="event",
             id="",
             sender="",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
 from chatserver.parts import ClientSession, Parts
@@ -40,9 +41,9 @@ class Presence:
             head = (await parts.history.heads([channel]))[channel]
             self._delivery.place(channel, head)
             parts.hub.place(session, {channel: head.offset})
-        body = p.presence(session.user, "join" if joining else "leave", frame.room)
+        body = frames.presence(session.user, "join" if joining else "leave", frame.room)
         if frame.cid is not None:
-            session.send(p.membership_ack(frame.cid, frame.room))
+            session.send(frames.membership_ack(frame.cid, frame.room))
         session.send(p.OutFrame({**body, "cid": frame.cid} if frame.cid is not None else body))
         if changed:  # tell the members (and the user's other sessions)
             members = await parts.rooms.members(frame.room)
@@ -66,12 +67,14 @@ class Presence:
         else:
             audience = [frame.to] if frame.to is not None and frame.to != session.user else []
         if audience:
-            await self._parts.publish_event(p.typing(session.user, frame.to, frame.room), audience, skip=session.id)
+            await self._parts.publish_event(
+                frames.typing(session.user, frame.to, frame.room), audience, skip=session.id
+            )
 
     async def receipt(self, session: ClientSession, frame: p.ReceiptFrame) -> None:
         """A "read" (or "delivered") receipt from a reader to the sender of a private message."""
         if frame.to != session.user:
-            await self._parts.publish_event(p.receipt(frame.id, session.user, frame.status), [frame.to])
+            await self._parts.publish_event(frames.receipt(frame.id, session.user, frame.status), [frame.to])
 
     async def who(self, session: ClientSession, frame: p.WhoFrame) -> None:
         registry = self._parts.registry
@@ -84,7 +87,7 @@ class Presence:
                 return
             where = await registry.servers_of(members[: p.MAX_WHO * 4])
             users = sorted(u for u, servers in where.items() if servers)[: p.MAX_WHO]
-        session.send(p.who(users, frame.room, frame.cid))
+        session.send(frames.who(users, frame.room, frame.cid))
 
     def forget(self, session: ClientSession) -> None:
         self._typing_sent.pop(session.id, None)
@@ -95,7 +98,7 @@ class Presence:
             self._parts.metrics.presence_withheld.inc()
             return
         try:
-            await self._parts.publish_event(p.presence(user, status), None, skip=skip)
+            await self._parts.publish_event(frames.presence(user, status), None, skip=skip)
         except RegistryError as exc:
             log.warning("presence of %s not announced: %s", user, exc)
 

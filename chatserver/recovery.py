@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
 from chatserver.history import HistoryError
@@ -52,7 +53,7 @@ class Recovery:
         positions = {c: h.offset for c, h in heads.items()}
         self._hub.place(session, positions)
         epochs = {c: h.epoch for c, h in heads.items()}
-        session.send(p.welcome(session.user, self._parts.server_id, positions, rooms, epochs))
+        session.send(frames.welcome(session.user, self._parts.server_id, positions, rooms, epochs))
         self._hub.release(session, [])  # events go out; the channels wait for resume
         if self._resume_wait_s > 0:
             loop = asyncio.get_running_loop()
@@ -88,7 +89,7 @@ class Recovery:
             self._parts.refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
             return
         messages = await self._parts.history.before(frame.channel, frame.before, frame.limit)
-        session.send(p.history(frame.channel, messages, frame.cid))
+        session.send(frames.history(frame.channel, messages, frame.cid))
 
     async def resume(self, session: ClientSession, frame: p.ResumeFrame) -> None:
         """Replay every stored message after the given offsets, in order, then ``resumed``.
@@ -128,7 +129,7 @@ class Recovery:
         self._parts.metrics.replayed.inc(replayed)
         positions = {c: max(heads[c].offset, self._hub.sent(session, c)[1]) for c, _ in wanted}
         epochs = {c: heads[c].epoch for c, _ in wanted}
-        session.send(p.resumed(not gaps, frame.cid, gaps, positions, epochs))
+        session.send(frames.resumed(not gaps, frame.cid, gaps, positions, epochs))
 
     async def _replay(
         self, session: ClientSession, channel: str, offset: int, floor: int, top: int

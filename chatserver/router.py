@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.bus import Bus
 from chatserver.delivery import Delivery
@@ -185,4 +186,4 @@ class Router:
             self.parts.refuse(session, p.INTERNAL, why, frame.cid)
 
     async def _ping(self, session: ClientSession, frame: p.PingFrame) -> None:
-        session.send(p.pong(frame.cid))
+        session.send(frames.pong(frame.cid))

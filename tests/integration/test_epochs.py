@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import pytest
 import redis.asyncio as aioredis
 
+from chatserver.envelope import Envelope
 from chatserver.history import RedisHistory, Retention
 from chatserver.names import Names
-from chatserver.protocol import Envelope
 from tests.integration.conftest import REDIS_URL
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from chatserver.envelope import Envelope
 from chatserver.history import History, MemoryHistory, Retention
-from chatserver.protocol import Envelope
 
 
 def public(i: int, ts: int = 1_000) -> Envelope:

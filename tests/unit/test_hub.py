@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatserver import frames
 from chatserver import protocol as p
 from chatserver.hub import Hub
 from tests.fakes import FakeSession
@@ -24,10 +25,10 @@ def test_deliver_skips_the_origin_session_and_broadcast_reaches_all() -> None:
     a1, a2, b = FakeSession("alice"), FakeSession("alice"), FakeSession("bob")
     for s in (a1, a2, b):
         hub.add(s)
-    assert hub.deliver("alice", p.pong(None), skip=a1.id) == 1
+    assert hub.deliver("alice", frames.pong(None), skip=a1.id) == 1
     assert (len(a1.frames), len(a2.frames)) == (0, 1)
-    assert hub.deliver("carol", p.pong(None)) == 0
-    assert hub.broadcast(p.pong("x")) == 3
+    assert hub.deliver("carol", frames.pong(None)) == 0
+    assert hub.broadcast(frames.pong("x")) == 3
     assert all(s.frames[-1] == {"type": "pong", "cid": "x"} for s in (a1, a2, b))
 
 
@@ -42,7 +43,7 @@ def test_a_held_session_gets_nothing_before_release_then_everything_in_order() -
     for frame in (event, old, fresh):
         hub.broadcast(frame)
     assert new.frames == []
-    new.send(p.pong("welcome first"))
+    new.send(frames.pong("welcome first"))
     hub.place(new, {"public": 3})  # offsets up to 3 are history to this session
     hub.release(new)
     assert [f.get("offset", f["type"]) for f in new.frames] == ["pong", "presence", 4]

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from chatserver import frames
 from chatserver import protocol as p
+from chatserver.envelope import Envelope, EnvelopeError
 
 
 def decode(obj: object) -> p.ClientFrame:
@@ -83,7 +85,7 @@ def test_msgpack_extension_types_and_bytes_are_refused() -> None:
 
 
 def test_out_frame_is_encoded_once_per_codec() -> None:
-    frame = p.error("bad_frame", "nope", "c1")
+    frame = frames.error("bad_frame", "nope", "c1")
     first = frame.encoded(p.JSON)
     assert frame.encoded(p.JSON) is first
     assert json.loads(first) == {"type": "error", "code": "bad_frame", "message": "nope", "cid": "c1"}
@@ -91,7 +93,7 @@ def test_out_frame_is_encoded_once_per_codec() -> None:
 
 
 def test_envelope_round_trips_and_renders_the_message_frame() -> None:
-    env = p.Envelope(
+    env = Envelope(
         "private",
         "id1",
         "alice",
@@ -102,7 +104,7 @@ def test_envelope_round_trips_and_renders_the_message_frame() -> None:
         origin="ws-1#4",
         offsets=(("user:bob", 7), ("user:alice", 3)),
     )
-    assert p.Envelope.from_bytes(env.to_bytes()) == env
+    assert Envelope.from_bytes(env.to_bytes()) == env
     assert env.channels() == ("user:bob", "user:alice")
     assert env.message_frame("user:bob").body == {
         "type": "message",
@@ -143,8 +145,8 @@ def test_history_and_resume_frames_validate_channels_and_offsets() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\xc1", msgpack.packb({"v": 2}), msgpack.packb({"v": 1, "k": "x"})])
 def test_undecodable_envelopes_raise_envelope_error(data: bytes) -> None:
-    with pytest.raises(p.EnvelopeError):
-        p.Envelope.from_bytes(data)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_bytes(data)
 
 
 json_values = st.recursive(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chatserver import protocol as p
+from chatserver.envelope import Envelope
 from chatserver.history import MemoryHistory
 from chatserver.parts import CLOSE_RESET
 from tests.fakes import FakeSession, MemoryCluster, settle
@@ -25,7 +25,7 @@ def Cluster(
 
 async def stored_private(history: MemoryHistory, i: int) -> bytes:
     """Message ``i`` from alice to bob, stored as another server would, as the bus carries it."""
-    envelope = p.Envelope(
+    envelope = Envelope(
         kind="private", id=f"m{i}", sender="alice", text=f"t{i}", ts=1, to="bob", recipients=("bob", "alice")
     )
     stored = await history.store(envelope, None)
