@@ -68,6 +68,69 @@ class Bus(Protocol):
         """Deliver what is in flight (bounded), then leave."""
 
 
+class _TurnRecords:
+    """What one loop turn publishes, as one record per topic (see the module docstring), through
+    a producer whose delivery reports answer each payload's future."""
+
+    def __init__(self, producer: Producer, batch: bool) -> None:
+        self._producer = producer
+        self._batch = batch
+        self._pending: dict[str, tuple[list[bytes], list[asyncio.Future[None]]]] = {}  # topic -> this turn's
+        self._flush_scheduled = False
+        self.records = 0  # records produced (for tests and metrics)
+
+    def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not self._batch:
+            self._produce(topic, payload, [future])
+            return future
+        pending = self._pending.get(topic)
+        if pending is None:
+            pending = self._pending[topic] = ([], [])
+        pending[0].append(payload)
+        pending[1].append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        """This turn's payloads, one record per topic (split only past ``MAX_RECORD_BYTES``)."""
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for topic, (payloads, futures) in pending.items():
+            start, size = 0, 0
+            for end, payload in enumerate(payloads):
+                if size + len(payload) > MAX_RECORD_BYTES and end > start:
+                    self._produce_batch(topic, payloads[start:end], futures[start:end])
+                    start, size = end, 0
+                size += len(payload)
+            self._produce_batch(topic, payloads[start:], futures[start:])
+
+    def _produce_batch(self, topic: str, payloads: list[bytes], futures: list[asyncio.Future[None]]) -> None:
+        value = payloads[0] if len(payloads) == 1 else BATCH_MARK + msgpack.packb(payloads, use_bin_type=True)
+        self._produce(topic, value, futures)
+
+    def _produce(self, topic: str, value: bytes, futures: list[asyncio.Future[None]]) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            for future in futures:
+                if future.done():
+                    continue
+                if err is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(BusError(f"kafka: {err.str()}"))
+
+        try:
+            self._producer.produce(topic, value, on_delivery=on_delivery)
+            self.records += 1
+        except (BufferError, KafkaException) as exc:
+            why = "kafka producer queue is full; retry shortly" if isinstance(exc, BufferError) else f"kafka: {exc}"
+            for future in futures:
+                future.set_exception(BusError(why))
+
+
 class KafkaBus:
     """Per-server topics on Apache Kafka through confluent-kafka."""
 
@@ -139,10 +202,7 @@ class KafkaBus:
         self._probe_prefix = f"{server_id}:{time.time_ns()}:".encode()  # this incarnation's probes
         self._probe_sent_at = 0.0
         self._probe_seen_at = 0.0
-        self._batch = batch
-        self._pending: dict[str, tuple[list[bytes], list[asyncio.Future[None]]]] = {}  # topic -> this turn's
-        self._flush_scheduled = False
-        self.records = 0  # records produced for publish() (for tests and metrics)
+        self._records = _TurnRecords(self._producer, batch)
 
     async def start(self, on_message: OnMessage) -> None:
         self._on_message = on_message
@@ -207,61 +267,17 @@ class KafkaBus:
     def lag(self) -> int:
         return self._lag
 
+    @property
+    def records(self) -> int:
+        """Records produced for ``publish`` so far (for tests and metrics)."""
+        return self._records.records
+
     def _on_kafka_error(self, err: KafkaError) -> None:
         self._last_error = f"kafka at {self._bootstrap}: {err.str()}"
         log.warning("%s", self._last_error)
 
     def publish(self, server_id: str, payload: bytes) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        topic = self._names.server_topic(server_id)
-        if not self._batch:
-            self._produce(topic, payload, [future])
-            return future
-        pending = self._pending.get(topic)
-        if pending is None:
-            pending = self._pending[topic] = ([], [])
-        pending[0].append(payload)
-        pending[1].append(future)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        """This turn's payloads, one record per topic (split only past ``MAX_RECORD_BYTES``)."""
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, {}
-        for topic, (payloads, futures) in pending.items():
-            start, size = 0, 0
-            for end, payload in enumerate(payloads):
-                if size + len(payload) > MAX_RECORD_BYTES and end > start:
-                    self._produce_batch(topic, payloads[start:end], futures[start:end])
-                    start, size = end, 0
-                size += len(payload)
-            self._produce_batch(topic, payloads[start:], futures[start:])
-
-    def _produce_batch(self, topic: str, payloads: list[bytes], futures: list[asyncio.Future[None]]) -> None:
-        value = payloads[0] if len(payloads) == 1 else BATCH_MARK + msgpack.packb(payloads, use_bin_type=True)
-        self._produce(topic, value, futures)
-
-    def _produce(self, topic: str, value: bytes, futures: list[asyncio.Future[None]]) -> None:
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            for future in futures:
-                if future.done():
-                    continue
-                if err is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(BusError(f"kafka: {err.str()}"))
-
-        try:
-            self._producer.produce(topic, value, on_delivery=on_delivery)
-            self.records += 1
-        except (BufferError, KafkaException) as exc:
-            why = "kafka producer queue is full; retry shortly" if isinstance(exc, BufferError) else f"kafka: {exc}"
-            for future in futures:
-                future.set_exception(BusError(why))
+        return self._records.publish(self._names.server_topic(server_id), payload)
 
     def _tick(self) -> None:
         """The periodic IOLoop callback: delivery reports, then whatever messages are ready."""
@@ -337,7 +353,7 @@ class KafkaBus:
         return True, "ok"
 
     async def close(self) -> None:
-        self._flush()  # what was published this turn goes out with the rest
+        self._records.flush()  # what was published this turn goes out with the rest
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
