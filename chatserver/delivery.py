@@ -86,9 +86,9 @@ class Delivery:
         """``envelope``'s message as stored in ``channel``, to the local sessions reading it there."""
         hub = self._hub
         frame = envelope.message_frame(channel)
-        if envelope.kind == "public":
+        if channel == p.PUBLIC:
             delivered = hub.broadcast(frame)
-        elif envelope.kind == "room":
+        elif channel.startswith("room:"):
             delivered = sum(  # every member, the sender included (as for public messages)
                 hub.deliver(user, frame) for user in envelope.recipients if hub.has_user(user)
             )

@@ -13,7 +13,9 @@ import msgpack
 
 from chatserver.protocol import PUBLIC, OutFrame, room_channel, user_channel
 
-MessageKind = Literal["public", "private", "room", "event"]
+MessageKind = Literal["public", "private", "room", "edit", "delete", "event"]
+#: Kinds that change an earlier message (``ref``), stored and delivered where it was.
+CHANGES: Final = ("edit", "delete")
 
 
 class EnvelopeError(ValueError):
@@ -45,16 +47,18 @@ class Envelope:
     event: dict[str, Any] | None = None  # kind "event": a transient frame (presence, typing)
     receipt: bool = False  # the sending session asked for "delivered" receipts
     epochs: tuple[tuple[str, str], ...] = ()  # the epoch of each offset (empty from older servers)
+    ref: str | None = None  # kind "edit"/"delete": the id of the message it changes
 
     def channels(self) -> tuple[str, ...]:
-        """The channels that store this message: ``public``, the room's, or both users'."""
-        if self.kind == "public":
-            return (PUBLIC,)
-        if self.kind == "room" and self.room is not None:
-            return (room_channel(self.room),)
+        """The channels that store this message: ``public``, the room's, or both users'. An
+        edit or a delete is stored where its message was (its ``room``, or its two users)."""
         if self.kind == "event":
             return ()
-        return tuple(dict.fromkeys(user_channel(u) for u in self.recipients))
+        if self.room is not None:
+            return (room_channel(self.room),)
+        if self.kind == "private" or (self.kind in CHANGES and self.to is not None):
+            return tuple(dict.fromkeys(user_channel(u) for u in self.recipients))
+        return (PUBLIC,)
 
     def to_bytes(self) -> bytes:
         data: bytes = msgpack.packb(
@@ -73,6 +77,7 @@ class Envelope:
                 "e": self.event,
                 "d": self.receipt,
                 "p": dict(self.epochs),
+                "ref": self.ref,
             },
             use_bin_type=True,
         )
@@ -85,7 +90,7 @@ class Envelope:
             if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
                 raise EnvelopeError("not a version-1 envelope")
             kind = obj["k"]
-            if kind not in ("public", "private", "room", "event"):
+            if kind not in ("public", "private", "room", "edit", "delete", "event"):
                 raise EnvelopeError(f"unknown envelope kind {kind!r}")
             return cls(
                 kind=kind,
@@ -101,6 +106,7 @@ class Envelope:
                 event=obj.get("e") if isinstance(obj.get("e"), dict) else None,
                 receipt=obj.get("d") is True,
                 epochs=tuple((str(c), str(e)) for c, e in (obj.get("p") or {}).items()),
+                ref=None if obj.get("ref") is None else str(obj["ref"]),
             )
         except (KeyError, TypeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             if isinstance(exc, EnvelopeError):
@@ -122,6 +128,10 @@ class Envelope:
             body["to"] = self.to
         if self.room is not None:
             body["room"] = self.room
+        if self.ref is not None:
+            body["ref"] = self.ref
+            if self.kind == "delete":
+                del body["text"]
         return body
 
     def message_frame(self, channel: str) -> OutFrame:

@@ -108,7 +108,24 @@ class History(Protocol):
         """The newest ``limit`` messages below offset ``before`` (all when None), oldest first."""
         ...
 
+    async def find(self, channel: str, message_id: str) -> Message | None:
+        """Message ``message_id`` of ``channel``, if it is among its newest ``FIND_DEPTH``."""
+        ...
+
     async def close(self) -> None: ...
+
+
+#: How far back ``find`` looks (from the newest message of a channel): what can be edited.
+FIND_DEPTH = 1000
+
+# KEYS: a channel's log. ARGV: '"id":"<id>"', depth. Answers {member, offset} or {} (not found).
+_FIND_LUA = """
+local found = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+for i = 1, #found, 2 do
+  if string.find(found[i], ARGV[1], 1, true) then return {found[i], found[i + 1]} end
+end
+return {}
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -304,6 +321,14 @@ class RedisHistory:
             raise HistoryError(f"redis: {exc}") from exc
         return [_message(m, s) for m, s in reversed(cast(list[tuple[bytes, float]], found))]
 
+    async def find(self, channel: str, message_id: str) -> Message | None:
+        pattern = orjson.dumps({"id": message_id}).decode()[1:-1]  # '"id":"..."', as stored
+        try:
+            found = await self._batch.eval(_FIND_LUA, [self._names.channel_log(channel)], [pattern, FIND_DEPTH])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return _message(found[0], float(found[1])) if found else None
+
     async def close(self) -> None:
         return None  # the client belongs to whoever created it
 
@@ -386,6 +411,12 @@ class MemoryHistory:
         log = self._logs.get(channel, [])
         older = [{**body, "offset": o} for o, _, body in log if before is None or o < before]
         return older[-limit:]
+
+    async def find(self, channel: str, message_id: str) -> Message | None:
+        for offset, _, body in reversed(self._logs.get(channel, [])[-FIND_DEPTH:]):
+            if body["id"] == message_id:
+                return {**body, "offset": offset}
+        return None
 
     async def close(self) -> None:
         return None

@@ -28,6 +28,7 @@ from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
 from chatserver.envelope import Envelope, MessageKind
+from chatserver.history import FIND_DEPTH
 from chatserver.limits import Backlog, UserLimiter
 from chatserver.parts import ClientSession, Parts
 
@@ -63,6 +64,10 @@ class Messages:
 
     async def room(self, session: ClientSession, frame: p.RoomFrame) -> None:
         await self._admit(session, frame, self._room)
+
+    async def change(self, session: ClientSession, frame: p.EditFrame | p.DeleteFrame) -> None:
+        """``edit`` or ``delete`` (version 2): by its author only, stored where the message is."""
+        await self._admit(session, frame, self._change)
 
     # ------------------------------------------------------------------ 1. admit
 
@@ -155,6 +160,38 @@ class Messages:
         servers = set().union(*where.values(), {self._parts.server_id})
         return self._publish(session, frame.cid, envelope, servers)
 
+    async def _change(self, session: ClientSession, frame: p.EditFrame | p.DeleteFrame) -> Published | None:
+        """An edit or a delete goes where its message went: stored in each of its channels with
+        their next offsets, to the servers of its audience (today's members, for a room)."""
+        original = await self._parts.history.find(frame.channel, frame.id)
+        if original is None or original.get("kind") not in ("public", "private", "room"):
+            why = f"no message {frame.id!r} in {frame.channel} (only the newest {FIND_DEPTH} can be changed)"
+            self._parts.refuse(session, p.BAD_FRAME, why, frame.cid)
+            return None
+        if original.get("from") != session.user:
+            self._parts.refuse(session, p.FORBIDDEN, "only its author may edit or delete a message", frame.cid)
+            return None
+        if not await self._user_may_send(session, frame.cid):
+            return None
+        to, room = original.get("to"), original.get("room")
+        if room is not None:
+            users = await self._parts.rooms.members(room)
+        elif to is not None:
+            users = [to] if to == session.user else [to, session.user]
+        else:
+            users = []
+        kind: MessageKind = "edit" if isinstance(frame, p.EditFrame) else "delete"
+        text = frame.text if isinstance(frame, p.EditFrame) else ""
+        envelope = self._envelope(session, kind, text, ref=frame.id, to=to, room=room, recipients=tuple(users))
+        if users:
+            envelope, where = await self._store_and_route(envelope, frame.cid, users)
+            servers = set().union(*where.values())
+        else:
+            envelope = await self._store(envelope, frame.cid)
+            servers = await self._parts.registry.live_servers()
+        servers.add(self._parts.server_id)
+        return self._publish(session, frame.cid, envelope, servers)
+
     # ------------------------------------------------------------------ 2. store, 3. route
 
     async def _store_and_route(
@@ -181,7 +218,7 @@ class Messages:
         first attempt's id and offsets."""
         fingerprint = None
         if cid is not None:
-            what = f"{envelope.kind}\0{envelope.to}\0{envelope.room}\0{cid}\0{envelope.text}"
+            what = f"{envelope.kind}\0{envelope.to}\0{envelope.room}\0{envelope.ref}\0{cid}\0{envelope.text}"
             fingerprint = hashlib.sha256(what.encode()).hexdigest()[:24]
         stored = await self._parts.history.store(envelope, fingerprint)
         if stored.duplicate:
@@ -216,7 +253,7 @@ class Messages:
                 return
             parts.metrics.publish_seconds.observe(time.perf_counter() - started)
             parts.metrics.messages_acked.inc()
-            own = envelope.channels()[0] if envelope.kind != "private" else p.user_channel(envelope.sender)
+            own = envelope.channels()[0] if envelope.to is None else p.user_channel(envelope.sender)
             session.send(frames.ack(cid, envelope.id, envelope.ts, own, dict(envelope.offsets).get(own, 0)))
 
         done.add_done_callback(answer)

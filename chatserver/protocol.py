@@ -129,6 +129,25 @@ class RoomFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class EditFrame:
+    """Version 2: the author replaces the text of message ``id`` of ``channel``."""
+
+    channel: str
+    id: str
+    text: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteFrame:
+    """Version 2: the author deletes message ``id`` of ``channel``."""
+
+    channel: str
+    id: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TypingFrame:
     to: str | None = None
     room: str | None = None
@@ -165,6 +184,8 @@ ClientFrame = (
     | TypingFrame
     | WhoFrame
     | ReceiptFrame
+    | EditFrame
+    | DeleteFrame
 )
 
 
@@ -205,12 +226,15 @@ def decode_frame(raw: str | bytes, codec: Codec) -> ClientFrame:
             return TypingFrame(to=_name(obj, "to", cid), cid=cid)
         return TypingFrame(room=_name(obj, "room", cid), cid=cid)
     if kind == "receipt":
-        message_id, status = obj.get("id"), obj.get("status")
-        if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_CID_CHARS:
-            raise ProtocolError(BAD_FRAME, "field 'id' must be the id of a message", cid)
+        message_id, status = _message_id(obj, cid), obj.get("status")
         if status not in RECEIPT_STATUSES:
             raise ProtocolError(BAD_FRAME, "field 'status' must be 'delivered' or 'read'", cid)
         return ReceiptFrame(to=_name(obj, "to", cid), id=message_id, status=status, cid=cid)
+    if kind in ("edit", "delete"):
+        channel, message_id = _channel(obj.get("channel"), cid), _message_id(obj, cid)
+        if kind == "delete":
+            return DeleteFrame(channel=channel, id=message_id, cid=cid)
+        return EditFrame(channel=channel, id=message_id, text=_text(obj, cid), cid=cid)
     if kind == "who":
         return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)
@@ -223,6 +247,13 @@ def _cid(obj: dict[Any, Any]) -> str | None:
     if not isinstance(cid, str) or len(cid) > MAX_CID_CHARS:
         raise ProtocolError(BAD_FRAME, f"field 'cid' must be a string of at most {MAX_CID_CHARS} characters")
     return cid
+
+
+def _message_id(obj: dict[Any, Any], cid: str | None) -> str:
+    message_id = obj.get("id")
+    if not isinstance(message_id, str) or not 1 <= len(message_id) <= MAX_CID_CHARS:
+        raise ProtocolError(BAD_FRAME, "field 'id' must be the id of a message", cid)
+    return message_id
 
 
 def _text(obj: dict[Any, Any], cid: str | None) -> str:

@@ -64,3 +64,16 @@ async def test_renewing_an_epoch_happens_once_for_a_stale_one() -> None:
         assert fresh != stale
         assert await h.renew_epoch("public", stale) == fresh  # a second server's renewal: no change
         assert (await h.heads(["public"]))["public"].epoch == fresh
+
+
+@pytest.mark.gen_test
+async def test_find_looks_a_message_up_by_id_and_no_text_can_fake_one() -> None:
+    async with history() as (h, _client, _prefix):
+        for i in range(1, 4):
+            await h.store(public(i), None)
+        fake = Envelope(kind="public", id="id-9", sender="eve", text='"id":"id-2"', ts=2000)
+        await h.store(fake, None)
+        found = await h.find("public", "id-2")
+        assert found is not None and (found["offset"], found["text"], found["from"]) == (2, "m2", "ann")
+        assert await h.find("public", "id-404") is None
+        assert await h.find("room:none", "id-2") is None
