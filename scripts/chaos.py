@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chaoslib import checker
-from chaoslib.faults import KINDS, Cluster, ClusterError, Faults
+from chaoslib.faults import EXTRA_KINDS, KINDS, Cluster, ClusterError, Faults
 from chaoslib.workload import Client, Options, Recorder, Targets, http_login, join_rooms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--users", type=int, default=6, help="usernames shared by the clients (default 6: 2 clients each)")
     add("--rooms", type=int, default=2, help="rooms the users join before the run (default 2)")
     add("--rate", type=float, default=20.0, help="messages per second, all clients together (default 20)")
-    add("--faults", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}, or none (default: all)")
+    add("--faults", default=",".join(KINDS),
+        help=f"comma list of {', '.join(KINDS)} (default: all of them), or none; also {', '.join(EXTRA_KINDS)} "
+        "(kill -9 of Redis: loses up to a second of acked messages, so it is expected to fail)")  # fmt: skip
     add("--session-mean", type=float, default=6.0, help="mean seconds between a client's own disconnects (6)")
     add("--nginx-share", type=float, default=0.5, help="share of connections through nginx (default 0.5)")
     add("--out", type=Path, default=None, help="folder for the records and the report (default test-output/chaos-*)")
@@ -78,9 +80,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv[1:] if argv[:1] == ["run"] else argv)
     args.command = "run"
     kinds = [] if args.faults.strip() in ("", "none") else [k.strip() for k in args.faults.split(",")]
-    unknown = [k for k in kinds if k not in KINDS]
+    unknown = [k for k in kinds if k not in KINDS + EXTRA_KINDS]
     if unknown:
-        parser.error(f"--faults: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)} or none")
+        known = ", ".join(KINDS + EXTRA_KINDS)
+        parser.error(f"--faults: unknown kind(s) {', '.join(unknown)}; choose from {known}, or none")
     args.kinds = kinds
     if not 1 <= args.users <= args.clients:
         parser.error("--users must be between 1 and --clients")

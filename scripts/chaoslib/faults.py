@@ -17,6 +17,9 @@ Faults, one at a time:
   ``redis-server`` command line as ``lib.sh``'s ``start_redis`` (same port, ``--dir``, append-only
   settings, read back from the running Redis with ``CONFIG GET``), and its pid file rewritten.
 - ``scale``: ``scale.sh N+1``, a few seconds, ``scale.sh N``.
+- ``redis-crash`` (only when asked for; not part of the default): like ``redis-restart`` but with
+  SIGKILL, so Redis loses what its append-only file had not fsynced yet (up to a second with
+  ``appendfsync everysec``). It shows what such a crash costs; it is not expected to pass.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-KINDS = ("kill-server", "kafka-stop", "redis-restart", "scale")
-EXPECTED_S = {"kill-server": 10.0, "kafka-stop": 6.0, "redis-restart": 4.0, "scale": 12.0}
+KINDS = ("kill-server", "kafka-stop", "redis-restart", "scale")  # the default: all of these
+EXTRA_KINDS = ("redis-crash",)  # only when asked for by name
+EXPECTED_S = {"kill-server": 10.0, "kafka-stop": 6.0, "redis-restart": 4.0, "scale": 12.0, "redis-crash": 4.0}
 SCRIPT_TIMEOUT_S = 150.0
 #: Settings the servers were started with that a restarted or added server must get too.
 _INHERITED = re.compile(r"^(CHAT_|KAFKA_|REDIS_|PYTHON$)")
@@ -138,7 +142,7 @@ class Cluster:
             why.append(
                 f"kafka-stop: no Kafka of this run folder ({self.pids_dir}/kafka.pid): a shared broker is never stopped"
             )
-        if "redis-restart" in kinds and self.redis_pid() is None:
+        if ("redis-restart" in kinds or "redis-crash" in kinds) and self.redis_pid() is None:
             why.append(
                 f"redis-restart: {self.pids_dir}/redis.pid names no running Redis (a shared one is never touched)"
             )
@@ -239,12 +243,12 @@ class Faults:
             self._stopped_kafka = None
         return f"Kafka (pid {pid}) stopped for {hold:.1f}s"
 
-    async def _redis_restart(self) -> str:
+    async def _redis_restart(self, sig: signal.Signals = signal.SIGTERM) -> str:
         pid = self.cluster.redis_pid()
         if pid is None:
             raise RuntimeError("Redis of this run folder is not running")
         argv = await asyncio.to_thread(self._redis_argv)
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         self._redis_down = argv
         if not await self._wait_gone(pid, 20.0):
             os.kill(pid, signal.SIGKILL)  # like lib.sh's stop_pid after its 20 s
@@ -252,7 +256,10 @@ class Faults:
         await asyncio.sleep(self.rng.uniform(0.3, 1.5))
         new = await asyncio.to_thread(self._start_redis, argv)
         self._redis_down = None
-        return f"Redis (pid {pid}) stopped with SIGTERM, started again as pid {new}: {' '.join(argv[1:])}"
+        return f"Redis (pid {pid}) stopped with {sig.name}, started again as pid {new}: {' '.join(argv[1:])}"
+
+    async def _redis_crash(self) -> str:
+        return await self._redis_restart(signal.SIGKILL)
 
     async def _scale(self) -> str:
         count = self._count
