@@ -1,6 +1,6 @@
 """The ceiling: a bare Tornado WebSocket relay that does the least any chat server must.
 
-It speaks just enough of ../shared/PROTOCOL.md for ``scripts/loadtest.py --scenario private``:
+It speaks just enough of docs/PROTOCOL.md for ``scripts/loadtest.py --scenario private``:
 it answers ``/healthz``, checks the token, sends ``welcome``, and for each ``private`` frame parses the JSON, writes
 the ``message`` to the recipient's sockets and the ``ack`` to the sender. No Redis, no Kafka,
 no history, no limits, no metrics. What it carries on this machine, with the load generator

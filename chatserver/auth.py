@@ -1,4 +1,4 @@
-"""Tokens: HS256 JWTs whose ``sub`` is the username (shared/PROTOCOL.md).
+"""Tokens: HS256 JWTs whose ``sub`` is the username (docs/PROTOCOL.md).
 
 Any application that has its own users can issue the same tokens with the same secret.
 Only HS256 is accepted (no ``none``, no algorithm confusion); ``exp`` and ``sub`` are

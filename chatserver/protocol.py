@@ -1,4 +1,4 @@
-"""Frames of the chat protocol (shared/PROTOCOL.md): types, validation, JSON and msgpack codecs.
+"""Frames of the chat protocol (docs/PROTOCOL.md): types, validation, JSON and msgpack codecs.
 
 Pure code: no sockets, no I/O libraries. ``decode_frame`` turns the bytes of one WebSocket
 frame into a typed client frame or raises ``ProtocolError`` whose ``code`` is one of the

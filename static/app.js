@@ -20,7 +20,7 @@
  *     see convKeyForMessage(), channelOfConv() and ensureConv().
  *   - add a `case` in handleFrame() and, if needed, a render function.
  *
- * Durability (shared/PROTOCOL.md, "Channels, offsets, recovery"):
+ * Durability (docs/PROTOCOL.md, "Channels, offsets, recovery"):
  *   - state.positions: the highest offset seen per channel ("public", "user:<me>"), from
  *     live messages, history and replay; kept in localStorage per user (chat.positions.<user>),
  *     so a reload or a new connection sends `resume` from there (see onWelcome).

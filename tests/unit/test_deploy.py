@@ -212,7 +212,7 @@ def test_profiles_hold_the_optional_services_only() -> None:
         assert {name for name, svc in services.items() if profile in svc.get("profiles", [])} == names
     always = {name for name, svc in services.items() if not svc.get("profiles")}
     assert always == {"redis", "kafka", "kafka-ui", "nginx", *chat_services()}
-    # kafka-ui stays on 8090 (shared/PROTOCOL.md), also with the override.
+    # kafka-ui stays on 8090 (docs/PROTOCOL.md), also with the override.
     assert "127.0.0.1:8090:8080" in compose_with_kafka3()["services"]["kafka-ui"]["ports"]
 
 
