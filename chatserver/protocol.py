@@ -38,7 +38,7 @@ NOT_MEMBER: Final = "not_member"
 FORBIDDEN: Final = "forbidden"
 INTERNAL: Final = "internal"
 
-#: Frame types of the protocol that this server does not handle yet (rooms, durability).
+#: The most names a ``who`` answer holds.
 MAX_WHO: Final = 1000
 
 
