@@ -154,6 +154,12 @@ class Hub:
         for channel, offset in positions.items():
             gate.floor[channel] = gate.top[channel] = max(gate.top.get(channel, 0), offset)
 
+    def rebase(self, session: Session, channel: str, offset: int) -> None:
+        """``channel``'s offsets started over (a new epoch): ``session`` reads it from ``offset``
+        of the new numbering, whatever it was sent of the old one."""
+        gate = self._gates.setdefault(session.id, _Gate())
+        gate.floor[channel] = gate.top[channel] = offset
+
     def replayed(self, session: Session, channel: str, after: int, upto: int) -> None:
         """A replay sent ``session`` what it had not been sent of ``(after, upto]``."""
         gate = self._gates.setdefault(session.id, _Gate())

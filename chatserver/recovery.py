@@ -17,7 +17,7 @@ import logging
 from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
-from chatserver.history import HistoryError
+from chatserver.history import Head, HistoryError
 from chatserver.parts import CLOSE_TRY_AGAIN, ClientSession, Parts
 
 log = logging.getLogger(__name__)
@@ -107,29 +107,45 @@ class Recovery:
             self._parts.refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
         self._hub.hold(session, [c for c, _ in wanted])
         try:
-            heads = await self._parts.history.heads([c for c, _ in wanted])
-            for channel, head in heads.items():
-                self._delivery.open(channel)
-                self._delivery.place(channel, head, spare=session)  # this one hears of it in resumed
-            known = dict(frame.epochs)
-            gaps, replayed = [], 0
-            for channel, offset in wanted:
-                head = heads[channel]
-                if known.get(channel, head.epoch) != head.epoch or offset > head.offset:
-                    gaps.append(channel)  # its offsets started over: the client's mean nothing
-                    self._hub.place(session, {channel: head.offset})
-                    continue
-                floor, top = self._hub.sent(session, channel)
-                done, lost = await self._replay(session, channel, offset, floor, top)
-                replayed += done
-                if lost:
-                    gaps.append(channel)
-        finally:
-            self._hub.release(session, None if greeted else [c for c, _ in wanted])
+            heads, gaps, replayed = await self._recover(session, wanted, dict(frame.epochs))
+        except HistoryError as exc:  # its live messages stay held: it resumes on a new connection
+            log.warning("resume of %s failed: %s", session.user, exc)
+            session.close(CLOSE_TRY_AGAIN, "the message store is unavailable; reconnect and resume shortly")
+            return
+        self._hub.release(session, None if greeted else [c for c, _ in wanted])
         self._parts.metrics.replayed.inc(replayed)
         positions = {c: max(heads[c].offset, self._hub.sent(session, c)[1]) for c, _ in wanted}
         epochs = {c: heads[c].epoch for c, _ in wanted}
         session.send(frames.resumed(not gaps, frame.cid, gaps, positions, epochs))
+
+    async def _recover(
+        self, session: ClientSession, wanted: list[tuple[str, int]], known: dict[str, str]
+    ) -> tuple[dict[str, Head], list[str], int]:
+        """Replay each wanted channel from the client's offset, or name it as a gap: its epoch
+        is not the client's, or history no longer reaches back to the offset. Returns the heads,
+        the gaps, and how many messages were replayed."""
+        history = self._parts.history
+        heads = await history.heads([c for c, _ in wanted])
+        gaps, replayed = [], 0
+        for channel, offset in wanted:
+            head = heads[channel]
+            self._delivery.open(channel)
+            if known.get(channel) == head.epoch and offset > head.offset and channel == p.user_channel(session.user):
+                # The client saw offsets its store no longer has (it lost its newest writes):
+                # they would be handed out again for other messages. A new epoch says so. (Only
+                # for one's own channel: anyone could claim this of public or a room.)
+                head = heads[channel] = Head(head.offset, await history.renew_epoch(channel, head.epoch))
+            self._delivery.place(channel, head, spare=session)  # this one hears of it in resumed
+            if known.get(channel, head.epoch) != head.epoch or offset > head.offset:
+                gaps.append(channel)  # its offsets started over: the client's mean nothing here
+                self._hub.rebase(session, channel, head.offset)
+                continue
+            floor, top = self._hub.sent(session, channel)
+            done, lost = await self._replay(session, channel, offset, floor, top)
+            replayed += done
+            if lost:
+                gaps.append(channel)
+        return heads, gaps, replayed
 
     async def _replay(
         self, session: ClientSession, channel: str, offset: int, floor: int, top: int

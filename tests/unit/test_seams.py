@@ -246,3 +246,49 @@ async def test_a_session_that_cannot_be_told_its_positions_is_asked_to_come_back
         await c.send(session, 1, {"type": "resume", "positions": {}})
     await c.send(ben, 1, {"type": "public", "text": "hello"})
     assert [m["text"] for m in ann.of_type("message")] == ["hello"]
+
+
+@pytest.mark.gen_test
+async def test_a_session_told_of_a_new_epoch_gets_its_offsets_from_the_start_again() -> None:
+    """Resuming an open session after its store lost everything: the new epoch's offsets 1, 2,
+    3 are below what the session was sent of the old one, and must not be taken for copies."""
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    old_epochs = bob.frames[0]["epochs"]
+    c.history.lose_everything()
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs})
+    resumed = bob.of_type("resumed")[-1]
+    assert (resumed["recovered"], resumed["gaps"], resumed["positions"]["user:bob"]) == (False, ["user:bob"], 0)
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"new {i}"})
+    assert [m["text"] for m in bob.of_type("message")][-3:] == ["new 0", "new 1", "new 2"]
+
+
+@pytest.mark.gen_test
+async def test_a_client_that_saw_offsets_its_store_lost_gives_the_channel_a_new_epoch() -> None:
+    """A store that lost its newest writes in the same epoch (a machine crash under Redis) would
+    hand those offsets out again: a client that resumes from beyond the head says so, and the
+    channel gets a new epoch, so nobody takes the new messages for the ones they saw."""
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    old_epochs = bob.frames[0]["epochs"]
+    bob.close(1000, "")
+    c.routers[1].disconnect(bob)
+    for channel in ("user:alice", "user:bob"):
+        c.history.lose_newest(channel, 2)
+    again = await c.join("bob", 2)
+    await c.send(again, 2, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs})
+    resumed = again.of_type("resumed")[-1]
+    assert (resumed["recovered"], resumed["gaps"]) == (False, ["user:bob"])
+    assert resumed["epochs"]["user:bob"] != old_epochs["user:bob"], "offsets 2 and 3 will be given again"
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "new"})
+    new = again.of_type("message")[-1]
+    assert (new["text"], new["offset"]) == ("new", 2)
