@@ -137,11 +137,12 @@ class Messages:
         )
         envelope, where = await self._store_and_route(envelope, frame.cid, [recipient, sender])
         # This server's own topic only when a session here needs the copy: the recipient's, or
-        # another one of the sender's. Checked after the store, so a session that opens later
-        # reads positions that already include this message (see ``chatserver.sessions``).
+        # another one of the sender's; or when no server does (an ack means written to Kafka).
+        # Checked after the store, so a session that opens later reads positions that already
+        # include this message (see ``chatserver.sessions``).
         hub, here = self._parts.hub, self._parts.server_id
         servers = (where[recipient] | where[sender]) - {here}
-        if hub.has_user(recipient) or hub.count(sender) > 1:
+        if hub.has_user(recipient) or hub.count(sender) > 1 or not servers:
             servers.add(here)
         else:  # the sender's channel moves on here without a copy coming back
             self._delivery.sequence(envelope)

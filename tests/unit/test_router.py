@@ -363,13 +363,15 @@ async def test_the_senders_other_session_on_the_same_server_still_gets_its_copy(
 
 
 @pytest.mark.gen_test
-async def test_a_message_to_nobody_online_is_stored_and_acked_without_publishing() -> None:
+async def test_a_message_to_nobody_online_is_stored_written_to_kafka_and_acked() -> None:
+    """An ack means "written to Kafka with acks=all" (the contract), even when no session needs
+    the message now: it goes to the sender's own server's topic."""
     c = Cluster(2)
     await c.start()
     ann = await c.join("ann", 1)
     published = spy_on_publishes(c.routers[0])
     await c.send(ann, 1, '{"type": "private", "to": "zed", "text": "read it later", "cid": "z"}')
-    assert published == []
+    assert published == ["ws-1"]
     [ack] = ann.of_type("ack")
     zed = await c.join("zed", 2)
     await c.send(zed, 2, '{"type": "history", "channel": "user:zed", "cid": "h"}')
