@@ -37,7 +37,7 @@ class Settings:
     name_prefix: str = ""  # CHAT_PREFIX: prefix of every Redis key and Kafka topic/group
     secret: str = DEV_SECRET  # CHAT_SECRET
     dev: bool = False  # CHAT_DEV: allow the built-in development secret
-    dev_login: bool = True  # CHAT_DEV_LOGIN: POST /api/login issues tokens
+    dev_login: bool = False  # CHAT_DEV_LOGIN: POST /api/login issues tokens (default: CHAT_DEV's value)
     allowed_origins: tuple[str, ...] = ()  # CHAT_ALLOWED_ORIGINS (comma list; empty: same host)
     token_ttl_s: int = 24 * 3600  # CHAT_TOKEN_TTL_S
     session_ttl_s: float = 15.0  # CHAT_SESSION_TTL_S: registry entries expire after this
@@ -104,7 +104,7 @@ class Settings:
             name_prefix=prefix,
             secret=secret,
             dev=dev,
-            dev_login=_bool(env, "CHAT_DEV_LOGIN", True),
+            dev_login=_bool(env, "CHAT_DEV_LOGIN", dev),
             allowed_origins=origins,
             token_ttl_s=_int(env, "CHAT_TOKEN_TTL_S", cls.token_ttl_s),
             session_ttl_s=_float(env, "CHAT_SESSION_TTL_S", cls.session_ttl_s),

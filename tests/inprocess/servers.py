@@ -41,7 +41,8 @@ async def cluster(
     nodes: list[tuple[str, ChatNode, HTTPServer]] = []
     for n in range(1, count + 1):
         port = free_port()
-        settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **overrides)  # type: ignore[arg-type]
+        options = {"dev_login": True, **overrides}  # tests sign in through POST /api/login
+        settings = Settings(server_id=f"ws-{n}", port=port, secret=SECRET, backend="memory", **options)  # type: ignore[arg-type]
         node = ChatNode(settings, registry, history, bus(broker, settings.server_id))
         await node.start()
         server = make_app(node).listen(port, "127.0.0.1")

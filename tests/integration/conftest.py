@@ -187,6 +187,7 @@ def new_cluster(**env: str) -> RealCluster:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     base = {
         "CHAT_SECRET": SECRET,
+        "CHAT_DEV_LOGIN": "1",  # tests sign in through POST /api/login
         "CHAT_PREFIX": prefix,
         "REDIS_URL": REDIS_URL,
         "KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,

@@ -17,7 +17,14 @@ def test_defaults_follow_the_protocol() -> None:
         "redis://127.0.0.1:6379/0",
         "127.0.0.1:9092",
     )
-    assert s.dev_login is True and s.allowed_origins == ()
+    assert s.dev_login is False and s.allowed_origins == ()
+
+
+def test_dev_login_is_on_in_development_mode_only_unless_asked_for() -> None:
+    """The contract: on by default only with CHAT_DEV=1; otherwise off unless CHAT_DEV_LOGIN=1."""
+    assert Settings.from_env({"CHAT_DEV": "1"}).dev_login is True
+    assert Settings.from_env({"CHAT_DEV": "1", "CHAT_DEV_LOGIN": "0"}).dev_login is False
+    assert Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_DEV_LOGIN": "1"}).dev_login is True
 
 
 def test_port_follows_the_server_number_unless_set() -> None:
