@@ -16,6 +16,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
@@ -336,6 +337,13 @@ class ChatSocket(WebSocketHandler):
             self._user = self.auth.verify(token)
         except AuthError as exc:
             return self._reject(401, "unauthorized", str(exc))
+        # Tornado's own checks would answer these two in plain text: the contract wants JSON.
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._reject(400, "not_websocket", "/ws is a WebSocket endpoint: open it with a WebSocket client")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin):
+            why = f"origin {origin[:100]} may not open /ws (the page's own host may; CHAT_ALLOWED_ORIGINS lists others)"
+            return self._reject(403, "forbidden_origin", why)
         self._receipts = self.get_query_argument("receipts", "0") == "1"
         ready, reason = await self.readiness()
         if not ready:
@@ -358,6 +366,16 @@ class ChatSocket(WebSocketHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
+
+    def _origin_allowed(self, origin: str) -> bool:
+        """As tornado decides after ``prepare``: the page's own host (or a same-origin fetch),
+        else ``check_origin``."""
+        headers = self.request.headers
+        if headers.get("Sec-Fetch-Site") == "same-origin":
+            return True
+        if urlparse(origin).netloc.lower() == headers.get("Host", "").lower():
+            return True
+        return self.check_origin(origin)
 
     def check_origin(self, origin: str) -> bool:
         if self.chat.allowed_origins:

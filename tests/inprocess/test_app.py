@@ -73,6 +73,24 @@ async def test_handshake_without_a_valid_token_or_from_a_foreign_origin_is_refus
 
 
 @pytest.mark.gen_test(timeout=20)
+async def test_a_refused_handshake_says_why_in_json_like_every_http_error() -> None:
+    async with cluster(1) as [(url, _node)]:
+        token = await login(url, "alice")
+        handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+        handshake["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+        for headers, status, code in (
+            ({**handshake, "Origin": "http://evil.example"}, 403, "forbidden_origin"),
+            ({}, 400, "not_websocket"),  # a plain GET of /ws
+        ):
+            with pytest.raises(HTTPClientError) as info:
+                await AsyncHTTPClient().fetch(f"{url}/ws?token={token}", headers=headers)
+            assert info.value.code == status
+            assert info.value.response is not None
+            error = json.loads(info.value.response.body)["error"]
+            assert error["code"] == code and error["message"]
+
+
+@pytest.mark.gen_test(timeout=20)
 async def test_configured_origins_are_allowed() -> None:
     async with cluster(1, allowed_origins=("https://chat.example",)) as [(url, _node)]:
         token = await login(url, "alice")
