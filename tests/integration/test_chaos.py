@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +26,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.conftest import ROOT
 
-with warnings.catch_warnings():  # until pyproject.toml registers the marker
-    warnings.simplefilter("ignore")
-    pytestmark = pytest.mark.chaos
+pytestmark = pytest.mark.chaos
 
 FAULTS = ("kill-server", "kafka-stop", "redis-restart", "scale")
 MIN_ACKED = 300  # about 1000 at the default 20 messages/s for 60 s
