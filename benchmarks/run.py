@@ -60,12 +60,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trust  # benchmarks/trust.py: whether a row can be trusted
+import trust  # benchmarks/trust.py: whether a row can be trusted, and the /proc reader
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADTEST = ROOT / "scripts" / "loadtest.py"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+# The load tool's package (scripts/loadlib), for what a row shares with it: the meaning of its
+# options, its percentiles, which figures of its report a row bills. A script in benchmarks/ sees
+# only its own folder, and scripts/ is not an installed package.
+sys.path.insert(0, str(ROOT / "scripts"))
+from loadlib import options as loadoptions  # noqa: E402
+from loadlib import report as loadreport  # noqa: E402
+from loadlib.stats import percentiles  # noqa: E402
+
+PROC = trust.Proc()
+# Redis and Kafka of the cluster: those scripts/lib.sh starts or finds (REDIS_PORT, KAFKA_PORT)
+REDIS_URL = os.environ.get("REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
+KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
 
 #: What the benchmark's own cluster runs with: no rate limits (one IP, a paced generator) and
 #: room for 10,000 connections per server from one address.
@@ -213,23 +223,6 @@ def listening_pid(port: int) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` so far (0 when it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 @dataclasses.dataclass
 class Cluster:
     urls: list[str]  # chat servers, each pinned directly
@@ -241,7 +234,7 @@ class Cluster:
         return [pid for role, pid in self.pids.items() if role.startswith("ws-")]
 
     def cpu(self) -> dict[str, float]:
-        return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+        return {role: PROC.cpu_seconds(pid) for role, pid in self.pids.items()}
 
     def participants(self) -> list[int]:
         """The roots of every process tree that is part of the run: the cluster's, and the
@@ -273,20 +266,6 @@ def discover(urls: list[str], secret: str | None, nginx_port: int | None = None)
 # ------------------------------------------------------------------------------ running
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the load generator and its worker processes)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
 class Sampler(threading.Thread):
     """Every 0.2 s while a scenario runs: the CPU seconds of each role so far (wall-clock
     stamped), the servers' total RSS (its peak is kept), and the machine's counters (what the
@@ -308,13 +287,13 @@ class Sampler(threading.Thread):
         self.done = threading.Event()
 
     def sample(self) -> None:
-        for pid in process_tree(self.generator):
-            self.generator_cpu[pid] = max(self.generator_cpu.get(pid, 0.0), cpu_seconds(pid))
+        for pid in self.proc.tree([self.generator]):  # the load tool and its worker processes
+            self.generator_cpu[pid] = max(self.generator_cpu.get(pid, 0.0), self.proc.cpu_seconds(pid))
         cpu = self.cluster.cpu()
         cpu["generator"] = sum(self.generator_cpu.values())
         self.samples.append((time.time(), cpu))
         self.machine.append(trust.sample(self.proc, self.cluster.participants(), self.kernel_threads))
-        self.peak_rss = max(self.peak_rss, sum(rss_kib(pid) for pid in self.cluster.servers()))
+        self.peak_rss = max(self.peak_rss, sum(self.proc.rss_kib(pid) for pid in self.cluster.servers()))
 
     def run(self) -> None:
         self.names = trust.snapshot(self.proc)
@@ -368,9 +347,9 @@ def settle_broker(cluster: Cluster, below_pct: float, for_s: int, limit_s: float
     started = time.monotonic()
     quiet, pct = 0, 0.0
     while True:
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = PROC.cpu_seconds(pid), time.monotonic()
         time.sleep(1.0)
-        pct = 100 * (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        pct = 100 * (PROC.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         quiet = quiet + 1 if pct < below_pct else 0
         waited = time.monotonic() - started
         if quiet >= for_s or waited >= limit_s:
@@ -407,7 +386,7 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> tuple[dict[str, Any], 
         command += ["--url", url]
     if cluster.secret:
         command += ["--secret", cluster.secret]
-    rss_before = sum(rss_kib(pid) for pid in cluster.servers())
+    rss_before = sum(PROC.rss_kib(pid) for pid in cluster.servers())
     started = time.monotonic()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(cluster, proc.pid)
@@ -440,13 +419,7 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> tuple[dict[str, Any], 
         row["connections_per_server"] = round(held / max(1, len(cluster.servers())))
         row["rss_kib_per_connection"] = round((sampler.peak_rss - rss_before) / held, 1) if held else None
         return row, sampler.machine_between(*report["window_unix"])
-    measured = report
-    if "ramp" in report and report["ramp"]["last_good_step"] is not None:
-        measured = report["ramp"]["last_good_step"]  # the figures at the last good rate
-    row["measured"] = {
-        k: measured[k]
-        for k in ("target_rate", "sent", "acked", "delivered", "lost", "latency_ms", "achieved_rate", "window_unix")
-    }
+    row["measured"] = measured = loadreport.measured(report)  # a ramp's: at its last good rate
     # Cost per message over the measured window only: connecting users (and the presence
     # every connection announces to everyone) is not message traffic.
     cpu = sampler.cpu_between(*measured["window_unix"])
@@ -504,9 +477,8 @@ def kafka_round_trip(bootstrap: str, topic: str, count: int = 300, rate: float =
         return {"name": "kafka-rtt", "what": "Kafka round trip", "failed": f"consumed only {len(consumed)} of {count}"}
 
     def pick(values: list[float]) -> dict[str, float]:
-        values.sort()
-        at = {f"p{q}": round(values[min(len(values) - 1, int(q / 100 * len(values)))], 2) for q in (50, 90, 99)}
-        return {**at, "max": round(values[-1], 2)}
+        found = percentiles(values, points=(50, 90, 99), digits=2)
+        return {k: v for k, v in found.items() if k != "mean" and v is not None}
 
     ack, got = pick(acked), pick(consumed)
     return {
@@ -850,7 +822,7 @@ class OwnCluster:
         from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
         prefix = self.env["CHAT_PREFIX"]
-        client = redis.Redis.from_url(self.env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        client = redis.Redis.from_url(self.env.get("REDIS_URL", REDIS_URL))
         batch: list[bytes] = []
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             batch.append(key)
@@ -860,7 +832,7 @@ class OwnCluster:
         if batch:
             client.unlink(*batch)
         client.close()
-        admin = AdminClient({"bootstrap.servers": self.env.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")})
+        admin = AdminClient({"bootstrap.servers": self.env.get("KAFKA_BOOTSTRAP", KAFKA_BOOTSTRAP)})
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
         for future in admin.delete_topics(topics, operation_timeout=10).values() if topics else ():
             future.result()
@@ -875,10 +847,10 @@ PRECHECK_S = 2.0  # the machine's usage measured before each row (after the cali
 RAMP_START_SHARE = 0.8  # a ramp from a known good rate starts this much below it
 
 
-def _arg(args: tuple[str, ...], flag: str) -> str | None:
-    """The last value given to ``flag`` (argparse keeps the last)."""
-    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
-    return values[-1] if values else None
+def options(scenario: Scenario) -> argparse.Namespace:
+    """The load tool's options as the scenario sets them (its defaults for the others)."""
+    found: argparse.Namespace = loadoptions.parse_args(list(scenario.args))
+    return found
 
 
 def with_args(scenario: Scenario, **values: float) -> Scenario:
@@ -1005,7 +977,7 @@ class Bench:
         """A coarse ramp from near the last known good rate until a step fails, then a fine one
         (the coarse factor's fourth root, x1.057 for x1.25) from that last good rate: the
         ceiling to within a few percent, in a few steps."""
-        factor = float(_arg(scenario.args, "--ramp-factor") or 1.5)
+        factor: float = options(scenario).ramp_factor
         start = self.ramp_start(scenario)
         phases: list[dict[str, Any]] = []
 
@@ -1013,8 +985,8 @@ class Bench:
             row = self.once(cluster, plan)
             phases.append(
                 {
-                    "start": float(_arg(plan.args, "--rate") or 0),
-                    "factor": float(_arg(plan.args, "--ramp-factor") or factor),
+                    "start": options(plan).rate,
+                    "factor": options(plan).ramp_factor,
                     "last_good_rate": _last_good(row),
                     "stopped_because": row.get("report", {}).get("ramp", {}).get("stopped_because", row.get("failed")),
                     "why": note,
@@ -1299,7 +1271,7 @@ def main() -> int:
     on_cluster = [s for s in scenarios if s.target == "cluster"]
     on_ceiling = [s for s in scenarios if s.target == "ceiling"]
     rtt_topic = f"{args.prefix}rtt-probe"
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = KAFKA_BOOTSTRAP
     rows: list[dict[str, Any]] = []
 
     def on(cluster: Cluster) -> list[dict[str, Any]]:

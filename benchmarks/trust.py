@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread
 REFERENCE = Path(__file__).resolve().with_name("reference.json")
 
@@ -102,6 +103,18 @@ class Proc:
             return parse_pid_stat((self.root / str(pid) / "stat").read_text())
         except (OSError, IndexError, ValueError):
             return None  # gone (its time is now in its parent's reaped figure)
+
+    def cpu_seconds(self, pid: int) -> float:
+        """User + system CPU of ``pid`` so far, all threads (0 when it is gone)."""
+        times = self.task(pid)
+        return times.own / CLK_TCK if times is not None else 0.0
+
+    def rss_kib(self, pid: int) -> int:
+        """Resident memory of ``pid`` (0 when it is gone)."""
+        try:
+            return int((self.root / str(pid) / "statm").read_text().split()[1]) * PAGE_KIB
+        except (OSError, IndexError, ValueError):
+            return 0
 
     def children(self, pid: int) -> list[int]:
         """Children forked by the main thread (every participant forks from it; reading every

@@ -249,7 +249,7 @@ def ramp_bench(ceiling: float, reference: dict[str, object]) -> tuple[object, li
     calls: list[tuple[float, float]] = []
 
     def once(cluster: object, plan: run.Scenario) -> dict[str, object]:
-        rate, factor = float(run._arg(plan.args, "--rate")), float(run._arg(plan.args, "--ramp-factor"))
+        rate, factor = run.options(plan).rate, run.options(plan).ramp_factor
         calls.append((rate, factor))
         good = None
         while rate <= ceiling:
@@ -289,3 +289,12 @@ def test_without_a_known_rate_a_ramp_starts_at_the_matrix_rate() -> None:
     bench, calls = ramp_bench(700, {})
     bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
     assert calls[0] == (250.0, 1.25)
+
+
+def test_a_processes_cpu_and_memory_are_read_from_its_proc_entry(tmp_path: Path) -> None:
+    proc = trust.Proc(tmp_path / "proc")
+    write_proc(proc.root, machine(0), {SERVER: {"utime": 3 * HZ, "stime": HZ}})
+    (proc.root / str(SERVER) / "statm").write_text("5000 2500 300 10 0 900 0\n")
+    assert proc.cpu_seconds(SERVER) == 4.0
+    assert proc.rss_kib(SERVER) == 2500 * trust.PAGE_KIB
+    assert proc.cpu_seconds(STRANGER) == 0.0 and proc.rss_kib(STRANGER) == 0, "gone: nothing"

@@ -1,0 +1,110 @@
+"""Who sends what to whom: the users of each scenario and their worker, the texts that carry the
+measurement, and the frames sent.
+
+- ``private``: users/2 pairs; sender i on url[i % n], its receiver on url[(i+1) % n] (with several
+  URLs every message crosses servers); a pair stays in one worker process.
+- ``public``: every user sends; every message should reach every connected user.
+- ``room``: every user joins one room and sends to it; like public, within the room.
+- ``idle``: users connect and hold; nobody sends.
+
+Each text starts with ``lt:<run>:<sender>:<step>:<seq>:<phase>:<time_ns>:`` (padded to
+--text-bytes): the receiver takes the sender, the sequence number and the send time from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import msgpack
+import orjson
+
+
+def build_plans(args: argparse.Namespace, prefix: str, run: str) -> list[dict[str, Any]]:
+    """One plan per worker process: its users (name, URL, sender id ``gid``, receiver id
+    ``rid``, private peer) and what every worker shares."""
+    urls: list[str] = args.url
+    n = len(urls)
+    procs = args.procs
+    users: list[list[dict[str, Any]]] = [[] for _ in range(procs)]
+    if args.scenario == "private":
+        for i in range(args.users // 2):
+            sender, receiver = f"{prefix}-s{i}", f"{prefix}-r{i}"
+            users[i % procs].append({"name": sender, "url": urls[i % n], "gid": i, "rid": -1, "peer": receiver})
+            users[i % procs].append({"name": receiver, "url": urls[(i + 1) % n], "gid": -1, "rid": i})
+    elif args.scenario in ("public", "room"):
+        for j in range(args.users):
+            users[j % procs].append({"name": f"{prefix}-u{j}", "url": urls[j % n], "gid": j, "rid": j})
+    else:
+        for j in range(args.users):
+            users[j % procs].append({"name": f"{prefix}-i{j}", "url": urls[j % n], "gid": -1, "rid": -1})
+    return [
+        {
+            "worker": w,
+            "procs": procs,
+            "scenario": args.scenario,
+            "msgpack": args.msgpack,
+            "text_bytes": args.text_bytes,
+            "run": run,
+            "room": f"{prefix}-room",
+            "secret": args.secret,
+            "connect_concurrency": args.connect_concurrency,
+            "users": users[w],
+        }
+        for w in range(procs)
+        if users[w]
+    ]
+
+
+class Script:
+    """The frames of one worker's scenario, in its codec (JSON text or msgpack)."""
+
+    def __init__(self, scenario: str, run: str, text_bytes: int, room: str, binary: bool) -> None:
+        self.scenario = scenario
+        self.marker = f"lt:{run}:"
+        self.text_bytes = text_bytes
+        self.room = room
+        self.binary = binary
+
+    def encode(self, frame: dict[str, Any]) -> str | bytes:
+        if self.binary:
+            data: bytes = msgpack.packb(frame, use_bin_type=True)
+            return data
+        return orjson.dumps(frame).decode()
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Any:
+        if isinstance(raw, bytes):
+            return msgpack.unpackb(raw, raw=False)
+        return orjson.loads(raw)  # a third of json.loads's time: receiving is the generator's main work
+
+    def text(self, gid: int, step: int, seq: int, phase: str, t_ns: int) -> str:
+        head = f"{self.marker}{gid}:{step}:{seq}:{phase}:{t_ns}:"
+        return head + "x" * (self.text_bytes - len(head)) if len(head) < self.text_bytes else head
+
+    def ours(self, text: str) -> bool:
+        """A text of this run (the server also delivers others' traffic)."""
+        return text.startswith(self.marker)
+
+    @staticmethod
+    def read_text(text: str) -> tuple[int, int, int, str, int]:
+        """(sender, step, seq, phase, send time ns) of one of our texts; ValueError if garbled."""
+        _, _, gid_s, step_s, seq_s, phase, t_s, _ = text.split(":", 7)
+        return int(gid_s), int(step_s), int(seq_s), phase, int(t_s)
+
+    def message(self, gid: int, peer: str | None, step: int, seq: int, measured: bool, t_ns: int) -> str | bytes:
+        """Sender ``gid``'s message ``seq`` of ``step``, acked by cid ``<step>.<seq>``."""
+        kind = self.scenario
+        frame: dict[str, Any] = {
+            "type": kind,
+            "text": self.text(gid, step, seq, "m" if measured else "w", t_ns),
+            "cid": f"{step}.{seq}",
+        }
+        if kind == "private":
+            frame["to"] = peer
+        elif kind == "room":
+            frame["room"] = self.room
+        return self.encode(frame)
+
+    def join(self) -> str | bytes:
+        return self.encode({"type": "join", "room": self.room, "cid": "join"})
