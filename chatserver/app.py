@@ -11,6 +11,7 @@ import tornado.web
 from tornado.routing import URLSpec
 
 from chatserver import handlers as h
+from chatserver.accounts import RedisAccountStore
 from chatserver.bus import KafkaBus, MemoryBroker, MemoryBus
 from chatserver.config import Settings
 from chatserver.history import MemoryHistory, RedisHistory, Retention
@@ -66,6 +67,7 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
         on_close=client.aclose,
         limits=Limits.from_settings(settings, RedisUserLimiter(client, names, settings.user_rate_per_s, batch=batch)),
         rooms=RedisRooms(client, names),
+        accounts=RedisAccountStore(client, names),
         shared_batch=True,
         metrics=metrics,
     )
@@ -97,8 +99,16 @@ def make_app(node: ChatNode) -> tornado.web.Application:
             },
         ),
     ]
-    if settings.dev_login:
-        routes.append(tornado.web.url(r"/api/login", h.LoginHandler, {"auth": node.auth}))
+    if settings.dev_login or node.accounts is not None:
+        login = {
+            "auth": node.auth,
+            "dev_login": settings.dev_login,
+            "accounts": node.accounts,
+            "trusted_proxies": frozenset(settings.trusted_proxies),
+        }
+        routes.append(tornado.web.url(r"/api/login", h.LoginHandler, login))
+        if node.accounts is not None:
+            routes.append(tornado.web.url(r"/api/signup", h.SignupHandler, login))
     if settings.admin_token:
         routes.append(tornado.web.url(r"/admin", h.AdminPageHandler))
 

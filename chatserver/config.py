@@ -38,6 +38,7 @@ class Settings:
     secret: str = DEV_SECRET  # CHAT_SECRET
     dev: bool = False  # CHAT_DEV: allow the built-in development secret
     dev_login: bool = False  # CHAT_DEV_LOGIN: POST /api/login issues tokens (default: CHAT_DEV's value)
+    accounts: bool = False  # CHAT_ACCOUNTS: built-in accounts, POST /api/signup and password login
     allowed_origins: tuple[str, ...] = ()  # CHAT_ALLOWED_ORIGINS (comma list; empty: same host)
     token_ttl_s: int = 24 * 3600  # CHAT_TOKEN_TTL_S
     session_ttl_s: float = 15.0  # CHAT_SESSION_TTL_S: registry entries expire after this
@@ -105,6 +106,7 @@ class Settings:
             secret=secret,
             dev=dev,
             dev_login=_bool(env, "CHAT_DEV_LOGIN", dev),
+            accounts=_bool(env, "CHAT_ACCOUNTS", False),
             allowed_origins=origins,
             token_ttl_s=_int(env, "CHAT_TOKEN_TTL_S", cls.token_ttl_s),
             session_ttl_s=_float(env, "CHAT_SESSION_TTL_S", cls.session_ttl_s),

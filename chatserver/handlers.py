@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from tornado.httputil import HTTPServerRequest
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 from tornado.websocket import WebSocketHandler
 
+from chatserver.accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Accounts, AccountsError, Outcome
 from chatserver.auth import AuthError, TokenAuthority
 from chatserver.frames import error
 from chatserver.limits import ConnectionCounter
@@ -74,21 +76,95 @@ class PageHandler(RequestHandler):
         self.render("index.html", server_id=self.server_id)
 
 
+def client_address(request: HTTPServerRequest, trusted_proxies: frozenset[str]) -> str:
+    """The client's address: X-Real-IP when the peer is a trusted proxy (nginx), else the peer."""
+    peer = request.remote_ip or ""
+    if peer in trusted_proxies:
+        forwarded = request.headers.get("X-Real-IP", "").strip()
+        if forwarded:
+            return forwarded[:64]
+    return peer
+
+
 class LoginHandler(JsonHandler):
-    """Development login: any valid name gets a token. Off with CHAT_DEV_LOGIN=0."""
+    """``POST /api/login``: a name alone (dev login, on in development mode) or, with built-in
+    accounts on, a name and its password. ``POST /api/signup`` (accounts): a new account."""
 
-    def initialize(self, auth: TokenAuthority) -> None:
+    def initialize(
+        self, auth: TokenAuthority, dev_login: bool, accounts: Accounts | None, trusted_proxies: frozenset[str]
+    ) -> None:
         self.auth = auth
+        self.dev_login = dev_login
+        self.accounts = accounts
+        self.trusted_proxies = trusted_proxies
 
-    def post(self) -> None:
+    def _credentials(self, want_password: bool) -> tuple[str, str | None] | None:
+        """(username, password) from the JSON body; None when it answered with an error."""
         try:
             body = json.loads(self.request.body or b"null")
         except ValueError:
-            return self.fail(400, "bad_request", 'body must be JSON like {"username": "alice"}')
+            self.fail(400, "bad_request", 'body must be JSON like {"username": "alice", "password": "..."}')
+            return None
         username = body.get("username") if isinstance(body, dict) else None
         if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
-            return self.fail(400, "bad_username", "username must be 1-32 of A-Z a-z 0-9 _ . -")
+            self.fail(400, "bad_username", "username must be 1-32 of A-Z a-z 0-9 _ . -")
+            return None
+        password = body.get("password")
+        if password is not None and not isinstance(password, str):
+            self.fail(400, "bad_request", "password must be a string")
+            return None
+        if want_password and password is None:
+            self.fail(400, "bad_request", "a password is needed: this server has accounts")
+            return None
+        return username, password
+
+    def _signed_in(self, username: str, status: int = 200) -> None:
+        self.set_status(status)
         self.finish({"token": self.auth.issue(username), "username": username})
+
+    async def post(self) -> None:
+        credentials = self._credentials(want_password=self.accounts is not None and not self.dev_login)
+        if credentials is None:
+            return
+        username, password = credentials
+        if password is None or self.accounts is None:  # a name alone: dev login
+            if not self.dev_login:
+                return self.fail(404, "not_found", "sign-in by name alone is off on this server")
+            return self._signed_in(username)
+        try:
+            outcome = await self.accounts.sign_in(username, password, self._address())
+        except AccountsError as exc:
+            return self.fail(503, "not_ready", f"the account store does not answer: {exc}; retry")
+        if outcome is Outcome.LIMITED:
+            return self.fail(429, "rate_limited", "too many sign-in attempts: wait a minute")
+        if outcome is not Outcome.OK:
+            return self.fail(401, "bad_credentials", "wrong name or password")
+        self._signed_in(username)
+
+    def _address(self) -> str:
+        return client_address(self.request, self.trusted_proxies)
+
+
+class SignupHandler(LoginHandler):
+    async def post(self) -> None:
+        credentials = self._credentials(want_password=True)
+        if credentials is None or self.accounts is None:
+            return
+        username, password = credentials
+        assert password is not None
+        try:
+            outcome = await self.accounts.sign_up(username, password, self._address())
+        except AccountsError as exc:
+            return self.fail(503, "not_ready", f"the account store does not answer: {exc}; retry")
+        if outcome is Outcome.LIMITED:
+            return self.fail(429, "rate_limited", "too many attempts: wait a minute")
+        if outcome is Outcome.WEAK:
+            return self.fail(
+                400, "weak_password", f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
+            )
+        if outcome is Outcome.TAKEN:
+            return self.fail(409, "username_taken", f"{username} is taken: choose another name")
+        self._signed_in(username, 201)
 
 
 class AdminPageHandler(RequestHandler):
@@ -354,13 +430,7 @@ class ChatSocket(WebSocketHandler):
             return self._reject(429, "too_many_connections", refusal)
 
     def client_ip(self) -> str:
-        """The client's address: X-Real-IP when the peer is a trusted proxy (nginx), else the peer."""
-        peer = self.request.remote_ip or ""
-        if peer in self.chat.trusted_proxies:
-            forwarded = self.request.headers.get("X-Real-IP", "").strip()
-            if forwarded:
-                return forwarded[:64]
-        return peer
+        return client_address(self.request, self.chat.trusted_proxies)
 
     def _reject(self, status: int, code: str, message: str) -> None:
         self.set_status(status)

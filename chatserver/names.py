@@ -61,6 +61,10 @@ class Names:
         """Redis hash: a server's figures for the operator page, refreshed by its heartbeat."""
         return f"{self.prefix}chat:server:{server_id}:stats"
 
+    def account(self, user: str) -> str:
+        """Redis string: the password hash of ``user``'s account (``CHAT_ACCOUNTS=1``)."""
+        return f"{self.prefix}chat:account:{user}"
+
     def online(self) -> str:
         """Redis sorted set: users with a session somewhere, scored by expiry (ms)."""
         return f"{self.prefix}chat:online"

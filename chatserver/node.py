@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chatserver.accounts import Accounts, AccountStore, MemoryAccountStore
 from chatserver.auth import TokenAuthority
 from chatserver.bus import Bus
 from chatserver.config import Settings
@@ -46,6 +47,7 @@ class ChatNode:
         rooms: Rooms | None = None,
         shared_batch: bool = False,
         metrics: Metrics | None = None,
+        accounts: AccountStore | None = None,
     ) -> None:
         """``shared_batch``: ``registry`` and ``history`` queue their commands into one
         ``RedisBatch``, so a message's store and route look-up can share a round trip."""
@@ -56,6 +58,8 @@ class ChatNode:
         self._on_close = on_close
         self.metrics = metrics or Metrics()
         self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
+        # Built-in accounts (CHAT_ACCOUNTS=1), over the given store or, without one, this process's.
+        self.accounts = Accounts(accounts or MemoryAccountStore()) if settings.accounts else None
         self.hub = Hub()
         self.limits = limits or Limits.from_settings(settings, None)
         self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
