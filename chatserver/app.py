@@ -34,7 +34,9 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
     """Real Redis and Kafka, or in-memory twins for ``backend == "memory"`` (``broker``: one
     shared by several nodes of one process)."""
     names = Names(settings.name_prefix)
-    retention = Retention(settings.history_min, settings.history_max, settings.history_keep_s, settings.dedupe_s)
+    retention = Retention(
+        settings.history_min, settings.history_max, settings.history_keep_s, settings.dedupe_s, settings.channel_idle_s
+    )
     metrics = Metrics()
     if settings.backend == "memory":
         return ChatNode(

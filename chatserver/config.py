@@ -53,6 +53,9 @@ class Settings:
     history_keep_s: float = 24 * 3600  # CHAT_HISTORY_KEEP_S: or all younger than this,
     history_max: int = 10_000  # CHAT_HISTORY_MAX: but never more than this
     dedupe_s: float = 300.0  # CHAT_DEDUPE_S: a resent message (same cid and text) is stored once
+    channel_idle_s: float = (
+        30 * 24 * 3600.0
+    )  # CHAT_CHANNEL_IDLE_S: a channel without a new message this long is deleted
     conn_rate_per_s: float = 50.0  # CHAT_CONN_RATE_PER_S: frames per second per connection (0: off)
     conn_burst: int = 100  # CHAT_CONN_BURST: ... with bursts up to this
     user_rate_per_s: int = 100  # CHAT_USER_RATE_PER_S: messages per second per user, cluster-wide (0: off)
@@ -122,6 +125,7 @@ class Settings:
             history_keep_s=_float(env, "CHAT_HISTORY_KEEP_S", cls.history_keep_s),
             history_max=_int(env, "CHAT_HISTORY_MAX", cls.history_max),
             dedupe_s=_float(env, "CHAT_DEDUPE_S", cls.dedupe_s),
+            channel_idle_s=_float(env, "CHAT_CHANNEL_IDLE_S", cls.channel_idle_s),
             conn_rate_per_s=_float(env, "CHAT_CONN_RATE_PER_S", cls.conn_rate_per_s, allow_zero=True),
             conn_burst=_int(env, "CHAT_CONN_BURST", cls.conn_burst),
             user_rate_per_s=_int(env, "CHAT_USER_RATE_PER_S", cls.user_rate_per_s, allow_zero=True),

@@ -79,6 +79,7 @@ class Retention:
     max_keep: int = 10_000
     keep_s: float = 24 * 3600
     dedupe_s: float = 300
+    idle_s: float = 30 * 24 * 3600  # a channel with no new message for this long is deleted (Redis)
 
 
 class History(Protocol):
@@ -158,10 +159,10 @@ def _parse_stored(value: bytes | str, channels: Sequence[str], duplicate: bool) 
 
 # The epoch of KEYS[k], made (as ARGV[a]) if it has none. Shared by both scripts.
 _EPOCH_LUA = """
-local function epoch_of(key, fresh)
+local function epoch_of(key, fresh, idle_ms)
   local epoch = redis.call('GET', key)
   if not epoch then
-    redis.call('SET', key, fresh)
+    redis.call('SET', key, fresh, 'PX', idle_ms)
     epoch = fresh
   end
   return epoch
@@ -169,9 +170,9 @@ end
 """
 
 # KEYS: sent key, then (seq, log, epoch) per channel. ARGV: dedupe ttl ms, now ms, min keep,
-# max keep, keep ms, "id|ts", a fresh epoch, then one member per channel. The sent key is
-# always written: a retry (same cid) or a re-run of the same call (same id) finds the first
-# attempt and changes nothing.
+# max keep, keep ms, "id|ts", a fresh epoch, idle ms, then one member per channel. The sent key
+# is always written: a retry (same cid) or a re-run of the same call (same id) finds the first
+# attempt and changes nothing. Each message gives its channels' keys another ``idle_s`` to live.
 _STORE_LUA = (
     _EPOCH_LUA
     + """
@@ -183,9 +184,10 @@ local min_keep, max_keep, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumb
 local offsets, epochs = {}, {}
 for i = 1, n do
   local seq, log = KEYS[3 * i - 1], KEYS[3 * i]
-  epochs[i] = epoch_of(KEYS[3 * i + 1], ARGV[7])
+  epochs[i] = epoch_of(KEYS[3 * i + 1], ARGV[7], ARGV[8])
   local offset = redis.call('INCR', seq)
-  redis.call('ZADD', log, offset, ARGV[7 + i])
+  redis.call('ZADD', log, offset, ARGV[8 + i])
+  for _, key in ipairs({seq, log, KEYS[3 * i + 1]}) do redis.call('PEXPIRE', key, ARGV[8]) end
   local card = redis.call('ZCARD', log)
   if card > max_keep then
     redis.call('ZREMRANGEBYRANK', log, 0, card - max_keep - 1)
@@ -208,11 +210,11 @@ return {0, stored}
 """
 )
 
-# KEYS: the epoch. ARGV: the stale epoch, a fresh one. Answers the epoch it has now.
+# KEYS: the epoch. ARGV: the stale epoch, a fresh one, idle ms. Answers the epoch it has now.
 _RENEW_LUA = """
 local epoch = redis.call('GET', KEYS[1])
 if epoch == false or epoch == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return ARGV[2]
 end
 return epoch
@@ -225,7 +227,7 @@ _HEADS_LUA = (
 local heads = {}
 for i = 1, #KEYS / 2 do
   heads[2 * i - 1] = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  heads[2 * i] = epoch_of(KEYS[2 * i], ARGV[1])
+  heads[2 * i] = epoch_of(KEYS[2 * i], ARGV[1], ARGV[2])
 end
 return heads
 """
@@ -263,6 +265,7 @@ class RedisHistory:
             int(r.keep_s * 1000),
             f"{envelope.id}|{envelope.ts}",
             new_epoch(self._clock),
+            int(r.idle_s * 1000),
             *(_member(envelope, c) for c in channels),
         ]
         try:
@@ -278,7 +281,8 @@ class RedisHistory:
         for channel in channels:
             keys += [self._names.channel_seq(channel), self._names.channel_epoch(channel)]
         try:
-            found = await self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock)])
+            idle_ms = int(self._retention.idle_s * 1000)
+            found = await self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock), idle_ms])
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return {c: Head(int(found[2 * i]), _text(found[2 * i + 1])) for i, c in enumerate(channels)}
@@ -294,7 +298,8 @@ class RedisHistory:
 
     async def renew_epoch(self, channel: str, stale: str) -> str:
         try:
-            epoch = await self._batch.eval(_RENEW_LUA, [self._names.channel_epoch(channel)], [stale, new_epoch()])
+            keys, idle_ms = [self._names.channel_epoch(channel)], int(self._retention.idle_s * 1000)
+            epoch = await self._batch.eval(_RENEW_LUA, keys, [stale, new_epoch(self._clock), idle_ms])
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return _text(epoch)

@@ -77,3 +77,15 @@ async def test_find_looks_a_message_up_by_id_and_no_text_can_fake_one() -> None:
         assert found is not None and (found["offset"], found["text"], found["from"]) == (2, "m2", "ann")
         assert await h.find("public", "id-404") is None
         assert await h.find("room:none", "id-2") is None
+
+
+@pytest.mark.gen_test
+async def test_a_channel_lives_as_long_as_messages_keep_coming() -> None:
+    """CHAT_CHANNEL_IDLE_S: every key of a channel (offsets, history, epoch) expires once no
+    message came for that long; each message gives them that long again."""
+    async with history() as (h, client, prefix):
+        h._retention = Retention(idle_s=60)
+        await h.heads(["user:ghost"])  # a user who connects and never gets a message
+        await h.store(public(1), None)
+        for key in [k async for k in client.scan_iter(match=f"{prefix}*chan:*")]:
+            assert 0 < await client.pttl(key) <= 60_000, key
