@@ -6,10 +6,9 @@ readers, frame objects, a task per connection's keepalive) cost more CPU than th
 handling of the frame. This client is an ``asyncio.BufferedProtocol``: bytes read into one
 shared buffer, frames parsed in place, complete messages queued.
 
-Frames it sends are masked, as the RFC requires, with an all-zero key: the server still runs
-its unmasking over every byte (so it pays what it pays for any client), and the client skips
-an XOR it does not need. That is fine for a load generator on one's own cluster; a browser or
-any client behind an untrusted proxy must use random keys.
+Frames it sends are masked with an all-zero key (``wire``). The load worker itself uses
+``link``, a leaner path on plain sockets, for ``ws://``; this client serves ``wss://``, the
+checks before a run, ``scripts/chaoslib`` and the tests.
 
 The interface is the small part of ``websockets`` that ``loadtest.py`` uses: ``connect()``,
 ``recv()``, ``send()``, ``close()``, ``close_code``, ``subprotocol``, ``async for``, and the
@@ -24,14 +23,15 @@ import base64
 import hashlib
 import os
 import ssl
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from .wire import BINARY, CLOSE, PING, PONG, TEXT, ProtocolError, frame, split
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_ZERO_MASK = b"\x00\x00\x00\x00"
 # Every connection reads into this one buffer (recv_into), then keeps only what it has not parsed:
 # asyncio's plain Protocol allocates 256 KiB per read, which here cost three system calls (mmap,
 # mremap, munmap) and a page fault each, more than the read itself.
@@ -63,22 +63,68 @@ class ConnectionClosed(Exception):
         self.reason = reason
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
-    """A final, masked (all-zero key) client frame."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-    elif size <= 0xFFFF:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + _ZERO_MASK + payload
+class Upgrade(NamedTuple):
+    """The opening handshake of one connection: the request, and what the answer must hold."""
+
+    request: bytes
+    accept: bytes  # Sec-WebSocket-Accept
+    host: str
+    port: int
+    secure: bool
+
+
+def upgrade(url: str, subprotocols: list[str] | None = None, user_agent: str = "chat-loadtest") -> Upgrade:
+    """The HTTP request that opens ``url`` (``ws://`` or ``wss://``) as a WebSocket."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    key = base64.b64encode(os.urandom(16))
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key.decode()}",
+        "Sec-WebSocket-Version: 13",
+        f"User-Agent: {user_agent}",
+    ]
+    if subprotocols:
+        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
+    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # RFC 6455 names SHA-1
+    port = parts.port or (443 if secure else 80)
+    return Upgrade(("\r\n".join(lines) + "\r\n\r\n").encode(), accept, parts.hostname or "127.0.0.1", port, secure)
+
+
+def read_upgrade(buffer: bytearray, accept: bytes) -> tuple[int, str | None] | None:
+    """The server's answer at the start of ``buffer``: None while incomplete, else how many bytes
+    it took and the subprotocol chosen; ``InvalidStatus`` or ``InvalidHandshake`` if refused."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).decode("latin-1")
+    lines = head.split("\r\n")
+    try:
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError):
+        raise InvalidHandshake(f"bad status line {lines[0]!r}") from None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if status != 101:
+        length = int(headers.get("content-length", "0") or 0)
+        if len(buffer) < end + 4 + length:
+            return None  # the body is still coming
+        raise InvalidStatus(Response(status, bytes(buffer[end + 4 : end + 4 + length])))
+    if headers.get("sec-websocket-accept", "").encode() != accept:
+        raise InvalidHandshake("wrong Sec-WebSocket-Accept")
+    return end + 4, headers.get("sec-websocket-protocol") or None
 
 
 class ClientConnection(asyncio.BufferedProtocol):
-    def __init__(self, request: bytes, key: bytes, max_size: int) -> None:
+    def __init__(self, request: bytes, accept: bytes, max_size: int) -> None:
         self._request = request
-        self._accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # RFC 6455 names SHA-1
+        self._accept = accept
         self._max_size = max_size
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -126,29 +172,14 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ---------------------------------------------------------------- parsing
 
     def _read_handshake(self) -> None:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self._buffer[:end]).decode("latin-1")
-        lines = head.split("\r\n")
         try:
-            status = int(lines[0].split(" ", 2)[1])
-        except (IndexError, ValueError):
-            return self._fail_handshake(InvalidHandshake(f"bad status line {lines[0]!r}"))
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if status != 101:
-            length = int(headers.get("content-length", "0") or 0)
-            if len(self._buffer) < end + 4 + length:
-                return  # the body is still coming
-            body = bytes(self._buffer[end + 4 : end + 4 + length])
-            return self._fail_handshake(InvalidStatus(Response(status, body)))
-        if headers.get("sec-websocket-accept", "").encode() != self._accept:
-            return self._fail_handshake(InvalidHandshake("wrong Sec-WebSocket-Accept"))
-        self.subprotocol = headers.get("sec-websocket-protocol") or None
-        del self._buffer[: end + 4]
+            done = read_upgrade(self._buffer, self._accept)
+        except InvalidHandshake as exc:
+            return self._fail_handshake(exc)
+        if done is None:
+            return
+        used, self.subprotocol = done
+        del self._buffer[:used]
         self._open = True
         self.handshake.set_result(None)
 
@@ -160,52 +191,33 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _read_frames(self) -> None:
         buf = self._buffer
-        pos = 0
-        while len(buf) - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            size = b1 & 0x7F
-            start = pos + 2
-            if size == 126:
-                if len(buf) - pos < 4:
-                    break
-                size = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif size == 127:
-                if len(buf) - pos < 10:
-                    break
-                size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if b1 & 0x80:  # a server must not mask
-                self._protocol_error("masked frame from the server")
-                return
-            if size > self._max_size:
-                self._protocol_error(f"frame of {size} bytes exceeds the limit")
-                return
-            if len(buf) < start + size:
-                break
-            payload = bytes(buf[start : start + size])
-            pos = start + size
-            self._on_frame(b0 & 0x80 != 0, b0 & 0x0F, payload)
-        if pos:
-            del buf[:pos]
+        try:
+            frames, used = split(buf, self._max_size)
+        except ProtocolError as exc:
+            self._protocol_error(str(exc))
+            return
+        for b0, start, end in frames:
+            self._on_frame(b0 & 0x80 != 0, b0 & 0x0F, bytes(buf[start:end]))
+        if used:
+            del buf[:used]
 
     def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
-        if opcode in (1, 2) and fin and not self._fragments:
-            self._push(payload.decode() if opcode == 1 else payload)
-        elif opcode in (0, 1, 2):  # fragmented message
+        if opcode in (TEXT, BINARY) and fin and not self._fragments:
+            self._push(payload.decode() if opcode == TEXT else payload)
+        elif opcode in (0, TEXT, BINARY):  # fragmented message
             if opcode:
                 self._fragment_opcode = opcode
             self._fragments.append(payload)
             if fin:
                 data = b"".join(self._fragments)
                 self._fragments = []
-                self._push(data.decode() if self._fragment_opcode == 1 else data)
-        elif opcode == 9:  # ping: pong with the same payload
-            self._write(_frame(0xA, payload))
-        elif opcode == 8:  # close: answer, and the server closes the TCP connection
+                self._push(data.decode() if self._fragment_opcode == TEXT else data)
+        elif opcode == PING:  # pong with the same payload
+            self._write(frame(PONG, payload))
+        elif opcode == CLOSE:  # answer, and the server closes the TCP connection
             self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.close_reason = payload[2:].decode(errors="replace")
-            self._write(_frame(0x8, payload[:2]))
+            self._write(frame(CLOSE, payload[:2]))
             self._closed = True
             self._wake()
 
@@ -263,15 +275,21 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._closed or self._transport is None or self._transport.is_closing():
             raise ConnectionClosed(self.close_code, self.close_reason)
         if isinstance(message, str):
-            self._transport.write(_frame(0x1, message.encode()))
+            self._transport.write(frame(TEXT, message.encode()))
         else:
-            self._transport.write(_frame(0x2, message))
+            self._transport.write(frame(BINARY, message))
+
+    def send_frame(self, data: bytes) -> None:
+        """Write frames built already (``wire.frame``)."""
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        self._transport.write(data)
 
     async def close(self, code: int = 1000) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         if not self._closed:
-            self._write(_frame(0x8, code.to_bytes(2, "big")))
+            self._write(frame(CLOSE, code.to_bytes(2, "big")))
         self._closed = True
         self._transport.close()
         self._wake()
@@ -286,32 +304,15 @@ async def connect(
 ) -> ClientConnection:
     """Open ``url`` (``ws://`` or ``wss://``); raises InvalidStatus, InvalidHandshake, OSError
     or TimeoutError."""
-    parts = urlsplit(url)
-    secure = parts.scheme == "wss"
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if secure else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    key = base64.b64encode(os.urandom(16))
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {parts.netloc}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key.decode()}",
-        "Sec-WebSocket-Version: 13",
-        f"User-Agent: {user_agent_header}",
-    ]
-    if subprotocols:
-        lines.append(f"Sec-WebSocket-Protocol: {', '.join(subprotocols)}")
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    up = upgrade(url, subprotocols, user_agent_header)
     loop = asyncio.get_running_loop()
 
     async def opening() -> ClientConnection:
         transport, protocol = await loop.create_connection(
-            lambda: ClientConnection(request, key, max_size),
-            host,
-            port,
-            ssl=ssl.create_default_context() if secure else None,
+            lambda: ClientConnection(up.request, up.accept, max_size),
+            up.host,
+            up.port,
+            ssl=ssl.create_default_context() if up.secure else None,
         )
         try:
             await protocol.handshake

@@ -165,6 +165,10 @@ class Tally:
 
     def ack(self, conn: Endpoint, cid: Any, now_ns: int) -> None:
         step, seq = parse_cid(cid)
+        self.acked(conn, step, seq, now_ns)
+
+    def acked(self, conn: Endpoint, step: int, seq: int, now_ns: int) -> None:
+        """The server acked ``conn``'s message ``seq`` of ``step`` at ``now_ns``."""
         if step != self.stats.step:
             return
         entry = conn.pending.pop(seq, None)

@@ -1,9 +1,8 @@
 """One load worker process: its share of the users, stepped by the parent through commands
 (``run`` a step, ``stop``), reporting progress ticks and each step's figures on a result queue.
 
-Sends follow an absolute schedule (``time.perf_counter``): message k of a worker is due at
-``start + (k + offset) / rate``, so the pace neither bursts nor drifts; if the worker falls
-behind it catches up and reports how late its sends were (``lag``).
+Its connections are read by one ``link.Poller`` and its sends paced by one timer
+(``pacing.Pacer``); every frame that arrives is handled here, with the kernel's arrival time.
 """
 
 from __future__ import annotations
@@ -20,13 +19,18 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import orjson
 
 from .client import ConnectionClosed
+from .link import Link, Poller, StreamLink
+from .pacing import Pacer
 from .scenarios import Script
 from .stats import StepStats, Tally
 from .users import Conn, close_all, connect_all, join_room
 
 TICK_S = 0.5  # how often workers report progress to the parent
+ACK_HEAD = b'{"type":"ack","cid":"'
+MESSAGE_HEAD = b'{"type":"message",'
 
 
 def raise_fd_limit() -> None:
@@ -51,12 +55,15 @@ class Worker:
         self.results = results
         self.scenario: str = plan["scenario"]
         self.script = Script(self.scenario, plan["run"], plan["text_bytes"], plan["room"], plan["msgpack"])
+        self.text_field = b'"text":"' + self.script.marker.encode()  # where our texts start
         self.conns = [Conn(spec) for spec in plan["users"]]
         self.senders: list[Conn] = []
         self.tally = Tally(private=self.scenario == "private")
         self.stopping = False
         self.expect_all = plan["procs"] == 1  # public: this worker sees every sender's acks
-        self.changed = asyncio.Event()  # set whenever a frame arrives
+        self.changed = asyncio.Event()  # set when a pong arrives
+        self.poller: Poller | None = None
+        self.last_tick = (0, 0, 0, 0)  # progress counters at the last tick
 
     def put(self, message: dict[str, Any]) -> None:
         message["w"] = self.index
@@ -97,13 +104,14 @@ class Worker:
             self.stopping = True
             ticker.cancel()
             await close_all(self.conns)
+            if self.poller is not None:
+                self.poller.close()
         self.put({"type": "bye", "cpu": cpu_seconds()})
 
     async def setup(self) -> None:
-        connected = await connect_all(self.plan, self.conns, self.script)
-        for conn in self.conns:
-            if conn.connected:
-                conn.reader = asyncio.create_task(self.read(conn))
+        self.poller = Poller()
+        self.poller.arm()  # until the first step: read what arrives as it arrives
+        connected = await connect_all(self.plan, self.conns, self.script, self.attach)
         if self.scenario == "room":
             await join_room(self.conns, self.script)
         by_name = {c.name: c for c in self.conns}
@@ -117,75 +125,90 @@ class Worker:
 
     # ------------------------------------------------------------------ receiving
 
-    async def read(self, conn: Conn) -> None:
-        """Handle every frame of ``conn`` as it is parsed (a callback: no coroutine switch per
-        frame), until the connection closes."""
-        assert conn.ws is not None
-        closed = asyncio.get_running_loop().create_future()
-        tally, script = self.tally, self.script
+    def attach(self, conn: Conn) -> None:
+        """From now on, handle what ``conn`` receives (called as soon as it is open)."""
+        link = conn.link
+        assert self.poller is not None
+        if isinstance(link, Link):
+            self.poller.add(link, self.on_frame, self.on_closed)
+        elif isinstance(link, StreamLink):
+            link.start(self.on_frame, self.on_closed)
 
-        def on_frame(raw: str | bytes) -> None:
-            try:
-                frame = script.decode(raw)
-                kind = frame.get("type")
-            except (ValueError, AttributeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-                tally.error("undecodable_frame")
+    def on_frame(self, link: Link | StreamLink, payload: Any, now: int, binary: bool) -> None:
+        """One message from the server, arrived at ``now`` (ns, ``time.time_ns``'s clock)."""
+        conn: Conn = link.owner
+        tally = self.tally
+        if not binary and type(payload) is bytes:
+            # The server's acks and messages, as it writes them, read without parsing the whole
+            # frame; anything else, or written otherwise, takes the full parse below.
+            if payload.startswith(ACK_HEAD):
+                step_b, dot, seq_b = payload[len(ACK_HEAD) : payload.find(b'"', len(ACK_HEAD))].partition(b".")
+                if dot and step_b.isdigit() and seq_b.isdigit():
+                    tally.acked(conn, int(step_b), int(seq_b), now)
+                    return
+            elif payload.startswith(MESSAGE_HEAD) and (at := payload.find(self.text_field)) > 0:
+                if conn.rid >= 0:
+                    at += len(self.text_field)
+                    try:
+                        gid_b, step_b, seq_b, phase_b, t_b, _ = payload[at : at + 80].split(b":", 5)
+                        sent_ns, measured = int(t_b), phase_b == b"m"
+                        tally.delivery(conn.rid, int(gid_b), int(step_b), int(seq_b), measured, (now - sent_ns) / 1e6)
+                    except ValueError:
+                        tally.error("undecodable_text")
                 return
-            self.changed.set()
-            if kind == "message":
-                self.on_message(conn, frame)
-            elif kind == "ack":
-                tally.ack(conn, frame.get("cid"), time.time_ns())
-            elif kind == "error":
-                tally.refused(conn, str(frame.get("code", "unknown")), frame.get("cid"))
-            elif kind == "pong":
-                tally.stats.pongs += 1
-
-        def on_closed() -> None:
-            if not closed.done():
-                closed.set_result(None)
-
         try:
-            conn.ws.handle_with(on_frame, on_closed)
-            await closed
-        finally:
-            conn.connected = False
-            if not self.stopping:
-                code = conn.ws.close_code if conn.ws is not None else None
-                tally.error(f"disconnected:{code}")
-
-    def on_message(self, conn: Conn, frame: dict[str, Any]) -> None:
-        text = frame.get("text")
-        if conn.rid < 0 or not isinstance(text, str) or not self.script.ours(text):
-            return  # somebody else's traffic
-        now = time.time_ns()
-        try:
-            gid, step, seq, phase, t_ns = self.script.read_text(text)
-        except ValueError:
-            self.tally.error("undecodable_text")
+            frame = msgpack.unpackb(payload, raw=False) if binary else orjson.loads(payload)
+            kind = frame.get("type")
+        except (ValueError, AttributeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            tally.error("undecodable_frame")
             return
-        self.tally.delivery(conn.rid, gid, step, seq, phase == "m", (now - t_ns) / 1e6)
+        if kind == "message":
+            text = frame.get("text")
+            if conn.rid < 0 or not isinstance(text, str) or not text.startswith(self.script.marker):
+                return  # somebody else's traffic
+            try:
+                gid, step, seq, phase, t_ns = self.script.read_text(text)
+            except ValueError:
+                tally.error("undecodable_text")
+                return
+            tally.delivery(conn.rid, gid, step, seq, phase == "m", (now - t_ns) / 1e6)
+        elif kind == "ack":
+            tally.ack(conn, frame.get("cid"), now)
+        elif kind == "error":
+            tally.refused(conn, str(frame.get("code", "unknown")), frame.get("cid"))
+        elif kind == "pong":
+            tally.stats.pongs += 1
+            self.changed.set()
+
+    def on_closed(self, link: Link | StreamLink) -> None:
+        conn: Conn = link.owner
+        conn.connected = False
+        if not self.stopping:
+            self.tally.error(f"disconnected:{link.close_code}")
 
     async def ticker(self) -> None:
-        last = (0, 0, 0, 0)
-        tally = self.tally
         while True:
             await asyncio.sleep(TICK_S)
-            self.exit_if_orphaned()
-            now = (tally.c_sent, tally.c_acked, tally.c_delivered, tally.c_errors)
-            self.put(
-                {
-                    "type": "tick",
-                    "t": time.time(),
-                    "sent": now[0] - last[0],
-                    "acked": now[1] - last[1],
-                    "delivered": now[2] - last[2],
-                    "errors": now[3] - last[3],
-                    "lat": tally.take_samples(),
-                    "conns": sum(c.connected for c in self.conns),
-                }
-            )
-            last = now
+            self.tick()
+
+    def tick(self) -> None:
+        """Progress since the last tick, for the parent's live line and timeline."""
+        self.exit_if_orphaned()
+        tally = self.tally
+        now = (tally.c_sent, tally.c_acked, tally.c_delivered, tally.c_errors)
+        last, self.last_tick = self.last_tick, now
+        self.put(
+            {
+                "type": "tick",
+                "t": time.time(),
+                "sent": now[0] - last[0],
+                "acked": now[1] - last[1],
+                "delivered": now[2] - last[2],
+                "errors": now[3] - last[3],
+                "lat": tally.take_samples(),
+                "conns": sum(c.connected for c in self.conns),
+            }
+        )
 
     # ------------------------------------------------------------------ sending
 
@@ -194,74 +217,21 @@ class Worker:
         stats.receivers = [c.rid for c in self.conns if c.rid >= 0 and c.connected]
         for conn in self.senders:
             conn.pending.clear()
-        start_perf = time.perf_counter() + (command["start"] - time.time())
-        t_measure = start_perf + command["warmup"]
-        t_end = t_measure + command["duration"]
-        rate: float = command["rate"]
-        senders = self.senders
-        if rate > 0 and senders:
-            await self.send_loop(senders, stats.step, rate, command["offset"], start_perf, t_measure, t_end)
-        else:
-            await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
-        await self.wait_until(self.complete, max(time.perf_counter(), t_end) + command["grace"])
+        assert self.poller is not None
+        pacer = Pacer(self.senders, self.script, self.tally, self.poller, command, self.complete)
+        if all(isinstance(c.link, Link) for c in self.conns if c.link is not None):
+            pacer.run(self.tick, TICK_S)
+        else:  # wss://: asyncio's transports need its loop
+            await pacer.run_async()
         stats.quiet_s = time.perf_counter() - stats.last_delivery if stats.last_delivery else math.inf
-        for conn in senders:
+        for conn in self.senders:
             stats.errors["unacked"] += sum(1 for _, measured in conn.pending.values() if measured)
             conn.pending.clear()
         if not stats.errors["unacked"]:
             del stats.errors["unacked"]
 
-    async def send_loop(
-        self, senders: list[Conn], step: int, rate: float, offset: float, start: float, t_measure: float, t_end: float
-    ) -> None:
-        tally, script = self.tally, self.script
-        stats = tally.stats
-        n = len(senders)
-        k = 0
-        burst = 0
-        while True:
-            due = start + (k + offset) / rate
-            if due >= t_end:
-                break
-            now = time.perf_counter()
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.perf_counter()
-                burst = 0
-            elif burst >= 50:  # far behind schedule: let the readers run between sends
-                await asyncio.sleep(0)
-                burst = 0
-            burst += 1
-            conn = senders[k % n]
-            k += 1
-            measured = due >= t_measure
-            seq = conn.next_seq
-            conn.next_seq += 1
-            t_ns = time.time_ns()
-            frame = script.message(conn.gid, conn.peer, step, seq, measured, t_ns)
-            conn.pending[seq] = (t_ns, measured)
-            ws = conn.ws
-            if ws is None or not conn.connected:
-                conn.pending.pop(seq, None)
-                tally.error("send_failed")
-                continue
-            try:
-                await ws.send(frame)
-            except ConnectionClosed:
-                conn.pending.pop(seq, None)
-                tally.error("send_failed")
-                continue
-            tally.c_sent += 1
-            if measured:
-                stats.sent += 1
-                stats.lag.append((now - due) * 1000)
-            else:
-                stats.sent_warmup += 1
-        for conn in senders:  # the next step starts its sequence numbers again
-            conn.next_seq = 0
-
     async def wait_until(self, done: Callable[[], bool], deadline: float) -> None:
-        """Until ``done()`` (checked whenever a frame arrived) or ``deadline`` (perf_counter)."""
+        """Until ``done()`` (checked whenever a pong arrived) or ``deadline`` (perf_counter)."""
         while not done():
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -290,12 +260,12 @@ class Worker:
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         # still there? one application-level ping on every connection that looks open
         sent_at = time.perf_counter()
-        live = [c for c in self.conns if c.connected and c.ws is not None]
+        live = [c for c in self.conns if c.connected and c.link is not None]
         ping = self.script.encode({"type": "ping", "cid": "idle"})
         for conn in live:
-            assert conn.ws is not None
-            with contextlib.suppress(ConnectionClosed):  # the reader records the disconnect
-                await conn.ws.send(ping)
+            assert conn.link is not None
+            with contextlib.suppress(ConnectionClosed):  # on_closed records the disconnect
+                conn.link.send(ping)
         await self.wait_until(lambda: stats.pongs >= len(live), sent_at + command["grace"] + 3.0)
         stats.ping_ms.append((time.perf_counter() - sent_at) * 1000)
 

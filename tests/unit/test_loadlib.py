@@ -52,13 +52,30 @@ def test_a_text_carries_sender_step_seq_phase_and_send_time_padded_to_its_size()
         script.read_text("lt:abc:7:x")
 
 
+def payload(frame: bytes) -> bytes:
+    """A client frame's payload (masked with a zero key: as it is)."""
+    return frame[8 if frame[1] & 0x7F == 126 else 6 :]
+
+
 def test_each_scenario_addresses_its_frame() -> None:
-    private = orjson.loads(Script("private", "r", 64, "the-room", False).message(3, "p-r3", 0, 5, True, 1))
+    private = orjson.loads(payload(Script("private", "r", 64, "the-room", False).message(3, "p-r3", 0, 5, True, 1)))
     assert private["type"] == "private" and private["to"] == "p-r3" and private["cid"] == "0.5"
-    room = orjson.loads(Script("room", "r", 64, "the-room", False).message(3, None, 1, 0, False, 1))
+    room = orjson.loads(payload(Script("room", "r", 64, "the-room", False).message(3, None, 1, 0, False, 1)))
     assert room["type"] == "room" and room["room"] == "the-room" and ":w:" in room["text"]
-    public = orjson.loads(Script("public", "r", 64, "the-room", False).message(3, None, 0, 0, True, 1))
+    public = orjson.loads(payload(Script("public", "r", 64, "the-room", False).message(3, None, 0, 0, True, 1)))
     assert public["type"] == "public" and "to" not in public and "room" not in public
+
+
+@pytest.mark.parametrize("scenario", ["private", "public", "room"])
+@pytest.mark.parametrize("text_bytes", [20, 64, 300])
+def test_a_json_message_is_what_orjson_writes_for_its_frame(scenario: str, text_bytes: int) -> None:
+    script = Script(scenario, "ab12cd", text_bytes, "p-room", False)
+    written = payload(script.message(3, "p-r3", 1, 7, True, 1_700_000_000_123_456_789))
+    frame = {"type": scenario, "text": script.text(3, 1, 7, "m", 1_700_000_000_123_456_789), "cid": "1.7"}
+    frame |= {"to": "p-r3"} if scenario == "private" else {"room": "p-room"} if scenario == "room" else {}
+    assert written == orjson.dumps(frame)
+    binary = Script(scenario, "ab12cd", text_bytes, "p-room", True).message(3, "p-r3", 1, 7, True, 5)
+    assert binary[0] == 0x82, "msgpack goes in a binary frame"
 
 
 def test_the_tally_counts_acks_deliveries_duplicates_misrouting_and_late_frames() -> None:
