@@ -149,7 +149,9 @@ class Tally:
         if self.private and gid != rid:
             stats.misrouted += 1
             return
-        per_sender = stats.delivered_bits.setdefault(rid, {})
+        per_sender = stats.delivered_bits.get(rid)
+        if per_sender is None:
+            per_sender = stats.delivered_bits[rid] = {}
         bits = per_sender.get(gid)
         if bits is None:
             bits = per_sender[gid] = bytearray(1024)
@@ -180,7 +182,10 @@ class Tally:
             stats = self.stats
             stats.acked += 1
             stats.ack_latency.append((now_ns - t_ns) / 1e6)
-            mark(stats.acked_bits.setdefault(conn.gid, bytearray(1024)), seq)
+            bits = stats.acked_bits.get(conn.gid)
+            if bits is None:
+                bits = stats.acked_bits[conn.gid] = bytearray(1024)
+            mark(bits, seq)
 
     def refused(self, conn: Endpoint, code: str, cid: Any) -> None:
         """An error frame: counted by its code; the send it answers is no longer awaited."""
