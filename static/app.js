@@ -115,6 +115,8 @@
     seen: new Map(),          // message id -> message shown (drop duplicates, learn offsets)
     readSent: new Set(),      // ids of private messages whose read receipt was sent
     earlyReceipts: new Map(), // message id -> receipt status that came before the message's ack
+    changes: new Map(),       // message id -> latest edit/delete of it ({kind, text, ts}), kept for reloads
+    changeSends: new Map(),   // cid -> our own edit/delete on the wire ({ref, kind, text})
     pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
     outbox: [],               // messages typed while not connected, sent on welcome
     positions: {},            // channel -> highest offset seen (saved per user, for `resume`)
@@ -417,6 +419,8 @@
     state.order = [];
     state.active = 'public';
     state.seen = new Map();
+    state.changes = new Map();
+    state.changeSends = new Map();
     state.readSent = new Set();
     for (const m of state.pending.values()) clearTimeout(m.ackTimer);
     state.pending = new Map();
@@ -802,6 +806,12 @@
   }
 
   function onAck(f) {
+    const change = typeof f.cid === 'string' ? state.changeSends.get(f.cid) : null;
+    if (change) {
+      state.changeSends.delete(f.cid);
+      recordChange(change.ref, change.kind, change.text, typeof f.ts === 'number' ? f.ts : Date.now());
+      return;
+    }
     const m = typeof f.cid === 'string' ? state.pending.get(f.cid) : null;
     if (!m) return;
     const id = f.id !== undefined && f.id !== null ? String(f.id) : m.id;
@@ -819,6 +829,12 @@
   function onError(f) {
     const text = typeof f.message === 'string' && f.message ? f.message : (f.code || 'Error');
     const req = typeof f.cid === 'string' ? state.requests.get(f.cid) : undefined;
+    const change = typeof f.cid === 'string' ? state.changeSends.get(f.cid) : null;
+    if (change) {
+      state.changeSends.delete(f.cid);
+      showNotice((change.kind === 'edit' ? 'Could not edit the message: ' : 'Could not delete the message: ') + text);
+      return;
+    }
     if (typeof f.cid === 'string' && state.joining.has(f.cid)) {
       state.joining.delete(f.cid);
       ui.roomError.textContent = 'Could not join: ' + text;
@@ -1257,12 +1273,20 @@
    */
   function ingest(f, source) {
     if (f.id === undefined || f.id === null) return null;
-    if (typeof f.text !== 'string' || typeof f.from !== 'string') return null;
+    if (typeof f.from !== 'string') return null;
+    if (typeof f.text !== 'string' && f.kind !== 'delete') return null;
     const ch = typeof f.channel === 'string' ? f.channel : null;
     const offset = isOffset(f.offset) ? f.offset : null;
     if (ch && offset !== null && knownChannel(ch)) {
       setPosition(ch, offset);
       if (!(state.oldest[ch] <= offset)) state.oldest[ch] = offset;
+    }
+    if (f.kind === 'edit' || f.kind === 'delete') {
+      // A change to another message: applied to it (now, or when it is loaded), never shown itself.
+      if (typeof f.ref === 'string' || typeof f.ref === 'number') {
+        recordChange(String(f.ref), f.kind, f.text, typeof f.ts === 'number' ? f.ts : Date.now());
+      }
+      return null;
     }
     const id = String(f.id);
     const key = convKeyForMessage(f);
@@ -1291,6 +1315,7 @@
       room: typeof f.room === 'string' ? f.room : null, text: f.text, ts, offset, own, status: 'sent', error: null,
     };
     state.seen.set(id, msg);
+    applyKnownChange(msg);
     if (source === 'live') stopTyping(key, f.from);     // their message is what they were typing
     insertMessage(key, msg, source);
     if (key === state.active) sendRead(msg);
@@ -1367,6 +1392,7 @@
     m.ts = ts;
     m.status = 'sent';
     m.error = null;
+    applyKnownChange(m);
     updateMessageNode(m);
     reposition(m);
     const early = m.id ? state.earlyReceipts.get(m.id) : undefined;
@@ -1442,6 +1468,79 @@
       if (first) { state.oldest[ch] = first.offset; state.atStart[ch] = false; }
     }
     return true;
+  }
+
+  // ------------------------------------------------ edits and deletes (protocol version 2)
+
+  /** Keep the latest change of message `ref` (a delete is final) and apply it if the message is here. */
+  function recordChange(ref, kind, text, ts) {
+    const known = state.changes.get(ref);
+    if (known && (known.kind === 'delete' || (kind === 'edit' && known.ts > ts))) return;
+    if (kind === 'edit' && typeof text !== 'string') return;
+    state.changes.set(ref, { kind, text: kind === 'edit' ? text : '', ts });
+    const m = state.seen.get(ref);
+    if (m) applyKnownChange(m);
+  }
+
+  function applyKnownChange(m) {
+    const change = m.id ? state.changes.get(m.id) : undefined;
+    if (!change || m.marker || m.system) return;
+    if (change.kind === 'delete') {
+      if (m.deleted) return;
+      m.deleted = true;
+      m.text = '';
+    } else {
+      if (m.deleted || (m.edited && m.text === change.text)) return;
+      m.edited = true;
+      m.text = change.text;
+    }
+    if (m.editor) m.editor.cancel();
+    updateMessageNode(m);
+  }
+
+  /** Send our edit or delete of our own message `m`. */
+  function sendChange(m, kind, text) {
+    const conv = state.convs.get(m.conv);
+    if (!conv || !m.id || !m.own) return false;
+    const frame = { type: kind, channel: channelOfConv(conv), id: m.id, cid: newCid() };
+    if (kind === 'edit') frame.text = text;
+    if (!state.conn.ready || !send(frame)) { announce('Not connected: try again when online.'); return false; }
+    state.changeSends.set(frame.cid, { ref: m.id, kind, text });
+    return true;
+  }
+
+  /** Edit our message in place: a text box instead of its text; Enter saves, Escape cancels. */
+  function startEdit(m) {
+    if (!m.el || m.editor || m.deleted) return;
+    const { textEl } = m.refs;
+    const input = el('textarea', { class: 'msg-edit-input', 'aria-label': 'Edit message', rows: '2' });
+    input.value = m.text;
+    const save = el('button', { type: 'button', class: 'link-btn msg-edit-save', text: 'Save' });
+    const cancel = el('button', { type: 'button', class: 'link-btn msg-edit-cancel', text: 'Cancel' });
+    const box = el('div', { class: 'msg-editor' }, [input, el('div', { class: 'msg-editor-actions' }, [save, ' ', cancel])]);
+    const close = () => {
+      m.editor = null;
+      box.replaceWith(textEl);
+      updateMessageNode(m);
+    };
+    const commit = () => {
+      const text = input.value;
+      const problem = text === m.text ? null : textProblem(text);
+      if (problem) { announce(problem); input.setAttribute('aria-invalid', 'true'); return; }
+      if (text !== m.text && !sendChange(m, 'edit', text)) return;
+      close();
+      if (m.refs.editBtn && !m.refs.editBtn.hidden) m.refs.editBtn.focus();
+    };
+    save.addEventListener('click', commit);
+    cancel.addEventListener('click', () => { close(); m.refs.editBtn.focus(); });
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); commit(); }
+      else if (e.key === 'Escape') { e.preventDefault(); close(); m.refs.editBtn.focus(); }
+    });
+    m.editor = { cancel: close };
+    textEl.replaceWith(box);
+    updateMessageNode(m);
+    input.focus();
   }
 
   function removeMessage(m) {
@@ -1902,19 +2001,29 @@
     const retry = el('button', { type: 'button', class: 'link-btn msg-retry', text: 'Retry' });
     retry.addEventListener('click', () => retryMessage(m));
     const error = el('div', { class: 'msg-error' }, [errText, ' ', retry]);
+    const textEl = el('div', { class: 'msg-text' });
+    const edited = el('span', { class: 'msg-edited', text: 'edited' });
+    // Own messages: edit and delete, as buttons (keyboard reachable), shown once the server has them.
+    const editBtn = el('button', { type: 'button', class: 'link-btn msg-edit', text: 'Edit', 'aria-label': 'Edit message' });
+    const delBtn = el('button', { type: 'button', class: 'link-btn msg-delete', text: 'Delete', 'aria-label': 'Delete message' });
+    editBtn.addEventListener('click', () => startEdit(m));
+    delBtn.addEventListener('click', () => { if (sendChange(m, 'delete')) delBtn.disabled = true; });
+    const actions = m.own ? el('div', { class: 'msg-actions' }, [editBtn, ' ', delBtn]) : null;
 
     const body = el('div', { class: 'bubble' }, [
       // The sender, for screen readers, on grouped messages that have no visible header.
       grouped || m.own ? el('span', { class: 'sr-only', text: (m.own ? 'You' : m.from) + ': ' }) : null,
-      el('div', { class: 'msg-text', text: m.text }),
+      textEl,
     ]);
 
     m.el = el('div', { class: 'msg' }, [
       head,
-      el('div', { class: 'msg-row' }, [body, el('div', { class: 'msg-meta' }, [time, status])]),
+      el('div', { class: 'msg-row' }, [body, el('div', { class: 'msg-meta' }, [edited, time, status])]),
+      actions,
       error,
     ]);
-    m.refs = { time, status, error, errText, retry };
+    m.editor = null;
+    m.refs = { time, status, error, errText, retry, textEl, edited, editBtn, delBtn, actions };
     m.grouped = !!grouped;
     updateMessageNode(m);
     return m.el;
@@ -1927,8 +2036,13 @@
   /** Refresh what can change on a message: status, time, error. */
   function updateMessageNode(m) {
     if (!m.el) return;
-    const { time, status, error, errText, retry } = m.refs;
-    m.el.className = 'msg' + (m.own ? ' is-own' : '') + (m.grouped ? ' is-grouped' : '') + ' is-' + m.status;
+    const { time, status, error, errText, retry, textEl, edited, actions } = m.refs;
+    m.el.className = 'msg' + (m.own ? ' is-own' : '') + (m.grouped ? ' is-grouped' : '') + ' is-' + m.status
+      + (m.deleted ? ' is-deleted' : '') + (m.edited && !m.deleted ? ' is-edited' : '');
+    // Text nodes only: a message's text never becomes markup.
+    textEl.textContent = m.deleted ? 'message deleted' : m.text;
+    edited.hidden = !m.edited || !!m.deleted;
+    if (actions) actions.hidden = !(m.own && m.id && m.status === 'sent' && !m.deleted && !m.editor);
     m.el.dataset.id = m.id || '';
     const hhmm = fmtTime(m.ts);
     const full = fmtFull(m.ts);

@@ -833,3 +833,50 @@ def test_messages_refused_as_too_fast_are_sent_again_by_themselves(browser: Brow
             person.close()
     finally:
         strict.close()
+
+
+def test_the_author_edits_and_deletes_a_message_and_everyone_sees_it(chat: Pair) -> None:
+    """Edit and delete (protocol version 2): live on the other server, and again after a reload."""
+    alice, bob = chat.alice, chat.bob
+    tag = uuid.uuid4().hex[:6]
+    first, second, fixed = f"meet at 3 {tag}", f"bring <b>cake</b> {tag}", f"meet at 4 <i>sharp</i> {tag}"
+    send(alice, first)
+    send(alice, second)
+    expect_acked(alice, first)
+    expect_acked(alice, second)
+    expect(bob.message(second)).to_have_count(1)
+    # Bob has no control on alice's messages; alice has one on hers.
+    expect(bob.message(first).get_by_role("button", name="Edit message")).to_have_count(0)
+    expect(bob.message(first).get_by_role("button", name="Delete message")).to_have_count(0)
+
+    edit = alice.message(first).get_by_role("button", name="Edit message")
+    edit.focus()
+    alice.page.keyboard.press("Enter")          # keyboard accessible
+    box = alice.page.get_by_role("textbox", name="Edit message")
+    expect(box).to_have_value(first)
+    box.fill(fixed)
+    box.press("Enter")
+    for person in (alice, bob):
+        expect(person.message(fixed)).to_have_count(1)
+        expect(person.message(fixed).locator(".msg-edited")).to_be_visible()
+        expect(person.message(first)).to_have_count(0)
+    alice.message(second).get_by_role("button", name="Delete message").click()
+    for person in (alice, bob):
+        expect(person.message(second)).to_have_count(0)
+    expect(bob.page.locator("#messages .msg.is-deleted .msg-text")).to_have_text(["message deleted"])
+    # The edit and delete events are not messages of their own; markup stays text.
+    assert [t for t in bob.texts() if tag in t] == [fixed]
+    expect(bob.page.locator("#messages i, #messages b")).to_have_count(0)
+    assert [f for d, f in alice.sockets[-1] if d == "sent" and f.get("type") in ("edit", "delete")][-1]["channel"] == "public"
+
+    bob.page.reload()
+    expect(bob.page.locator("#conn")).to_have_attribute("data-state", "online")
+    open_conversation(bob, "Public channel")
+    expect(bob.message(fixed)).to_have_count(1)
+    expect(bob.message(fixed).locator(".msg-edited")).to_be_visible()
+    expect(bob.message(first)).to_have_count(0)
+    expect(bob.message(second)).to_have_count(0)
+    expect(bob.page.locator("#messages .msg.is-deleted")).to_have_count(1)
+    assert [t for t in bob.texts() if tag in t] == [fixed]
+    expect(bob.message(fixed).get_by_role("button", name="Edit message")).to_have_count(0)
+    assert_clean(alice, bob)
