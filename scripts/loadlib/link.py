@@ -11,7 +11,8 @@ data reached the socket, and that is the arrival time a latency is taken at; bef
 when the generator got round to the frame, its own queueing included. A read that takes
 several frames the server wrote apart gets the stamp of the last; reads are at most a pulse
 apart (10 ms), far less than the time between two messages to one connection in the
-benchmark's rows.
+benchmark's rows. A read with no stamp (in the moment after the machine's first socket asks
+the kernel for them, it turns them on) takes the clock at the read.
 
 ``wss://`` keeps asyncio's transports (``client.ClientConnection``, through ``StreamLink``),
 with arrivals stamped on the clock as they are handled.
@@ -35,6 +36,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
 _STAMP = struct.Struct("@qq")  # struct timespec
 _READ = memoryview(bytearray(1 << 18))  # every read of the worker lands here first
 _INTO = [_READ]
+_ADDRESSES: dict[tuple[str, int], Any] = {}  # (host, port) -> getaddrinfo's first answer
 
 #: A frame handler: (link, payload (bytes; str from a text frame over wss), arrival ns, binary).
 OnFrame = Callable[[Any, Any, int, bool], None]
@@ -285,7 +287,10 @@ async def open_link(url: str, subprotocols: list[str] | None, max_size: int) -> 
     raises; the caller bounds the time."""
     up = upgrade(url, subprotocols)
     loop = asyncio.get_running_loop()
-    family, kind, proto, _, address = (await loop.getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM))[0]
+    found = _ADDRESSES.get((up.host, up.port))
+    if found is None:  # once per server, not once per connection (a thread per lookup)
+        found = _ADDRESSES[up.host, up.port] = (await loop.getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM))[0]
+    family, kind, proto, _, address = found
     sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)

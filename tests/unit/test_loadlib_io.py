@@ -80,6 +80,16 @@ def test_a_link_stamps_each_read_with_when_it_arrived_not_when_it_is_read(tcp_pa
     got: list[tuple[bytes, int, bool]] = []
     link = Link(client, None, b"", 1 << 20)
     link.on_frame = lambda _link, payload, now, binary: got.append((payload, now, binary))
+    # The kernel turns stamping on a moment after the first socket of the machine asks for it
+    # (a deferred job): until then a read takes the clock when it reads, as it would without.
+    for _ in range(100):
+        server.sendall(server_frame(b"warm-up"))
+        wait_readable(client)
+        time.sleep(0.01)
+        before = time.time_ns()
+        link.read()
+        if got.pop()[1] < before:
+            break
     sent = time.time_ns()
     server.sendall(server_frame(b'{"a":1}') + server_frame(b"\x91\x01", wire.BINARY))
     wait_readable(client)
@@ -230,3 +240,70 @@ def test_the_pacer_sends_on_schedule_and_measures_only_the_window() -> None:
     assert len(ticks) >= 2, "progress ticks while the step runs"
     sent = [orjson.loads(data[8 if data[1] & 0x7F == 126 else 6 :]) for data in senders[1].link.sent]  # type: ignore[union-attr]
     assert [m["cid"] for m in sent] == [f"0.{i}" for i in range(35)] and sent[0]["to"] == "p-r1"
+
+
+def test_the_pacer_driven_by_asyncio_sends_the_same() -> None:
+    senders = [Conn({"name": f"p-s{i}", "url": "u", "gid": i, "rid": -1, "peer": f"p-r{i}"}) for i in range(2)]
+    for conn in senders:
+        conn.link, conn.connected = FakeLink(conn), True  # type: ignore[assignment]
+    tally = Tally(private=True)
+    tally.stats = StepStats(0)
+    command = {"step": 0, "rate": 200.0, "offset": 0.5, "start": time.time() + 0.02}
+    command |= {"warmup": 0.0, "duration": 0.2, "grace": 0.0}
+    script = Script("private", RUN, 64, "r", False)
+    pacer = pacing.Pacer(senders, script, tally, FakePoller(), command, lambda: True)  # type: ignore[arg-type]
+    asyncio.run(pacer.run_async())
+    assert tally.stats.sent == 40 and tally.c_sent == 40
+
+
+async def tiny_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Just enough of a WebSocket server: accept the upgrade, send two frames, close."""
+    import base64
+    import hashlib
+
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    key = next(
+        line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("sec-websocket-key")
+    )
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    answer = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        f"Sec-WebSocket-Accept: {base64.b64encode(digest).decode()}",
+    ]
+    writer.write(("\r\n".join(answer) + "\r\n\r\n").encode())
+    writer.write(server_frame(b'{"type":"welcome"}') + server_frame(b'{"type":"pong"}'))
+    writer.write(server_frame((1000).to_bytes(2, "big"), wire.CLOSE))
+    await writer.drain()
+    await reader.read()  # until the client closes
+    writer.close()
+
+
+@pytest.mark.parametrize("plain_socket", [True, False], ids=["Link", "StreamLink"])
+def test_both_kinds_of_link_open_and_hand_over_the_same_frames(plain_socket: bool) -> None:
+    from scripts.loadlib.client import connect
+    from scripts.loadlib.link import StreamLink, open_link
+
+    async def main() -> list[Any]:
+        server = await asyncio.start_server(tiny_server, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        got: list[Any] = []
+        closed = asyncio.get_running_loop().create_future()
+
+        def on_frame(_link: Any, payload: Any, _now: int, binary: bool) -> None:
+            got.append((payload.encode() if isinstance(payload, str) else payload, binary))
+
+        if plain_socket:
+            link, welcome, binary = await open_link(url, None, 1 << 20)
+            got.append((welcome, binary))
+            poller = Poller()
+            poller.add(link, on_frame, lambda lk: closed.set_result(lk.close_code))
+            poller.arm()
+        else:
+            stream = StreamLink(await connect(url))
+            stream.start(on_frame, lambda lk: closed.set_result(lk.close_code))
+        got.append(await asyncio.wait_for(closed, 5))
+        server.close()
+        return got
+
+    assert asyncio.run(main()) == [(b'{"type":"welcome"}', False), (b'{"type":"pong"}', False), 1000]
