@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 class Recovery:
     REPLAY_PAGE = 500  # messages per history read while resuming
+    MAX_EXTENSION_S = 5.0  # how much longer a loop running late may make a session wait for resume
 
     def __init__(self, parts: Parts, delivery: Delivery, resume_wait_s: float = 0.0) -> None:
         self._parts = parts
@@ -56,10 +57,23 @@ class Recovery:
         session.send(frames.welcome(session.user, self._parts.server_id, positions, rooms, epochs))
         self._hub.release(session, [])  # events go out; the channels wait for resume
         if self._resume_wait_s > 0:
-            loop = asyncio.get_running_loop()
-            self._waiting[session.id] = loop.call_later(self._resume_wait_s, self.stop_waiting, session)
+            self._wait(session, self._resume_wait_s, 0.0)
         else:
             self._hub.release(session)
+
+    def _wait(self, session: ClientSession, seconds: float, extended: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + seconds
+        self._waiting[session.id] = loop.call_later(seconds, self._waited, session, due, extended)
+
+    def _waited(self, session: ClientSession, due: float, extended: float) -> None:
+        """The wait is over, unless the loop ran late: then a resume sent in time may still be
+        being read, and the session waits as long again (at most ``MAX_EXTENSION_S`` in all)."""
+        late = asyncio.get_running_loop().time() - due
+        if late > 0.01 and extended + late <= self.MAX_EXTENSION_S:
+            self._wait(session, late, extended + late)
+            return
+        self.stop_waiting(session)
 
     def stop_waiting(self, session: ClientSession) -> bool:
         """The session's channels go live from where ``welcome`` put them (it did not resume in

@@ -14,7 +14,7 @@ import logging
 
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
-from chatserver.parts import CLOSE_GOING_AWAY, ClientSession, Parts
+from chatserver.parts import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, ClientSession, Parts
 from chatserver.presence import Presence
 from chatserver.recovery import Recovery
 from chatserver.registry import RegistryError
@@ -41,9 +41,10 @@ class Sessions:
         parts, user = self._parts, session.user
         try:
             rooms = await parts.rooms.rooms_of(user)
-        except RoomsError as exc:
+        except RoomsError as exc:  # greeted without them, it would get their messages unplaced
             log.warning("rooms of %s unknown: %s", user, exc)
-            rooms = []
+            session.close(CLOSE_TRY_AGAIN, "the room store is unavailable; reconnect shortly")
+            return
         channels = [p.PUBLIC, p.user_channel(user), *(p.room_channel(r) for r in rooms)]
         first = self._hub.add(session)
         self._hub.hold(session, channels, everything=True)  # welcome goes first

@@ -150,6 +150,7 @@ class Client:
         self.closed = asyncio.Event()
         self.closed.set()
         self._welcome: asyncio.Future[dict[str, Any]] | None = None
+        self._at_welcome: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._resumed = asyncio.Event()
         self._resume_cid = ""
         self._unsynced = 0  # a session whose resume was refused: its messages move no position
@@ -201,7 +202,7 @@ class Client:
             return False
         # Resume from where the client stood when the welcome came, even if it takes its time
         # (half the sessions do) and live traffic arrives meanwhile: that is the seam under test.
-        self._before_resume, positions = dict(self.seen_max), self.positions()
+        self._before_resume, positions = self._at_welcome
         if self.rng.random() < 0.5:
             await asyncio.sleep(self.rng.uniform(0.0, self.opts.resume_delay_s))
             if self.closed.is_set():
@@ -269,6 +270,9 @@ class Client:
                     if channel in epochs:
                         self.epochs[channel] = str(epochs[channel])
             if self._welcome is not None and not self._welcome.done():
+                # Where the client stands when the welcome is read, before anything live: the
+                # positions it resumes from, however long it then takes to send the resume.
+                self._at_welcome = (dict(self.seen_max), self.positions())
                 self._welcome.set_result(frame)
         elif kind == "message":
             channel, offset = frame.get("channel"), frame.get("offset")

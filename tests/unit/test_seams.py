@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 from typing import Any
 
 import pytest
@@ -292,3 +294,44 @@ async def test_a_client_that_saw_offsets_its_store_lost_gives_the_channel_a_new_
     await c.send(alice, 1, {"type": "private", "to": "bob", "text": "new"})
     new = again.of_type("message")[-1]
     assert (new["text"], new["offset"]) == ("new", 2)
+
+
+@pytest.mark.gen_test
+async def test_the_wait_for_resume_outlasts_a_loop_that_runs_late() -> None:
+    """Under overload the loop runs late: the wait's timer comes due while the client's resume,
+    sent in time, is still being read. A late timer waits as long again instead of releasing
+    live messages ahead of the replay."""
+    c = await Cluster(resume_wait_s=0.05).start()
+    alice = await c.join("alice", 1)
+    await c.send(alice, 1, {"type": "resume", "positions": {}})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "before"})  # offset 1
+    bob = await c.join("bob", 2)
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "live"})  # offset 2, held
+
+    async def resume_being_read() -> None:  # a frame takes a few loop turns to read
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await c.routers[1].handle(bob, json.dumps({"type": "resume", "positions": {"user:bob": 0}}))
+
+    asyncio.get_running_loop().call_soon(time.sleep, 0.2)  # the loop is 0.2 s late
+    await asyncio.ensure_future(resume_being_read())
+    await settle()
+    assert offsets(bob, "user:bob") == [1, 2]
+
+
+@pytest.mark.gen_test
+async def test_a_session_whose_rooms_cannot_be_read_is_asked_to_come_back() -> None:
+    """Greeted without its rooms, a session would get their messages live with no position
+    to count from, and its resume would replay some of them again."""
+    from chatserver.rooms import MemoryRooms, RoomsError
+
+    class DownRooms(MemoryRooms):
+        async def rooms_of(self, user: str) -> list[str]:
+            raise RoomsError("redis: connection refused")
+
+    c = Cluster(1)
+    for router in c.routers:
+        router.parts.rooms = DownRooms()
+    await c.start()
+    ann = await c.join("ann", 1)
+    assert ann.frames == [] and ann.closed is not None and ann.closed[0] == 1013
