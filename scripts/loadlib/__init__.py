@@ -2,11 +2,14 @@
 
 - ``options``: the command line and its checks;
 - ``cluster``: reaching the cluster (URLs, logins or minted tokens, health, the checks before a run);
-- ``client``: the lean WebSocket client;
+- ``wire``: WebSocket frames (to send; found in what a server sent);
+- ``client``: the lean asyncio WebSocket client (wss://, the checks before a run, chaoslib, tests);
+- ``link``: the worker's connections on plain sockets, read by one poller, stamped by the kernel;
 - ``scenarios``: who sends what to whom (the users of each scenario, the texts, the frames);
 - ``users``: a worker's users: logging in, connecting, joining, closing;
 - ``stats``: latency samples, loss and duplicate accounting, merging the workers' parts;
-- ``worker``: one load process: pacing the sends, counting what arrives;
+- ``pacing``: a worker's sends on their schedule, one timer (pulse) for all its senders;
+- ``worker``: one load process: its steps, and what each arriving frame means;
 - ``parent``: the process that starts the workers and steps them through the run;
 - ``report``: the live line, the report (JSON), the table and the plot.
 
