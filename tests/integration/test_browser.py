@@ -851,7 +851,7 @@ def test_the_author_edits_and_deletes_a_message_and_everyone_sees_it(chat: Pair)
 
     edit = alice.message(first).get_by_role("button", name="Edit message")
     edit.focus()
-    alice.page.keyboard.press("Enter")          # keyboard accessible
+    alice.page.keyboard.press("Enter")  # keyboard accessible
     box = alice.page.get_by_role("textbox", name="Edit message")
     expect(box).to_have_value(first)
     box.fill(fixed)
@@ -867,7 +867,8 @@ def test_the_author_edits_and_deletes_a_message_and_everyone_sees_it(chat: Pair)
     # The edit and delete events are not messages of their own; markup stays text.
     assert [t for t in bob.texts() if tag in t] == [fixed]
     expect(bob.page.locator("#messages i, #messages b")).to_have_count(0)
-    assert [f for d, f in alice.sockets[-1] if d == "sent" and f.get("type") in ("edit", "delete")][-1]["channel"] == "public"
+    changes = [f for d, f in alice.sockets[-1] if d == "sent" and f.get("type") in ("edit", "delete")]
+    assert changes[-1]["channel"] == "public"
 
     bob.page.reload()
     expect(bob.page.locator("#conn")).to_have_attribute("data-state", "online")
