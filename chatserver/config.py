@@ -61,7 +61,7 @@ class Settings:
     user_rate_per_s: int = 100  # CHAT_USER_RATE_PER_S: messages per second per user, cluster-wide (0: off)
     presence_max_online: int = 1000  # CHAT_PRESENCE_MAX_ONLINE: no online/offline to all beyond (0: no limit)
     shed_after_ms: float = 3000.0  # CHAT_SHED_AFTER_MS: refuse new messages while one is unacked this long (0: never)
-    resume_wait_ms: float = 250.0  # CHAT_RESUME_WAIT_MS: after welcome, hold live messages this long for resume
+    resume_wait_ms: float = 1000.0  # CHAT_RESUME_WAIT_MS: after welcome, hold live messages this long for resume
     gap_wait_ms: float = 250.0  # CHAT_GAP_WAIT_MS: wait this long for a missing offset, then read it from history
     flood_strikes: int = 200  # CHAT_FLOOD_STRIKES: net refused frames before closing with 1008
     max_sessions_per_user: int = 20  # CHAT_MAX_SESSIONS_PER_USER: per server
