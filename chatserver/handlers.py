@@ -86,6 +86,15 @@ def client_address(request: HTTPServerRequest, trusted_proxies: frozenset[str]) 
     return peer
 
 
+#: What an account attempt that failed answers: status, error code, message.
+_REFUSALS: dict[Outcome, tuple[int, str, str]] = {
+    Outcome.LIMITED: (429, "rate_limited", "too many attempts: wait a minute"),
+    Outcome.WRONG: (401, "bad_credentials", "wrong name or password"),
+    Outcome.WEAK: (400, "weak_password", f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+    Outcome.TAKEN: (409, "username_taken", "{username} is taken: choose another name"),
+}
+
+
 class LoginHandler(JsonHandler):
     """``POST /api/login``: a name alone (dev login, on in development mode) or, with built-in
     accounts on, a name and its password. ``POST /api/signup`` (accounts): a new account."""
@@ -131,15 +140,18 @@ class LoginHandler(JsonHandler):
             if not self.dev_login:
                 return self.fail(404, "not_found", "sign-in by name alone is off on this server")
             return self._signed_in(username)
+        await self._answer(self.accounts.sign_in(username, password, self._address()), username, 200)
+
+    async def _answer(self, attempt: Awaitable[Outcome], username: str, status: int) -> None:
+        """A token for ``username`` with ``status``, or the error that the outcome names."""
         try:
-            outcome = await self.accounts.sign_in(username, password, self._address())
+            outcome = await attempt
         except AccountsError as exc:
             return self.fail(503, "not_ready", f"the account store does not answer: {exc}; retry")
-        if outcome is Outcome.LIMITED:
-            return self.fail(429, "rate_limited", "too many sign-in attempts: wait a minute")
-        if outcome is not Outcome.OK:
-            return self.fail(401, "bad_credentials", "wrong name or password")
-        self._signed_in(username)
+        if outcome is Outcome.OK:
+            return self._signed_in(username, status)
+        status, code, message = _REFUSALS[outcome]
+        self.fail(status, code, message.format(username=username))
 
     def _address(self) -> str:
         return client_address(self.request, self.trusted_proxies)
@@ -152,19 +164,7 @@ class SignupHandler(LoginHandler):
             return
         username, password = credentials
         assert password is not None
-        try:
-            outcome = await self.accounts.sign_up(username, password, self._address())
-        except AccountsError as exc:
-            return self.fail(503, "not_ready", f"the account store does not answer: {exc}; retry")
-        if outcome is Outcome.LIMITED:
-            return self.fail(429, "rate_limited", "too many attempts: wait a minute")
-        if outcome is Outcome.WEAK:
-            return self.fail(
-                400, "weak_password", f"a password has {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
-            )
-        if outcome is Outcome.TAKEN:
-            return self.fail(409, "username_taken", f"{username} is taken: choose another name")
-        self._signed_in(username, 201)
+        await self._answer(self.accounts.sign_up(username, password, self._address()), username, 201)
 
 
 class AdminPageHandler(RequestHandler):

@@ -34,6 +34,17 @@ async def stored_private(history: MemoryHistory, i: int) -> bytes:
     return dataclasses.replace(envelope, offsets=stored.offsets, epochs=stored.epochs).to_bytes()
 
 
+async def alice_wrote_bob_three() -> tuple[MemoryCluster, FakeSession, FakeSession]:
+    """alice on ws-1 and bob on ws-2, both resumed; alice has sent bob offsets 1-3 of user:bob."""
+    c = await Cluster().start()
+    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
+    for session, server in ((alice, 1), (bob, 2)):
+        await c.send(session, server, {"type": "resume", "positions": {}})
+    for i in range(3):
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    return c, alice, bob
+
+
 def offsets(session: FakeSession, channel: str) -> list[int]:
     return [f["offset"] for f in session.of_type("message") if f["channel"] == channel]
 
@@ -93,12 +104,7 @@ async def test_a_resume_repeated_later_sends_nothing_twice() -> None:
 
 @pytest.mark.gen_test
 async def test_after_the_store_lost_its_data_a_session_is_told_to_resume_and_hears_of_the_gap() -> None:
-    c = await Cluster().start()
-    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
-    for session, server in ((alice, 1), (bob, 2)):
-        await c.send(session, server, {"type": "resume", "positions": {}})
-    for i in range(3):
-        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    c, alice, bob = await alice_wrote_bob_three()
     assert offsets(bob, "user:bob") == [1, 2, 3]
     old_epochs = bob.frames[0]["epochs"]
     c.history.lose_everything()  # Redis restarted empty: offsets start over at 1
@@ -201,12 +207,7 @@ async def test_a_private_message_replied_to_at_once_reaches_the_sender_without_w
 async def test_offsets_handed_out_again_after_a_crash_give_the_channel_a_new_epoch() -> None:
     """A Redis that crashed before its newest writes reached disk hands out their offsets again,
     in the same epoch: the session must not drop the new messages as copies of what it saw."""
-    c = await Cluster().start()
-    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
-    for session, server in ((alice, 1), (bob, 2)):
-        await c.send(session, server, {"type": "resume", "positions": {}})
-    for i in range(3):
-        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    c, alice, bob = await alice_wrote_bob_three()
     old_epochs = bob.frames[0]["epochs"]
     for channel in ("user:alice", "user:bob"):
         c.history.lose_newest(channel, 2)  # offsets 2 and 3 are lost, and will be given again
@@ -254,12 +255,7 @@ async def test_a_session_that_cannot_be_told_its_positions_is_asked_to_come_back
 async def test_a_session_told_of_a_new_epoch_gets_its_offsets_from_the_start_again() -> None:
     """Resuming an open session after its store lost everything: the new epoch's offsets 1, 2,
     3 are below what the session was sent of the old one, and must not be taken for copies."""
-    c = await Cluster().start()
-    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
-    for session, server in ((alice, 1), (bob, 2)):
-        await c.send(session, server, {"type": "resume", "positions": {}})
-    for i in range(3):
-        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    c, alice, bob = await alice_wrote_bob_three()
     old_epochs = bob.frames[0]["epochs"]
     c.history.lose_everything()
     await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 3}, "epochs": old_epochs})
@@ -275,12 +271,7 @@ async def test_a_client_that_saw_offsets_its_store_lost_gives_the_channel_a_new_
     """A store that lost its newest writes in the same epoch (a machine crash under Redis) would
     hand those offsets out again: a client that resumes from beyond the head says so, and the
     channel gets a new epoch, so nobody takes the new messages for the ones they saw."""
-    c = await Cluster().start()
-    alice, bob = await c.join("alice", 1), await c.join("bob", 2)
-    for session, server in ((alice, 1), (bob, 2)):
-        await c.send(session, server, {"type": "resume", "positions": {}})
-    for i in range(3):
-        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"old {i}"})
+    c, alice, bob = await alice_wrote_bob_three()
     old_epochs = bob.frames[0]["epochs"]
     bob.close(1000, "")
     c.routers[1].disconnect(bob)
