@@ -10,19 +10,22 @@ from pathlib import Path
 import tornado.web
 from tornado.routing import URLSpec
 
-from chatserver import handlers as h
 from chatserver.accounts import RedisAccountStore
-from chatserver.bus import KafkaBus, MemoryBroker, MemoryBus
+from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.config import Settings
-from chatserver.history import MemoryHistory, RedisHistory, Retention
+from chatserver.history import MemoryHistory, Retention
+from chatserver.kafkabus import KafkaBus
 from chatserver.limits import Limits, MemoryUserLimiter, RedisUserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.node import ChatNode
 from chatserver.redisbatch import RedisBatch
 from chatserver.redisclient import redis_client
+from chatserver.redishistory import RedisHistory
 from chatserver.registry import MemoryRegistry, RedisRegistry, RegistryError
 from chatserver.rooms import MemoryRooms, RedisRooms
+from chatserver.web import endpoints, signin, socket
+from chatserver.web.outbox import Keepalive, Outbox
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chatserver.access")
@@ -79,25 +82,25 @@ def make_app(node: ChatNode) -> tornado.web.Application:
     settings = node.settings
     session_ids = itertools.count(1)
     routes: list[URLSpec] = [
-        tornado.web.url(r"/", h.PageHandler, {"server_id": settings.server_id}),
-        tornado.web.url(r"/healthz", h.HealthHandler),
-        tornado.web.url(r"/readyz", h.ReadyHandler, {"readiness": node.readiness}),
-        tornado.web.url(r"/metrics", h.MetricsHandler, {"metrics": node.metrics}),
+        tornado.web.url(r"/", endpoints.PageHandler, {"server_id": settings.server_id}),
+        tornado.web.url(r"/healthz", endpoints.HealthHandler),
+        tornado.web.url(r"/readyz", endpoints.ReadyHandler, {"readiness": node.readiness}),
+        tornado.web.url(r"/metrics", endpoints.MetricsHandler, {"metrics": node.metrics}),
         tornado.web.url(
             r"/ws",
-            h.ChatSocket,
+            socket.ChatSocket,
             {
                 "router": node.router,
                 "auth": node.auth,
                 "readiness": node.readiness,
-                "policy": h.SocketPolicy(
+                "policy": socket.SocketPolicy(
                     frozenset(settings.allowed_origins), frozenset(settings.trusted_proxies), settings.max_send_buffer
                 ),
                 "metrics": node.metrics,
                 "connections": node.limits.connections,
                 "session_ids": session_ids,
-                "outbox": h.Outbox(),
-                "keepalive": h.Keepalive(settings.ping_interval_s),
+                "outbox": Outbox(),
+                "keepalive": Keepalive(settings.ping_interval_s),
             },
         ),
     ]
@@ -108,27 +111,27 @@ def make_app(node: ChatNode) -> tornado.web.Application:
             "accounts": node.accounts,
             "trusted_proxies": frozenset(settings.trusted_proxies),
         }
-        routes.append(tornado.web.url(r"/api/login", h.LoginHandler, login))
+        routes.append(tornado.web.url(r"/api/login", signin.LoginHandler, login))
         if node.accounts is not None:
-            routes.append(tornado.web.url(r"/api/signup", h.SignupHandler, login))
+            routes.append(tornado.web.url(r"/api/signup", signin.SignupHandler, login))
     if settings.admin_token:
-        routes.append(tornado.web.url(r"/admin", h.AdminPageHandler))
+        routes.append(tornado.web.url(r"/admin", endpoints.AdminPageHandler))
 
         async def cluster_stats() -> dict[str, dict[str, str]]:
             try:
                 return await node.registry.cluster_stats()
             except RegistryError as exc:
-                raise h.Unavailable(str(exc)) from exc
+                raise endpoints.Unavailable(str(exc)) from exc
 
         admin = {"token": settings.admin_token, "cluster_stats": cluster_stats}
-        routes.append(tornado.web.url(r"/admin/api/cluster", h.AdminApiHandler, admin))
+        routes.append(tornado.web.url(r"/admin/api/cluster", endpoints.AdminApiHandler, admin))
     return tornado.web.Application(
         routes,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
-        default_handler_class=h.NotFoundHandler,
+        default_handler_class=endpoints.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
-        websocket_ping_interval=0,  # handlers.Keepalive pings every socket from one timer
+        websocket_ping_interval=0,  # outbox.Keepalive pings every socket from one timer
         compress_response=True,
         log_function=log_request,
     )

@@ -16,6 +16,7 @@ import logging
 
 from chatserver import frames
 from chatserver import protocol as p
+from chatserver.codec import OutFrame
 from chatserver.envelope import Envelope, EnvelopeError
 from chatserver.history import Head, HistoryError
 from chatserver.parts import CLOSE_RESET, ClientSession, Parts, ignore_failure
@@ -113,11 +114,11 @@ class Delivery:
         for message in messages:
             if message["offset"] > upto:
                 break
-            deliver = functools.partial(self._deliver_stored, channel, p.OutFrame(message), members)
+            deliver = functools.partial(self._deliver_stored, channel, OutFrame(message), members)
             deliveries.append((message["offset"], str(message["id"]), deliver))
         return deliveries
 
-    def _deliver_stored(self, channel: str, frame: p.OutFrame, members: set[str]) -> None:
+    def _deliver_stored(self, channel: str, frame: OutFrame, members: set[str]) -> None:
         if channel == p.PUBLIC:
             self._hub.broadcast(frame)
         elif channel.startswith("room:"):
@@ -149,7 +150,7 @@ class Delivery:
         body = frames.receipt(envelope.id, envelope.to or "", "delivered")
         server = p.server_of_session(envelope.origin)
         if server == self._parts.server_id:
-            self._hub.deliver(envelope.sender, p.OutFrame(body))
+            self._hub.deliver(envelope.sender, OutFrame(body))
         elif server:
             event = Envelope(
                 kind="event", id="", sender="", text="", ts=envelope.ts, recipients=(envelope.sender,), event=body
@@ -159,7 +160,7 @@ class Delivery:
     def _deliver_event(self, envelope: Envelope) -> None:
         if envelope.event is None:
             return
-        frame = p.OutFrame(envelope.event)
+        frame = OutFrame(envelope.event)
         if not envelope.recipients:
             self._hub.broadcast(frame, skip=envelope.origin)
             return

@@ -11,7 +11,8 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-from chatserver.protocol import PUBLIC, OutFrame, room_channel, user_channel
+from chatserver.codec import OutFrame
+from chatserver.protocol import PUBLIC, room_channel, user_channel
 
 MessageKind = Literal["public", "private", "room", "edit", "delete", "event"]
 #: Kinds that change an earlier message (``ref``), stored and delivered where it was.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatserver.protocol import OutFrame
+from chatserver.codec import OutFrame
 
 
 def welcome(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, KeysView, Mapping
 from typing import Protocol
 
-from chatserver.protocol import OutFrame
+from chatserver.codec import OutFrame
 
 
 class Session(Protocol):

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatserver import frames
-from chatserver import protocol as p
 from chatserver.bus import Bus
+from chatserver.codec import Codec
 from chatserver.envelope import Envelope
 from chatserver.history import History
 from chatserver.hub import Hub, Session
@@ -41,7 +41,7 @@ class ClientSession(Session, Protocol):
     """A hub session that also knows how its client encodes frames, and what it asked for."""
 
     @property
-    def codec(self) -> p.Codec: ...
+    def codec(self) -> Codec: ...
 
     @property
     def wants_receipts(self) -> bool:

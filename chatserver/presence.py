@@ -14,6 +14,7 @@ import time
 
 from chatserver import frames
 from chatserver import protocol as p
+from chatserver.codec import OutFrame
 from chatserver.delivery import Delivery
 from chatserver.parts import ClientSession, Parts
 from chatserver.registry import SWEEP_PAGE, RegistryError
@@ -44,7 +45,7 @@ class Presence:
         body = frames.presence(session.user, "join" if joining else "leave", frame.room)
         if frame.cid is not None:
             session.send(frames.membership_ack(frame.cid, frame.room))
-        session.send(p.OutFrame({**body, "cid": frame.cid} if frame.cid is not None else body))
+        session.send(OutFrame({**body, "cid": frame.cid} if frame.cid is not None else body))
         if changed:  # tell the members (and the user's other sessions)
             members = await parts.rooms.members(frame.room)
             await parts.publish_event(body, sorted({*members, session.user}), skip=session.id)

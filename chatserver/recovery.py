@@ -16,6 +16,7 @@ import logging
 
 from chatserver import frames
 from chatserver import protocol as p
+from chatserver.codec import OutFrame
 from chatserver.delivery import Delivery
 from chatserver.history import Head, HistoryError
 from chatserver.parts import CLOSE_TRY_AGAIN, ClientSession, Parts
@@ -173,7 +174,7 @@ class Recovery:
                 lost = True  # trimmed before the client could read it
             for message in messages:
                 if not floor < message["offset"] <= top:
-                    session.send(p.OutFrame(message))
+                    session.send(OutFrame(message))
                     sent += 1
             if messages:
                 self._hub.replayed(session, channel, offset, messages[-1]["offset"])

@@ -31,6 +31,7 @@ from typing import Any
 from chatserver import frames
 from chatserver import protocol as p
 from chatserver.bus import Bus
+from chatserver.codec import Codec
 from chatserver.delivery import Delivery
 from chatserver.history import History, HistoryError
 from chatserver.hub import Hub
@@ -60,7 +61,7 @@ _UNAVAILABLE: dict[type[Exception], str] = {
 }
 
 
-def _cid_of(raw: str | bytes, codec: p.Codec) -> str | None:
+def _cid_of(raw: str | bytes, codec: Codec) -> str | None:
     """The frame's cid if it has a valid one, for refusals made before full decoding."""
     try:
         obj = codec.loads(raw)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from chatserver import protocol as p
+from chatserver.codec import JSON, Codec, OutFrame
 
 _ids = itertools.count(1)
 
@@ -15,7 +16,7 @@ _ids = itertools.count(1)
 class FakeSession:
     """A hub session that records what it was sent, as decoded JSON frames."""
 
-    def __init__(self, user: str, server: str = "ws-1", codec: p.Codec = p.JSON, receipts: bool = True) -> None:
+    def __init__(self, user: str, server: str = "ws-1", codec: Codec = JSON, receipts: bool = True) -> None:
         self._id = p.session_id(server, next(_ids))
         self.wants_receipts = receipts
         self._user = user
@@ -32,11 +33,11 @@ class FakeSession:
         return self._user
 
     @property
-    def codec(self) -> p.Codec:
+    def codec(self) -> Codec:
         return self._codec
 
-    def send(self, frame: p.OutFrame) -> None:
-        self.frames.append(json.loads(p.JSON.dumps(frame.body)))
+    def send(self, frame: OutFrame) -> None:
+        self.frames.append(json.loads(JSON.dumps(frame.body)))
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)

@@ -17,8 +17,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamBufferFullError
 
 from chatserver.bus import Bus, MemoryBroker, MemoryBus
-from chatserver.handlers import ChatSocket
 from chatserver.registry import MemoryRegistry, RegistryError
+from chatserver.web.socket import ChatSocket
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
 from tests.inprocess.servers import SECRET, T, cluster, connect, login
 

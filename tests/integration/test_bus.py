@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from chatserver.bus import KafkaBus
+from chatserver.kafkabus import KafkaBus
 from chatserver.names import Names
 from tests.integration.conftest import KAFKA_BOOTSTRAP, _delete_names
 

@@ -8,8 +8,9 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from chatserver.history import RedisHistory, Retention
+from chatserver.history import Retention
 from chatserver.names import Names
+from chatserver.redishistory import RedisHistory
 from tests.chatclient import ChatClient
 from tests.integration.conftest import REDIS_URL, RealCluster
 from tests.unit import test_history as contract

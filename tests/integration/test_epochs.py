@@ -10,8 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatserver.envelope import Envelope
-from chatserver.history import RedisHistory, Retention
+from chatserver.history import Retention
 from chatserver.names import Names
+from chatserver.redishistory import RedisHistory
 from tests.integration.conftest import REDIS_URL
 
 

@@ -13,13 +13,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from chatserver.bus import MemoryBroker, MemoryBus
-from chatserver.history import RedisHistory, Retention
+from chatserver.history import Retention
 from chatserver.hub import Hub
 from chatserver.limits import RedisUserLimiter
 from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
 from chatserver.redisclient import redis_client
+from chatserver.redishistory import RedisHistory
 from chatserver.registry import RedisRegistry
 from chatserver.router import Router
 from tests.fakes import FakeSession, settle

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatserver import frames
-from chatserver import protocol as p
+from chatserver.codec import OutFrame
 from chatserver.hub import Hub
 from tests.fakes import FakeSession
 
@@ -37,9 +37,9 @@ def test_a_held_session_gets_nothing_before_release_then_everything_in_order() -
     new = FakeSession("ann")
     hub.add(new)
     hub.hold(new, ["public"], everything=True)
-    event = p.OutFrame({"type": "presence", "user": "ben", "status": "online"})
-    old = p.OutFrame({"type": "message", "channel": "public", "offset": 3})
-    fresh = p.OutFrame({"type": "message", "channel": "public", "offset": 4})
+    event = OutFrame({"type": "presence", "user": "ben", "status": "online"})
+    old = OutFrame({"type": "message", "channel": "public", "offset": 3})
+    fresh = OutFrame({"type": "message", "channel": "public", "offset": 4})
     for frame in (event, old, fresh):
         hub.broadcast(frame)
     assert new.frames == []

@@ -7,7 +7,8 @@ from typing import cast
 
 import pytest
 
-from chatserver.handlers import ChatSocket, Outbox
+from chatserver.web.outbox import Outbox
+from chatserver.web.socket import ChatSocket
 
 
 class Socket:

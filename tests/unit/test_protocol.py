@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from chatserver import frames
 from chatserver import protocol as p
+from chatserver.codec import JSON, MSGPACK
 from chatserver.envelope import Envelope, EnvelopeError
 
 
 def decode(obj: object) -> p.ClientFrame:
-    return p.decode_frame(json.dumps(obj), p.JSON)
+    return p.decode_frame(json.dumps(obj), JSON)
 
 
 def test_valid_frames_decode_to_typed_frames() -> None:
@@ -52,7 +53,7 @@ def test_unknown_fields_are_ignored_and_sender_fields_cannot_be_smuggled() -> No
 )
 def test_bad_frames_are_refused_with_their_code(raw: str, code: str) -> None:
     with pytest.raises(p.ProtocolError) as info:
-        p.decode_frame(raw, p.JSON)
+        p.decode_frame(raw, JSON)
     assert info.value.code == code
 
 
@@ -68,28 +69,28 @@ def test_errors_echo_the_cid_when_it_is_valid() -> None:
 
 def test_json_connections_refuse_binary_frames_and_msgpack_ones_refuse_text() -> None:
     with pytest.raises(p.ProtocolError, match="msgpack"):
-        p.decode_frame(b"\x81", p.JSON)
+        p.decode_frame(b"\x81", JSON)
     with pytest.raises(p.ProtocolError, match="binary"):
-        p.decode_frame('{"type": "ping"}', p.MSGPACK)
+        p.decode_frame('{"type": "ping"}', MSGPACK)
 
 
 def test_msgpack_frames_decode_like_json_ones() -> None:
     raw = msgpack.packb({"type": "private", "to": "bob", "text": "hé", "cid": "1"})
-    assert p.decode_frame(raw, p.MSGPACK) == p.PrivateFrame("bob", "hé", "1")
+    assert p.decode_frame(raw, MSGPACK) == p.PrivateFrame("bob", "hé", "1")
 
 
 def test_msgpack_extension_types_and_bytes_are_refused() -> None:
     for raw in (msgpack.packb(msgpack.ExtType(1, b"xx")), msgpack.packb({"type": b"ping"})):
         with pytest.raises(p.ProtocolError):
-            p.decode_frame(raw, p.MSGPACK)
+            p.decode_frame(raw, MSGPACK)
 
 
 def test_out_frame_is_encoded_once_per_codec() -> None:
     frame = frames.error("bad_frame", "nope", "c1")
-    first = frame.encoded(p.JSON)
-    assert frame.encoded(p.JSON) is first
+    first = frame.encoded(JSON)
+    assert frame.encoded(JSON) is first
     assert json.loads(first) == {"type": "error", "code": "bad_frame", "message": "nope", "cid": "c1"}
-    assert msgpack.unpackb(frame.encoded(p.MSGPACK)) == json.loads(first)
+    assert msgpack.unpackb(frame.encoded(MSGPACK)) == json.loads(first)
 
 
 def test_envelope_round_trips_and_renders_the_message_frame() -> None:
@@ -164,7 +165,7 @@ frame_like = st.fixed_dictionaries(
 @given(st.one_of(frame_like, json_values))
 def test_any_json_value_decodes_or_raises_protocol_error(obj: object) -> None:
     try:
-        frame = p.decode_frame(json.dumps(obj), p.JSON)
+        frame = p.decode_frame(json.dumps(obj), JSON)
     except p.ProtocolError as exc:
         assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
     else:
@@ -174,7 +175,7 @@ def test_any_json_value_decodes_or_raises_protocol_error(obj: object) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
-    for codec in (p.JSON, p.MSGPACK):
+    for codec in (JSON, MSGPACK):
         with contextlib.suppress(p.ProtocolError):
             p.decode_frame(data, codec)
 
@@ -183,11 +184,11 @@ def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
 def test_deeply_nested_frames_are_refused_cleanly(depth: int) -> None:
     nested_json = "[" * depth + "]" * depth
     with pytest.raises(p.ProtocolError) as info:
-        p.decode_frame('{"type": "public", "text": "x", "cid": ' + nested_json + "}", p.JSON)
+        p.decode_frame('{"type": "public", "text": "x", "cid": ' + nested_json + "}", JSON)
     assert info.value.code == p.BAD_FRAME
     nested_msgpack = b"\x91" * depth + b"\xc0"  # fixarray of one element, nested
     with pytest.raises(p.ProtocolError):
-        p.decode_frame(nested_msgpack, p.MSGPACK)
+        p.decode_frame(nested_msgpack, MSGPACK)
 
 
 @settings(max_examples=300, deadline=None)
@@ -198,7 +199,7 @@ def test_any_msgpack_value_decodes_or_raises_protocol_error(obj: object) -> None
     except OverflowError:  # integers beyond 64 bits have no msgpack form
         assume(False)
     try:
-        frame = p.decode_frame(raw, p.MSGPACK)
+        frame = p.decode_frame(raw, MSGPACK)
     except p.ProtocolError as exc:
         assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
     else:

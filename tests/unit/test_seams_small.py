@@ -13,8 +13,10 @@ import pytest
 
 from chatserver import protocol as p
 from chatserver.auth import AuthError, TokenAuthority
+from chatserver.codec import JSON
 from chatserver.config import ConfigError, Settings
-from chatserver.handlers import ChatSocket, Keepalive
+from chatserver.web.outbox import Keepalive
+from chatserver.web.socket import ChatSocket
 
 SECRET = "k" * 32
 
@@ -23,7 +25,7 @@ TRAILING = ["alice\n", "alice\r\n", "alice\nbob", "\nalice"]
 
 
 def decode(obj: object) -> p.ClientFrame:
-    return p.decode_frame(json.dumps(obj), p.JSON)
+    return p.decode_frame(json.dumps(obj), JSON)
 
 
 @pytest.mark.parametrize("name", TRAILING)

@@ -1,0 +1,253 @@
+"""History in Redis: Lua scripts that store, find and page through a channel's messages.
+
+Contract: ``history.History``. Each script touches the keys of one channel, or the keys of a
+message's channels in one atomic step; the calls of one loop turn travel together
+(``RedisBatch``).
+
+Redis layout (names from ``Names``): ``chat:chan:{channel}:seq`` (counter),
+``chat:chan:{channel}:epoch`` (string), ``chat:chan:{channel}:log`` (sorted set scored by
+offset; member ``"{ts}|{json}"``), ``chat:sent:{user}:{fingerprint}``
+(``"{id}|{ts}|{o1},{o2}|{e1},{e2}"``, expiring).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import cast
+
+import orjson
+import redis.asyncio as aioredis
+
+from chatserver.envelope import Envelope
+from chatserver.history import (
+    FIND_DEPTH,
+    RERUN_WINDOW_MS,
+    Clock,
+    Head,
+    HistoryError,
+    Message,
+    Retention,
+    Stored,
+    new_epoch,
+)
+from chatserver.names import Names
+from chatserver.redisbatch import RedisBatch
+
+# KEYS: a channel's log. ARGV: '"id":"<id>"', depth. Answers {member, offset} or {} (not found).
+_FIND_LUA = """
+local found = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
+for i = 1, #found, 2 do
+  if string.find(found[i], ARGV[1], 1, true) then return {found[i], found[i + 1]} end
+end
+return {}
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _member(envelope: Envelope, channel: str) -> str:
+    return f"{envelope.ts}|" + orjson.dumps(envelope.message_body(channel)).decode()
+
+
+def _message(member: bytes | str, offset: float) -> Message:
+    text = member.decode() if isinstance(member, bytes) else member
+    body: Message = orjson.loads(text.split("|", 1)[1])
+    body["offset"] = int(offset)
+    return body
+
+
+def _parse_stored(value: bytes | str, channels: Sequence[str], duplicate: bool) -> Stored:
+    """``"{id}|{ts}|{o1},{o2}|{e1},{e2}"`` as the store script answers and keeps for retries."""
+    text = value.decode() if isinstance(value, bytes) else value
+    message_id, ts, offsets, epochs = text.split("|")
+    return Stored(
+        message_id,
+        int(ts),
+        tuple(zip(channels, (int(o) for o in offsets.split(",")), strict=True)),
+        duplicate,
+        tuple(zip(channels, epochs.split(","), strict=True)),
+    )
+
+
+# The epoch of KEYS[k], made (as ARGV[a]) if it has none. Shared by both scripts.
+_EPOCH_LUA = """
+local function epoch_of(key, fresh, idle_ms)
+  local epoch = redis.call('GET', key)
+  if not epoch then
+    redis.call('SET', key, fresh, 'PX', idle_ms)
+    epoch = fresh
+  end
+  return epoch
+end
+"""
+
+# KEYS: sent key, then (seq, log, epoch) per channel. ARGV: dedupe ttl ms, now ms, min keep,
+# max keep, keep ms, "id|ts", a fresh epoch, idle ms, then one member per channel. The sent key
+# is always written: a retry (same cid) or a re-run of the same call (same id) finds the first
+# attempt and changes nothing. Each message gives its channels' keys another ``idle_s`` to live.
+_STORE_LUA = (
+    _EPOCH_LUA
+    + """
+local n = (#KEYS - 1) / 3
+local prior = redis.call('GET', KEYS[1])
+if prior then return {1, prior} end
+local now = tonumber(ARGV[2])
+local min_keep, max_keep, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local offsets, epochs = {}, {}
+for i = 1, n do
+  local seq, log = KEYS[3 * i - 1], KEYS[3 * i]
+  epochs[i] = epoch_of(KEYS[3 * i + 1], ARGV[7], ARGV[8])
+  local offset = redis.call('INCR', seq)
+  redis.call('ZADD', log, offset, ARGV[8 + i])
+  for _, key in ipairs({seq, log, KEYS[3 * i + 1]}) do redis.call('PEXPIRE', key, ARGV[8]) end
+  local card = redis.call('ZCARD', log)
+  if card > max_keep then
+    redis.call('ZREMRANGEBYRANK', log, 0, card - max_keep - 1)
+    card = max_keep
+  end
+  local budget = 100
+  while card > min_keep and budget > 0 do
+    local oldest = redis.call('ZRANGE', log, 0, 0)[1]
+    local ts = tonumber(string.match(oldest, '^(%d+)|'))
+    if ts == nil or ts >= now - keep_ms then break end
+    redis.call('ZREMRANGEBYRANK', log, 0, 0)
+    card = card - 1
+    budget = budget - 1
+  end
+  offsets[i] = offset
+end
+local stored = ARGV[6] .. '|' .. table.concat(offsets, ',') .. '|' .. table.concat(epochs, ',')
+redis.call('SET', KEYS[1], stored, 'PX', ARGV[1])
+return {0, stored}
+"""
+)
+
+# KEYS: the epoch. ARGV: the stale epoch, a fresh one, idle ms. Answers the epoch it has now.
+_RENEW_LUA = """
+local epoch = redis.call('GET', KEYS[1])
+if epoch == false or epoch == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return ARGV[2]
+end
+return epoch
+"""
+
+# KEYS: (seq, epoch) per channel. ARGV: a fresh epoch. Answers offset, epoch, offset, epoch...
+_HEADS_LUA = (
+    _EPOCH_LUA
+    + """
+local heads = {}
+for i = 1, #KEYS / 2 do
+  heads[2 * i - 1] = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  heads[2 * i] = epoch_of(KEYS[2 * i], ARGV[1], ARGV[2])
+end
+return heads
+"""
+)
+
+
+class RedisHistory:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: Names,
+        retention: Retention,
+        clock: Clock = time.time,
+        batch: RedisBatch | None = None,
+    ) -> None:
+        self._redis = client
+        self._names = names
+        self._retention = retention
+        self._clock = clock
+        self._batch = batch or RedisBatch(client)  # stores of one loop turn share a round trip
+
+    async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        """Without a ``fingerprint`` the message's id is the key that recognises a second run."""
+        channels = envelope.channels()
+        keys = [self._names.sent(envelope.sender, fingerprint or "id-" + envelope.id)]
+        for channel in channels:
+            names = self._names
+            keys += [names.channel_seq(channel), names.channel_log(channel), names.channel_epoch(channel)]
+        r = self._retention
+        args: list[str | int] = [
+            int(r.dedupe_s * 1000) if fingerprint else RERUN_WINDOW_MS,
+            int(self._clock() * 1000),
+            r.min_keep,
+            r.max_keep,
+            int(r.keep_s * 1000),
+            f"{envelope.id}|{envelope.ts}",
+            new_epoch(self._clock),
+            int(r.idle_s * 1000),
+            *(_member(envelope, c) for c in channels),
+        ]
+        try:
+            flag, value = await self._batch.group("store", _STORE_LUA, keys, args)
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return _parse_stored(value, channels, duplicate=flag == 1)
+
+    async def heads(self, channels: Sequence[str]) -> dict[str, Head]:
+        if not channels:
+            return {}
+        keys = []
+        for channel in channels:
+            keys += [self._names.channel_seq(channel), self._names.channel_epoch(channel)]
+        try:
+            idle_ms = int(self._retention.idle_s * 1000)
+            found = await self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock), idle_ms])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return {c: Head(int(found[2 * i]), _text(found[2 * i + 1])) for i, c in enumerate(channels)}
+
+    async def latest(self, channels: Sequence[str]) -> dict[str, int]:
+        if not channels:
+            return {}
+        try:
+            values = await self._redis.mget([self._names.channel_seq(c) for c in channels])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return {c: int(v) if v is not None else 0 for c, v in zip(channels, values, strict=True)}
+
+    async def renew_epoch(self, channel: str, stale: str) -> str:
+        try:
+            keys, idle_ms = [self._names.channel_epoch(channel)], int(self._retention.idle_s * 1000)
+            epoch = await self._batch.eval(_RENEW_LUA, keys, [stale, new_epoch(self._clock), idle_ms])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return _text(epoch)
+
+    async def after(self, channel: str, offset: int, limit: int) -> tuple[list[Message], int]:
+        log = self._names.channel_log(channel)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(log, f"({offset}", "+inf", start=0, num=limit, withscores=True)
+                pipe.zrange(log, 0, 0, withscores=True)
+                found, oldest = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        first = int(oldest[0][1]) if oldest else 0
+        return [_message(m, s) for m, s in cast(list[tuple[bytes, float]], found)], first
+
+    async def before(self, channel: str, before: int | None, limit: int) -> list[Message]:
+        top = "+inf" if before is None else f"({before}"
+        try:
+            found = await self._redis.zrevrangebyscore(
+                self._names.channel_log(channel), top, "-inf", start=0, num=limit, withscores=True
+            )
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return [_message(m, s) for m, s in reversed(cast(list[tuple[bytes, float]], found))]
+
+    async def find(self, channel: str, message_id: str) -> Message | None:
+        pattern = orjson.dumps({"id": message_id}).decode()[1:-1]  # '"id":"..."', as stored
+        try:
+            found = await self._batch.eval(_FIND_LUA, [self._names.channel_log(channel)], [pattern, FIND_DEPTH])
+        except aioredis.RedisError as exc:
+            raise HistoryError(f"redis: {exc}") from exc
+        return _message(found[0], float(found[1])) if found else None
+
+    async def close(self) -> None:
+        return None  # the client belongs to whoever created it

@@ -1,0 +1,121 @@
+"""The HTTP endpoints other than sign-in: errors as JSON, the page, health, readiness,
+metrics, and the operator's page and API."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tornado.httputil import HTTPServerRequest
+from tornado.web import HTTPError, RequestHandler
+
+from chatserver.metrics import Metrics
+
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class Unavailable(Exception):
+    """What a handler's collaborator raises when a store it needs does not answer."""
+
+
+#: Content-Security-Policy of the page: scripts and styles from this origin only, no inline code.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class JsonHandler(RequestHandler):
+    """Answers errors as ``{"error": {"code", "message"}}``, never with a stack trace."""
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        self.set_status(status)
+        self.finish({"error": {"code": code, "message": message}})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "internal")
+        reason = self._reason if status_code < 500 else "internal server error"
+        self.finish({"error": {"code": code, "message": reason}})
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise HTTPError(404)
+
+
+class PageHandler(RequestHandler):
+    def initialize(self, server_id: str) -> None:
+        self.server_id = server_id
+
+    def get(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.render("index.html", server_id=self.server_id)
+
+
+def client_address(request: HTTPServerRequest, trusted_proxies: frozenset[str]) -> str:
+    """The client's address: X-Real-IP when the peer is a trusted proxy (nginx), else the peer."""
+    peer = request.remote_ip or ""
+    if peer in trusted_proxies:
+        forwarded = request.headers.get("X-Real-IP", "").strip()
+        if forwarded:
+            return forwarded[:64]
+    return peer
+
+
+class AdminPageHandler(RequestHandler):
+    """The operator page; it asks for the admin token and reads /admin/api/cluster with it."""
+
+    def get(self) -> None:
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+        self.render("admin.html")
+
+
+class AdminApiHandler(JsonHandler):
+    """Every live server's figures, for ``Authorization: Bearer <CHAT_ADMIN_TOKEN>`` only."""
+
+    def initialize(self, token: str, cluster_stats: Callable[[], Awaitable[dict[str, dict[str, str]]]]) -> None:
+        self.token = token
+        self.cluster_stats = cluster_stats
+
+    async def get(self) -> None:
+        given = self.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return self.fail(401, "unauthorized", "send Authorization: Bearer <CHAT_ADMIN_TOKEN>")
+        try:
+            servers = await self.cluster_stats()
+        except Unavailable as exc:
+            return self.fail(503, "not_ready", f"the registry does not answer: {exc}")
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"servers": servers})
+
+
+class HealthHandler(JsonHandler):
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class ReadyHandler(JsonHandler):
+    def initialize(self, readiness: Readiness) -> None:
+        self.readiness = readiness
+
+    async def get(self) -> None:
+        ready, reason = await self.readiness()
+        if ready:
+            self.finish({"status": "ready"})
+        else:
+            self.fail(503, "not_ready", reason)
+
+
+class MetricsHandler(RequestHandler):
+    def initialize(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.metrics.render())
