@@ -439,7 +439,7 @@ def kafka_round_trip(bootstrap: str, topic: str, count: int = 300, rate: float =
     for), and until a consumer (fetch.min.bytes 1) has the message (what a delivery waits for),
     both polled without pause. The topic is deleted afterwards."""
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+    from confluent_kafka.admin import AdminClient
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1})
     consumer = Consumer(
@@ -819,7 +819,7 @@ class OwnCluster:
         every message like real traffic, and a Redis that grows by hundreds of megabytes rewrites
         its append-only file in a forked process that takes CPU from the next run."""
         import redis
-        from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+        from confluent_kafka.admin import AdminClient
 
         prefix = self.env["CHAT_PREFIX"]
         client = redis.Redis.from_url(self.env.get("REDIS_URL", REDIS_URL))

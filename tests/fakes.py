@@ -62,6 +62,9 @@ class FailingBus:
     def status(self) -> tuple[bool, str]:
         return False, "kafka: all brokers down"
 
+    def lag(self) -> int:
+        return 0
+
     async def close(self) -> None:
         return None
 
@@ -87,6 +90,9 @@ class HeldBus:
 
     def status(self) -> tuple[bool, str]:
         return True, "ok"
+
+    def lag(self) -> int:
+        return 0
 
     async def close(self) -> None:
         return None

@@ -577,10 +577,10 @@ def _conflicts(index: _Index, sink: list[Violation]) -> None:
             t = min(offsets.values())
             sink.append(Violation("conflict", "", t, "-", channel, span, [mid], "one id at several offsets"))
     for send in index.sends.values():
-        ids = send.ack_ids | {o.id for o in index.by_text.get(send.text, [])}
-        if len(ids) > 1:
-            detail = f"one send (cid {send.cid}) stored under {len(ids)} ids"
-            sink.append(Violation("conflict", "", send.first_t, send.client, send.kind, "-", sorted(ids), detail))
+        stored_as = send.ack_ids | {o.id for o in index.by_text.get(send.text, [])}
+        if len(stored_as) > 1:
+            detail = f"one send (cid {send.cid}) stored under {len(stored_as)} ids"
+            sink.append(Violation("conflict", "", send.first_t, send.client, send.kind, "-", sorted(stored_as), detail))
 
 
 def _recovery(fault: dict[str, Any], sends: Iterable[Send]) -> float | None:

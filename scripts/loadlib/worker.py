@@ -16,7 +16,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import orjson
@@ -44,6 +44,12 @@ def raise_fd_limit() -> None:
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class Owned(Protocol):
+    """What reading a frame needs of its link: the user it belongs to."""
+
+    owner: Conn
 
 
 class Worker:
@@ -134,7 +140,7 @@ class Worker:
         elif isinstance(link, StreamLink):
             link.start(self.on_frame, self.on_closed)
 
-    def on_frame(self, link: Link | StreamLink, payload: Any, now: int, binary: bool) -> None:
+    def on_frame(self, link: Owned, payload: Any, now: int, binary: bool) -> None:
         """One message from the server, arrived at ``now`` (ns, ``time.time_ns``'s clock)."""
         conn: Conn = link.owner
         tally = self.tally

@@ -4,6 +4,7 @@ Tornado servers over the in-memory parts (``tests.inprocess.servers``)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import time
@@ -117,7 +118,7 @@ async def test_private_and_public_messages_cross_servers() -> None:
 async def test_bad_frames_get_errors_and_the_connection_lives() -> None:
     async with cluster(1) as [(url, _node)]:
         alice = await connect(url, "alice")
-        cases = [
+        cases: list[tuple[str | bytes, str]] = [
             ("nonsense", "bad_frame"),
             ('{"type": "teleport", "cid": "t"}', "unknown_type"),
             (json.dumps({"type": "public", "text": "x" * 4001}), "too_large"),
@@ -360,7 +361,7 @@ async def test_a_server_whose_probe_stalls_past_the_ttl_still_gets_public_messag
 
     async with cluster(2, registry=registry, bus=bus, heartbeat_s=0.05) as [(url1, _), (url2, _)]:
         for url in (url1, url2):
-            await until_async(lambda url=url: readyz(url), lambda got: got[0] == 200, 5.0, "both ready")
+            await until_async(functools.partial(readyz, url), lambda got: got[0] == 200, 5.0, "both ready")
         alice, bob = await connect(url1, "alice"), await connect(url2, "bob")
         buses["ws-2"].stalled = True
         shift[0] += 20.0  # the TTL passes while ws-2's probe stalls; bob's session stays open

@@ -190,7 +190,8 @@ def hostile_frames(draw: st.DrawFn) -> str | bytes:
             },
         )
     )
-    return draw(st.sampled_from([json.dumps(frame), json.dumps(frame)[:-1], b"\x93\x01", "[]", _packed(frame)]))
+    choices: list[str | bytes] = [json.dumps(frame), json.dumps(frame)[:-1], b"\x93\x01", "[]", _packed(frame)]
+    return draw(st.sampled_from(choices))
 
 
 def _packed(frame: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ async def test_accounts_on_redis_keep_a_hash_and_refuse_a_taken_name() -> None:
     try:
         assert await accounts.sign_up("alice", "correct horse", "127.0.0.1") is Outcome.OK
         assert await accounts.sign_up("alice", "another one", "127.0.0.2") is Outcome.TAKEN
-        stored = (await client.get(names.account("alice"))).decode()
+        stored = cast(bytes, await client.get(names.account("alice"))).decode()
         assert stored.startswith("$argon2id$") and "correct horse" not in stored
         assert await accounts.sign_in("alice", "correct horse", "127.0.0.3") is Outcome.OK
         assert await accounts.sign_in("alice", "wrong horse", "127.0.0.4") is Outcome.WRONG

@@ -34,6 +34,7 @@ from playwright.sync_api import (
 )
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Origin
 
 from tests.integration.conftest import OUTPUT, NginxFront, RealCluster, new_cluster
 
@@ -364,7 +365,7 @@ def post_public(cluster: RealCluster, user: str, texts: list[str]) -> None:
     """Send public messages over a plain WebSocket to ws-1, as fast as acks come back."""
     base = cluster.url(1)
     url = base.replace("http://", "ws://") + "/ws?token=" + cluster.token(user)
-    with ws_connect(url, origin=base, open_timeout=10) as ws:
+    with ws_connect(url, origin=Origin(base), open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
         for i, text in enumerate(texts):
             ws.send(json.dumps({"type": "public", "text": text, "cid": str(i)}))
@@ -605,7 +606,7 @@ def refusals_to_a_stranger(cluster: RealCluster, user: str, room: str) -> dict[s
     base = cluster.url(1)
     url = base.replace("http://", "ws://") + "/ws?token=" + cluster.token(user)
     codes: dict[str, str] = {}
-    with ws_connect(url, origin=base, open_timeout=10) as ws:
+    with ws_connect(url, origin=Origin(base), open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
         ws.send(json.dumps({"type": "room", "room": room, "text": "let me in", "cid": "write"}))
         ws.send(json.dumps({"type": "history", "channel": f"room:{room}", "cid": "read"}))

@@ -7,6 +7,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from typing import cast
 
 import pytest
 import redis
@@ -100,14 +101,14 @@ async def test_sessions_are_recorded_in_redis_and_removed_when_they_close(cluste
     store = redis.Redis.from_url(REDIS_URL)
     key = names.user_servers("dana6")
     alice = await connect(cluster, 2, "dana6")
-    assert {m.decode() for m in store.zrange(key, 0, -1)} == {cluster.server_id(2)}
+    assert {m.decode() for m in cast(list[bytes], store.zrange(key, 0, -1))} == {cluster.server_id(2)}
     assert 0 < store.pttl(key) <= 4000  # expires unless refreshed
     alice.close()
     deadline = time.monotonic() + 5
     while store.zcard(key) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.zcard(key) == 0
-    live = {m.decode() for m in store.zrange(names.live_servers(), 0, -1)}
+    live = {m.decode() for m in cast(list[bytes], store.zrange(names.live_servers(), 0, -1))}
     assert {cluster.server_id(1), cluster.server_id(2)} <= live
 
 
@@ -125,7 +126,7 @@ async def test_a_crashed_servers_entries_expire_and_messages_still_flow(cluster:
         time.sleep(0.2)
     assert not store.exists(names.user_servers("erin7")), "entries of a dead server must expire"
     now_ms = int(time.time() * 1000)
-    live = {m.decode() for m in store.zrangebyscore(names.live_servers(), now_ms, "+inf")}
+    live = {m.decode() for m in cast(list[bytes], store.zrangebyscore(names.live_servers(), now_ms, "+inf"))}
     assert cluster.server_id(3) not in live and cluster.server_id(1) in live
     await alice.send({"type": "public", "text": "after the crash", "cid": "z"})
     assert (await alice.recv_type("ack", timeout=10))["cid"] == "z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -109,7 +110,7 @@ async def test_offsets_stay_contiguous_under_concurrent_senders_on_both_servers(
 
     acked = await asyncio.gather(*(send_all(i, c) for i, c in enumerate(senders)))
     ids = {mid for ids in acked for mid in ids}
-    seen = []
+    seen: list[dict[str, Any]] = []
     while len(seen) < len(ids):
         frame = await watcher.recv_until(lambda f: f["type"] == "message" and f["id"] in ids, timeout=15)
         seen.append(frame)

@@ -135,7 +135,9 @@ def test_a_participant_child_that_exits_between_samples_is_not_taken_for_others(
     # The load generator (a child of the harness) and its worker: the worker exits and is
     # reaped, so its time moves into the generator's reaped figure, then the generator's into
     # the harness's. The sum over the run's trees must not drop.
-    def with_generator(generator: dict[str, object], harness_reaped: int, worker: dict[str, object] | None) -> dict:
+    def with_generator(
+        generator: dict[str, object], harness_reaped: int, worker: dict[str, object] | None
+    ) -> dict[int, dict[str, object]]:
         t = tasks(1_000, 2_000, 3_000)
         t[HARNESS] = {"utime": 1_000, "cutime": harness_reaped, "children": [GENERATOR] if generator else []}
         if generator:
@@ -257,7 +259,7 @@ def ramp_bench(ceiling: float, reference: dict[str, object]) -> tuple[object, li
         ramp = {"last_good_rate": good, "stopped_because": f"p99 > 50 ms at {rate:g}/s"}
         return {"name": plan.name, "report": {"ramp": ramp}, "trusted": True}
 
-    bench.once = once  # type: ignore[method-assign]
+    bench.once = once  # type: ignore[method-assign,assignment]
     return bench, calls
 
 
@@ -275,7 +277,8 @@ def test_a_ramp_starts_below_the_known_good_rate_then_refines_at_the_edge() -> N
     assert row["report"]["ramp"]["last_good_rate"] == pytest.approx(698.281)
     assert [p["last_good_rate"] for p in row["ramp_phases"]] == [625.0, pytest.approx(698.281)]
     bench.ramp(None, private_ramp())  # type: ignore[attr-defined]
-    assert calls[2] == (pytest.approx(0.8 * 698.281, abs=0.01), 1.25), "the next run starts from the previous one"
+    assert calls[2][0] == pytest.approx(0.8 * 698.281, abs=0.01), "the next run starts from the previous one"
+    assert calls[2][1] == 1.25
 
 
 def test_a_ramp_whose_start_is_no_longer_good_starts_again_from_half() -> None:

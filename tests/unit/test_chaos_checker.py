@@ -8,8 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from scripts.chaoslib import checker
-from scripts.chaoslib.checker import Run, check
+from chaoslib import checker
+from chaoslib.checker import Run, check
 
 USERS = {"a1": "alice", "a2": "alice", "b1": "bob"}
 ROOMS = {"r": ["alice", "bob"]}

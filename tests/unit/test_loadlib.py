@@ -8,9 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
-
-from scripts.loadlib import options, report, stats
-from scripts.loadlib.scenarios import Script, build_plans
+from loadlib import options, report, stats
+from loadlib.scenarios import Script, build_plans
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -101,7 +100,9 @@ def test_the_tally_counts_acks_deliveries_duplicates_misrouting_and_late_frames(
     assert len(tally.take_samples()) == 5 and tally.take_samples() == []
 
 
-def part(acked: dict[int, list[int]], delivered: dict[int, dict[int, list[int]]], receivers: list[int]) -> dict:
+def part(
+    acked: dict[int, list[int]], delivered: dict[int, dict[int, list[int]]], receivers: list[int]
+) -> dict[str, Any]:
     def bits(seqs: list[int]) -> bytes:
         out = bytearray(8)
         for seq in seqs:

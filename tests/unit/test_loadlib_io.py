@@ -13,13 +13,12 @@ from typing import Any
 
 import orjson
 import pytest
-
-from scripts.loadlib import pacing, wire
-from scripts.loadlib.link import SO_TIMESTAMPNS, Link, Poller
-from scripts.loadlib.scenarios import Script
-from scripts.loadlib.stats import StepStats, Tally
-from scripts.loadlib.users import Conn
-from scripts.loadlib.worker import Worker
+from loadlib import pacing, wire
+from loadlib.link import SO_TIMESTAMPNS, Link, Poller
+from loadlib.scenarios import Script
+from loadlib.stats import StepStats, Tally
+from loadlib.users import Conn
+from loadlib.worker import Worker
 
 
 def server_frame(payload: bytes, opcode: int = wire.TEXT, fin: bool = True) -> bytes:
@@ -170,8 +169,8 @@ class FakeLink:
 def frames_as_written(text: str) -> list[bytes]:
     """An ack and a message as the server writes them, and the same written otherwise (other
     key order, spaces): both must count the same."""
-    ack = {"type": "ack", "cid": "0.7", "id": "x", "ts": 1, "channel": "user:p-s3", "offset": 1}
-    message = {"type": "message", "id": "y", "channel": "user:p-r3", "kind": "private", "from": "p-s3"}
+    ack: dict[str, Any] = {"type": "ack", "cid": "0.7", "id": "x", "ts": 1, "channel": "user:p-s3", "offset": 1}
+    message: dict[str, Any] = {"type": "message", "id": "y", "channel": "user:p-r3", "kind": "private", "from": "p-s3"}
     message |= {"text": text, "ts": 1, "to": "p-r3", "offset": 8}
     server = [orjson.dumps(ack), orjson.dumps(message)]
     return server + [orjson.dumps(dict(reversed(list(f.items()))), option=orjson.OPT_INDENT_2) for f in (ack, message)]
@@ -281,8 +280,8 @@ async def tiny_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 @pytest.mark.parametrize("plain_socket", [True, False], ids=["Link", "StreamLink"])
 def test_both_kinds_of_link_open_and_hand_over_the_same_frames(plain_socket: bool) -> None:
-    from scripts.loadlib.client import connect
-    from scripts.loadlib.link import StreamLink, open_link
+    from loadlib.client import connect
+    from loadlib.link import StreamLink, open_link
 
     async def main() -> list[Any]:
         server = await asyncio.start_server(tiny_server, "127.0.0.1", 0)
