@@ -72,7 +72,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--rate", type=float, default=20.0, help="messages per second, all clients together (default 20)")
     add("--faults", default=",".join(KINDS),
         help=f"comma list of {', '.join(KINDS)} (default: all of them), or none; also {', '.join(EXTRA_KINDS)} "
-        "(kill -9 of Redis: loses up to a second of acked messages, so it is expected to fail)")  # fmt: skip
+        "(kill -9 of Redis: the checker holds it to the same rules, since a crash of the process loses nothing "
+        "acked; docs/RELIABILITY.md, A crash of Redis itself)")  # fmt: skip
     add("--session-mean", type=float, default=6.0, help="mean seconds between a client's own disconnects (6)")
     add("--nginx-share", type=float, default=0.5, help="share of connections through nginx (default 0.5)")
     add("--out", type=Path, default=None, help="folder for the records and the report (default test-output/chaos-*)")
