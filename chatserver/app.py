@@ -129,6 +129,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         routes,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
+        static_handler_class=endpoints.StaticFiles,
         default_handler_class=endpoints.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
         websocket_ping_interval=0,  # outbox.Keepalive pings every socket from one timer

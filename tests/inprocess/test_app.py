@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -34,6 +35,30 @@ async def test_page_health_ready_and_metrics_answer() -> None:
         assert (await http.fetch(url + "/readyz")).code == 200
         metrics = (await http.fetch(url + "/metrics")).body.decode()
         assert "chat_connections" in metrics and "chat_messages_routed_total" in metrics
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_page_modules_are_revalidated_so_an_upgrade_never_mixes_old_and_new() -> None:
+    """The page loads main.js by a versioned URL (cached for long) and main.js imports the other
+    modules by plain URLs: those must be checked with the server on every load (no-cache, a 304
+    when unchanged), or a browser could run a new main.js with modules of the old release."""
+    async with cluster(1) as [(url, _node)]:
+        http = AsyncHTTPClient()
+        page = (await http.fetch(url + "/")).body.decode()
+        assert '<script type="module" src="/static/js/main.js?v=' in page
+        main = (await http.fetch(url + "/static/js/main.js")).body.decode()
+        imported = sorted(set(re.findall(r"from '\./([a-z]+\.js)';", main)))
+        assert "connection.js" in imported, imported
+        for name in imported:
+            module = await http.fetch(f"{url}/static/js/{name}")
+            assert module.headers.get("Cache-Control") == "no-cache", (name, module.headers.get("Cache-Control"))
+            assert "javascript" in module.headers["Content-Type"]
+            again = await http.fetch(
+                f"{url}/static/js/{name}", headers={"If-None-Match": module.headers["Etag"]}, raise_error=False
+            )
+            assert again.code == 304, name
+        versioned = await http.fetch(url + re.findall(r'src="(/static/js/main\.js\?v=[^"]+)"', page)[0])
+        assert "max-age" in versioned.headers["Cache-Control"]
 
 
 @pytest.mark.gen_test(timeout=20)

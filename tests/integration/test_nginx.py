@@ -47,5 +47,5 @@ async def test_nginx_passes_the_host_so_origin_checks_hold(cluster: RealCluster,
 def test_the_page_is_served_through_nginx(nginx: NginxFront) -> None:
     with urllib.request.urlopen(nginx.url + "/", timeout=5) as response:
         assert response.status == 200
-        assert b"app.js" in response.read()
+        assert b'<script type="module" src="/static/js/main.js' in response.read()
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
