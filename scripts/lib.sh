@@ -35,30 +35,76 @@ mkdir -p "$PIDS" "$LOGS"
 _apt_updated=0
 apt_install() {  # apt_install PACKAGE... : Debian packages, as root or through sudo
     local sudo=""
+    command -v apt-get >/dev/null \
+        || die "missing: $*, and there is no apt-get to install them: install them by hand (Debian names: $*) and run again"
     if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "need root (or sudo) to install: $*"
+        command -v sudo >/dev/null || die "missing: $*, and installing needs root or sudo: run 'apt-get install $*' as root, then again"
         sudo="sudo"
     fi
     if [[ $_apt_updated -eq 0 ]]; then
         say "installing $* (apt-get)..."
-        $sudo apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed: see $LOGS/apt.log"
+        $sudo apt-get update -qq >"$LOGS/apt.log" 2>&1 || die "apt-get update failed (no network?): see $LOGS/apt.log, or install $* by hand"
         _apt_updated=1
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" \
-        >>"$LOGS/apt.log" 2>&1 || die "apt-get install $* failed: see $LOGS/apt.log"
+        >>"$LOGS/apt.log" 2>&1 || die "apt-get install $* failed: see $LOGS/apt.log, or install them by hand"
 }
 
-ensure_system_packages() {  # redis-server and nginx from Debian; java and mvn for Kafka
+kafka_needed() { ! port_open "$KAFKA_PORT"; }  # a Kafka already listening is used, never started
+
+ensure_system_packages() {  # redis-server, nginx and curl from Debian; java and mvn for Kafka
     local missing=()
+    command -v curl >/dev/null || missing+=(curl)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
-    if [[ -z "${KAFKA_HOME:-}" ]]; then
+    if [[ -z "${KAFKA_HOME:-}" ]] && kafka_needed; then
         command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
         command -v mvn >/dev/null || missing+=(maven)
     fi
     if [[ ${#missing[@]} -gt 0 ]]; then apt_install "${missing[@]}"; fi
     return 0
+}
+
+JAVA_MIN=17  # Kafka 4.x brokers need Java 17
+
+java_major() {  # prints the major version of the java on PATH ("1.8.0_292" -> 8, "17.0.15" -> 17)
+    local v
+    v=$(java -version 2>&1 | sed -n 's/.* version "\([^"]*\)".*/\1/p' | head -n 1)
+    [[ "$v" == 1.* ]] && v=${v#1.}
+    echo "${v%%[.+_-]*}"
+}
+
+check_java() {  # before Kafka is started: a java on PATH, new enough
+    kafka_needed || return 0
+    local fix="install openjdk-17-jre-headless (apt-get) or put a Java $JAVA_MIN+ first on PATH" major
+    [[ -n "${KAFKA_HOME:-}" ]] && fix="$fix (KAFKA_HOME=$KAFKA_HOME needs one too)"
+    command -v java >/dev/null || die "java not found: Kafka needs Java $JAVA_MIN or newer: $fix"
+    major=$(java_major)
+    [[ "$major" =~ ^[0-9]+$ ]] || die "cannot tell the version of $(command -v java) ('java -version' says: $(java -version 2>&1 | head -n 1)): Kafka needs Java $JAVA_MIN or newer: $fix"
+    ((major >= JAVA_MIN)) || die "$(command -v java) is Java $major, too old: Kafka needs Java $JAVA_MIN or newer: $fix"
+}
+
+port_holder() {  # port_holder PORT : "NAME (pid PID)" of the process listening there, if it can be told
+    local users
+    if command -v ss >/dev/null; then
+        users=$(ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p' | head -n 1)
+        [[ -n "$users" ]] && { echo "$users"; return; }
+    fi
+    echo "another process"
+}
+
+check_port_free() {  # check_port_free PORT WHAT VARIABLE : dies naming the holder and the variable that moves it
+    port_open "$1" || return 0
+    die "port $1 ($2) is held by $(port_holder "$1"): stop it, or set $3 to move the port"
+}
+
+check_ports() {  # check_ports N : before anything starts, the ports of nginx and ws-1..ws-N are ours or free
+    local count=$1 n
+    pid_alive nginx || check_port_free "$NGINX_PORT" nginx NGINX_PORT
+    for ((n = 1; n <= count; n++)); do
+        pid_alive "ws-$n" || check_port_free "$(server_port "$n")" "ws-$n, CHAT_PORT_BASE+$n" CHAT_PORT_BASE
+    done
 }
 
 nginx_bin() { command -v nginx || echo /usr/sbin/nginx; }
@@ -78,7 +124,8 @@ ensure_venv() {  # .venv with requirements.txt installed; reinstalls only when i
 
 kafka_classpath() {  # prints the classpath of the broker: $KAFKA_HOME/libs or cached Maven jars
     if [[ -n "${KAFKA_HOME:-}" ]]; then
-        [[ -d "$KAFKA_HOME/libs" ]] || die "KAFKA_HOME=$KAFKA_HOME has no libs/ folder"
+        [[ -d "$KAFKA_HOME/libs" ]] \
+            || die "KAFKA_HOME=$KAFKA_HOME is not a Kafka installation (no libs/ folder): point it at an unpacked Kafka $KAFKA_VERSION, or unset it to fetch the jars with Maven"
         echo "$KAFKA_HOME/libs/*"
         return
     fi
@@ -88,7 +135,8 @@ kafka_classpath() {  # prints the classpath of the broker: $KAFKA_HOME/libs or c
         rm -rf "$libs"
         mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
             dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" \
-            >"$LOGS/maven.log" 2>&1 || die "resolving Kafka jars failed: see $LOGS/maven.log"
+            >"$LOGS/maven.log" 2>&1 \
+            || die "Maven could not fetch the Kafka $KAFKA_VERSION jars (no network to Maven Central?): see $LOGS/maven.log; or set KAFKA_HOME to an unpacked Kafka $KAFKA_VERSION"
         touch "$libs/.complete"
     fi
     echo "$libs/*"
@@ -148,6 +196,8 @@ start_redis() {
     say "redis on 127.0.0.1:$REDIS_PORT"
 }
 
+kafka_up_or_dead() { port_open "$KAFKA_PORT" || ! pid_alive kafka; }
+
 start_kafka() {
     if port_open "$KAFKA_PORT"; then return 0; fi
     local dir="$RUN_DIR/kafka" cp
@@ -177,16 +227,23 @@ num.io.threads=2
 EOF
     if [[ ! -f "$dir/data/meta.properties" ]]; then
         local cluster_id
-        cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log")
+        cluster_id=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.log") \
+            || die "Kafka's StorageTool failed (is $cp a Kafka $KAFKA_VERSION?): see $LOGS/kafka.log"
         java -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
-            >>"$LOGS/kafka.log" 2>&1 || die "formatting Kafka storage failed: see $LOGS/kafka.log"
+            >>"$LOGS/kafka.log" 2>&1 || die "formatting Kafka storage in $dir/data failed: see $LOGS/kafka.log"
     fi
     # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS and KAFKA_JVM_OPTS hold several options
     java $KAFKA_HEAP_OPTS $KAFKA_JVM_OPTS -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.yaml" \
         -cp "$cp" kafka.Kafka "$dir/server.properties" >>"$LOGS/kafka.log" 2>&1 &
     echo $! >"$PIDS/kafka.pid"
-    wait_for 90 kafka port_open "$KAFKA_PORT" || die "kafka did not start on port $KAFKA_PORT: see $LOGS/kafka.log"
+    if ! wait_for 90 kafka kafka_up_or_dead || ! pid_alive kafka; then
+        local why="is not listening on port $KAFKA_PORT after 90s"
+        pid_alive kafka || why="exited at start"
+        say "last lines of $LOGS/kafka.log:"
+        tail -n 15 "$LOGS/kafka.log" >&2 || true
+        die "Kafka $why: see the lines above ($LOGS/kafka.log); is port $KAFKA_CONTROLLER_PORT (KAFKA_CONTROLLER_PORT) free?"
+    fi
     say "kafka on 127.0.0.1:$KAFKA_PORT (KRaft, pid $(cat "$PIDS/kafka.pid"))"
 }
 
@@ -201,7 +258,7 @@ server_port() { echo $((CHAT_PORT_BASE + $1)); }
 start_server() {  # start_server N : chat server ws-N, unless it runs already
     local n=$1 name="ws-$1" secret
     if pid_alive "$name"; then return 0; fi
-    port_open "$(server_port "$n")" && die "port $(server_port "$n") for $name is taken by another process"
+    check_port_free "$(server_port "$n")" "$name, CHAT_PORT_BASE+$n" CHAT_PORT_BASE
     secret=$(dev_secret)  # here, not in the background command: servers must share one
     SERVER_ID="$name" PORT="$(server_port "$n")" CHAT_DEV=1 CHAT_SECRET="$secret" \
         PYTHONUNBUFFERED=1 "$VENV/bin/python" -m chatserver >>"$LOGS/$name.log" 2>&1 &
@@ -273,7 +330,7 @@ start_or_reload_nginx() {  # start_or_reload_nginx N... : nginx in front of thos
         say "nginx reloaded: upstream ws-$(echo "$@" | sed 's/ /, ws-/g')"
         return 0
     fi
-    port_open "$NGINX_PORT" && die "port $NGINX_PORT is taken by another process: set NGINX_PORT"
+    check_port_free "$NGINX_PORT" nginx NGINX_PORT
     "$bin" -p "$dir/" -c "$dir/nginx.conf" -g "daemon off;" >>"$LOGS/nginx.log" 2>&1 &
     echo $! >"$PIDS/nginx.pid"
     wait_for 15 nginx port_open "$NGINX_PORT" || die "nginx did not start: see $LOGS/nginx.log"

@@ -9,6 +9,8 @@ count="${1:-}"
 [[ "$count" =~ ^[1-9][0-9]?$ ]] || die "usage: $0 N   (N chat servers, 1-99)"
 pid_alive nginx || die "the cluster is not running: start it with ./scripts/up.sh $count"
 ensure_venv
+check_java
+check_ports "$count"
 start_redis
 start_kafka
 

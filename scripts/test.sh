@@ -10,6 +10,7 @@ source "$(dirname "$0")/lib.sh"
 started=$SECONDS
 ensure_system_packages
 ensure_venv
+check_java
 "$ROOT/scripts/ensure-chromium.sh"  # Debian's Chromium for the browser tests
 "$ROOT/scripts/lint.sh"
 

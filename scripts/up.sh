@@ -11,6 +11,8 @@ started=$SECONDS
 
 ensure_system_packages
 ensure_venv
+check_java
+check_ports "$count"
 start_redis
 start_kafka
 serve_with "$count"

@@ -12,6 +12,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -166,3 +167,155 @@ def _login(url: str, user: str) -> str:
     with urllib.request.urlopen(request, timeout=5) as response:
         token: str = json.loads(response.read())["token"]
         return token
+
+
+# --- Scripts that explain themselves: each failure is one line saying what to do, and fast ------
+#
+# Each run has its own run folder, cache, ports and a PATH of its own (links to every tool on the
+# real PATH but those hidden, plus fakes), so a missing or old Java is real to the script. Kafka's
+# ports are free ones, so the script means to start a Kafka; Redis is the running one (used, never
+# stopped). A run that went wrong anyway is stopped by down.sh in its own run folder.
+
+FAKE_JAVA = """#!/bin/bash
+# A java that answers -version with {version} and, as Kafka, {kafka}.
+if [[ "$1" == -version ]]; then echo 'openjdk version "{version}" 2024-01-16' >&2; exit 0; fi
+case " $* " in
+    *" random-uuid "*) echo q1Sh-9_ISia_zwGINzRvyQ ;;
+    *" format "*) echo "Formatting metadata directory" ;;
+    *" kafka.Kafka "*) {kafka} ;;
+esac
+"""
+KAFKA_DIES = 'echo "ERROR Exiting Kafka due to fatal exception: fake broker refuses to start" >&2; exit 1'
+
+
+class Failing:
+    """The scripts run with a PATH that hides some tools and holds fakes of others."""
+
+    def __init__(self, tmp: Path, hide: tuple[str, ...] = (), fakes: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.run_dir = tmp / "run"
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir()
+        for name, text in (fakes or {}).items():
+            (bin_dir / name).write_text(text)
+            (bin_dir / name).chmod(0o755)
+        for folder in os.environ["PATH"].split(os.pathsep):
+            for tool in Path(folder).glob("*") if Path(folder).is_dir() else ():
+                link = bin_dir / tool.name
+                if tool.name not in hide and not link.exists() and os.access(tool, os.X_OK) and tool.is_file():
+                    link.symlink_to(tool)
+        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_HOME", "KAFKA_PORT", "REDIS_PORT")}
+        self.env = {
+            **env,
+            "PATH": str(bin_dir),
+            "CHAT_RUN_DIR": str(self.run_dir),
+            "CHAT_CACHE_DIR": str(tmp / "cache"),
+            "NGINX_PORT": str(free_port()),
+            "CHAT_PORT_BASE": str(_free_block(2)),
+            "KAFKA_PORT": str(free_port()),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "CHAT_PREFIX": f"f{uuid.uuid4().hex[:8]}-",
+        }
+
+    def kafka_home(self, with_libs: bool = True) -> Path:
+        home = self.tmp / "kafka"
+        if with_libs:
+            (home / "libs").mkdir(parents=True)
+        self.env["KAFKA_HOME"] = str(home)
+        return home
+
+    def run(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Runs the script; a run that does not end within a minute (Kafka's wait alone is 90 s)
+        fails the test. Whatever it started is stopped by down.sh in its own run folder."""
+        try:
+            command = [str(ROOT / "scripts" / script), *args]
+            return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60)
+        finally:
+            subprocess.run([str(ROOT / "scripts/down.sh")], cwd=ROOT, env=self.env, capture_output=True, timeout=120)
+
+    def started(self) -> list[str]:
+        return sorted(p.name for p in (self.run_dir / "pids").glob("*.pid"))
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The script failed and said why in its last line, an ``error:`` one."""
+    assert result.returncode != 0, result.stderr
+    assert "chat is up" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    return last
+
+
+@pytest.mark.parametrize("kafka_home", [False, True])
+def test_up_says_java_is_too_old(tmp_path: Path, kafka_home: bool) -> None:
+    failing = Failing(tmp_path, fakes={"java": FAKE_JAVA.format(version="11.0.2", kafka="exit 1")})
+    if kafka_home:
+        failing.kafka_home()
+    line = error_line(failing.run("up.sh"))
+    assert f"{tmp_path}/bin/java is Java 11, too old: Kafka needs Java 17 or newer" in line
+    assert "openjdk-17-jre-headless" in line
+    assert ("KAFKA_HOME" in line) == kafka_home
+    assert failing.started() == [], "nothing starts before the check"
+
+
+def test_up_says_java_is_missing_when_kafka_home_is_set(tmp_path: Path) -> None:
+    failing = Failing(tmp_path, hide=("java",))
+    failing.kafka_home()
+    line = error_line(failing.run("up.sh"))
+    assert "java not found: Kafka needs Java 17 or newer" in line and "KAFKA_HOME=" in line
+    assert failing.started() == []
+
+
+def test_up_lists_what_to_install_by_hand_without_apt_get(tmp_path: Path) -> None:
+    failing = Failing(tmp_path, hide=("java", "curl", "apt-get"))
+    line = error_line(failing.run("up.sh"))
+    assert line.startswith("error: missing: curl openjdk-17-jre-headless, and there is no apt-get"), line
+    assert "install them by hand" in line
+    assert failing.started() == []
+
+
+def test_test_sh_says_java_is_missing_before_it_runs_anything(tmp_path: Path) -> None:
+    failing = Failing(tmp_path, hide=("java",))
+    failing.kafka_home()
+    result = failing.run("test.sh", "--co")
+    assert "java not found" in error_line(result)
+    assert "== ruff" not in result.stdout, "it stops before lint"
+
+
+@pytest.mark.parametrize("variable", ["NGINX_PORT", "CHAT_PORT_BASE"])
+def test_up_names_the_process_holding_a_port_and_the_variable_that_moves_it(tmp_path: Path, variable: str) -> None:
+    failing = Failing(tmp_path)
+    port = int(failing.env[variable]) + (1 if variable == "CHAT_PORT_BASE" else 0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        line = error_line(failing.run("up.sh", "1"))
+    assert f"port {port} (" in line and f"is held by {Path(sys.executable).name}" in line, line
+    assert f"(pid {os.getpid()})" in line and f"set {variable} to move the port" in line
+    assert failing.started() == []
+
+
+def test_up_says_kafka_home_is_not_a_kafka(tmp_path: Path) -> None:
+    failing = Failing(tmp_path)
+    home = failing.kafka_home(with_libs=False)
+    line = error_line(failing.run("up.sh"))
+    assert f"KAFKA_HOME={home} is not a Kafka installation (no libs/ folder)" in line
+    assert "unset it to fetch the jars with Maven" in line
+
+
+def test_up_says_when_kafka_exits_at_start_and_shows_its_log(tmp_path: Path) -> None:
+    failing = Failing(tmp_path, fakes={"java": FAKE_JAVA.format(version="17.0.15", kafka=KAFKA_DIES)})
+    failing.kafka_home()
+    result = failing.run("up.sh")
+    line = error_line(result)
+    assert line.startswith("error: Kafka exited at start"), line
+    assert "fake broker refuses to start" in result.stderr, "the last lines of its log are shown"
+    assert not list((failing.run_dir / "pids").glob("ws-*.pid")), "no chat server starts without Kafka"
+
+
+def test_up_says_maven_could_not_fetch_the_jars_and_mentions_kafka_home(tmp_path: Path) -> None:
+    fake_mvn = "#!/bin/bash\necho '[ERROR] Could not transfer artifact: Network is unreachable'\nexit 1\n"
+    failing = Failing(tmp_path, fakes={"mvn": fake_mvn})
+    line = error_line(failing.run("up.sh"))
+    assert "Maven could not fetch the Kafka" in line and "set KAFKA_HOME" in line
+    assert "Network is unreachable" in (failing.run_dir / "logs/maven.log").read_text()
