@@ -1,6 +1,6 @@
 # The chat server image used by docker-compose.yml. Runtime dependencies only, pinned by
 # requirements.txt (used as constraints, so test and lint tools are not installed).
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 WORKDIR /app
 COPY requirements.txt pyproject.toml README.md ./
 COPY chatserver ./chatserver

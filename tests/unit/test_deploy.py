@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -73,7 +75,7 @@ PROFILES = {"kafka3": set(BROKERS), "monitoring": {"prometheus", "grafana"}}
 # ("healtcheck") would otherwise pass the YAML-level checks below.
 SERVICE_KEYS = {
     "build", "command", "container_name", "depends_on", "deploy", "entrypoint", "environment",
-    "env_file", "healthcheck", "image", "labels", "logging", "networks", "profiles", "ports",
+    "env_file", "healthcheck", "image", "labels", "logging", "networks", "profiles", "ports", "pull_policy",
     "restart", "stop_grace_period", "stop_signal", "ulimits", "user", "volumes", "working_dir",
 }  # fmt: skip
 
@@ -357,3 +359,99 @@ def test_env_example_lists_every_configuration_variable() -> None:
     assert {name for name in listed if f'"{name}"' not in config} == set(), "listed but not read by config.py"
     values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", example, re.M))
     assert values["SERVER_ID"] == "ws-1" and values["PORT"] == "8081"
+
+
+# --- Docker: one image, pinned images, two Kafka listeners, production by default --------------
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore leaves ``path`` out of the build context (its patterns as this file
+    uses them: a folder or file name, ``**/`` prefixes)."""
+    parts = Path(path).parts
+    for pattern in patterns:
+        pattern = pattern.removeprefix("**/")
+        if any(fnmatch.fnmatch(part, pattern) for part in parts) or fnmatch.fnmatch(path, pattern):
+            return True
+        if path.startswith(pattern.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def test_dockerignore_keeps_local_state_out_and_what_the_image_needs_in() -> None:
+    patterns = [
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and line[0] != "#"
+    ]
+    for local in (".git", ".venv", ".cache", ".run", "test-output", ".env", "chatserver/__pycache__/x.pyc"):
+        assert _ignored(local, patterns), local
+    copied = re.findall(r"^COPY ([^\n]+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    sources = [src for line in copied for src in line.split()]
+    assert {"requirements.txt", "pyproject.toml", "chatserver", "templates", "static"} <= set(sources)
+    for source in sources:
+        assert not _ignored(source, patterns), f"the Dockerfile copies {source}, which .dockerignore leaves out"
+
+
+def test_one_chat_image_is_built_once_and_run_by_every_chat_server() -> None:
+    services = compose()["services"]
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["ws-1"], builders
+    images = {svc["image"] for svc in chat_services().values()}
+    assert len(images) == 1, images
+    (image,) = images
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None and image == f"chat-server:{version.group(1)}"
+    assert all(svc.get("pull_policy") == "never" for svc in chat_services().values()), "a local image, never pulled"
+
+
+def test_every_image_is_pinned_and_kafka_ui_is_the_maintained_fork() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        image = svc["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository and "/" not in tag and tag not in ("latest", "main", ""), (name, image)
+        assert re.search(r"\d", tag), f"{name}: {image} is not pinned to a version"
+    assert re.fullmatch(r"(ghcr\.io/)?kafbat/kafka-ui:v\d+\.\d+\.\d+", services["kafka-ui"]["image"])
+    base = re.search(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert base is not None and re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", base.group(1)), "the base image is pinned"
+
+
+def _listeners(value: str) -> dict[str, str]:
+    return dict(item.split("://", 1) for item in value.split(","))
+
+
+def test_kafka_is_reachable_from_the_containers_and_from_the_host() -> None:
+    kafka = compose()["services"]["kafka"]
+    env = kafka["environment"]
+    listeners, advertised = _listeners(env["KAFKA_LISTENERS"]), _listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners) == set(protocols) and set(advertised) <= set(listeners)
+    containers = [name for name, addr in advertised.items() if addr == "kafka:9092"]
+    host = [name for name, addr in advertised.items() if addr == "127.0.0.1:9092"]
+    assert containers and host and containers != host, advertised
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == containers[0]
+    (published,) = kafka["ports"]
+    assert published == f"127.0.0.1:9092:{listeners[host[0]].rsplit(':', 1)[1]}", "the host port reaches HOST"
+    assert "localhost:9092" in " ".join(kafka["healthcheck"]["test"]), "the health check uses the containers' one"
+
+
+def test_compose_is_production_unless_the_operator_says_otherwise() -> None:
+    for name, svc in chat_services().items():
+        env = svc["environment"]
+        assert env["CHAT_DEV"] == "${CHAT_DEV:-0}", name
+        assert env["CHAT_SECRET"].startswith("${CHAT_SECRET:?"), f"{name}: compose refuses to start without a secret"
+        assert "CHAT_DEV_LOGIN" not in env, name
+    example = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    assert example["CHAT_SECRET"] == "" and example["CHAT_DEV"] == "0"
+    interpolated = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    assert interpolated <= set(example), interpolated - set(example)
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_chat_servers_trust_the_network_nginx_is_on_and_nothing_wider() -> None:
+    data = compose()
+    (subnet,) = [ipaddress.ip_network(c["subnet"]) for c in data["networks"]["default"]["ipam"]["config"]]
+    assert subnet.is_private and subnet.prefixlen >= 16
+    assert "networks" not in data["services"]["nginx"], "nginx is on the default network"
+    for name, svc in chat_services().items():
+        trusted = [ipaddress.ip_network(item) for item in svc["environment"]["CHAT_TRUSTED_PROXIES"].split(",")]
+        assert subnet in trusted, name
+        assert all(net.is_loopback or net == subnet for net in trusted), (name, trusted)
