@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
+from typing import Any
 
 import tornado.web
 from tornado.routing import URLSpec
@@ -117,13 +118,13 @@ def make_app(node: ChatNode) -> tornado.web.Application:
     if settings.admin_token:
         routes.append(tornado.web.url(r"/admin", endpoints.AdminPageHandler))
 
-        async def cluster_stats() -> dict[str, dict[str, str]]:
+        async def cluster_view() -> dict[str, Any]:
             try:
-                return await node.registry.cluster_stats()
+                return await node.cluster_view()
             except RegistryError as exc:
                 raise endpoints.Unavailable(str(exc)) from exc
 
-        admin = {"token": settings.admin_token, "cluster_stats": cluster_stats}
+        admin = {"token": settings.admin_token, "cluster_view": cluster_view}
         routes.append(tornado.web.url(r"/admin/api/cluster", endpoints.AdminApiHandler, admin))
     return tornado.web.Application(
         routes,

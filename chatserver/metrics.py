@@ -1,11 +1,25 @@
-"""Prometheus metrics of one chat server, in a registry of its own (no global state)."""
+"""Prometheus metrics of one chat server, in a registry of its own (no global state): the
+server's own series, ``chat_build_info``, and the process, GC and platform collectors that the
+default registry would have had."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import Metric
+
+from chatserver.build import build_info
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -32,7 +46,28 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        GCCollector(registry=r)  # python_gc_*
+        PlatformCollector(registry=r)  # python_info
+        build = build_info()
+        self.build = Info("chat_build", "This server's version, commit and Python", registry=r)
+        self.build.info({"version": build.version, "commit": build.commit, "python": build.python})
         self.connections = Gauge("chat_connections", "Open WebSocket sessions on this server", registry=r)
+        self.ready = Gauge("chat_ready", "1 while /readyz would answer 200 (Redis not rechecked), else 0", registry=r)
+        self.redis_up = Gauge("chat_redis_up", "1 while the registry heartbeat to Redis succeeds, else 0", registry=r)
+        self.kafka_up = Gauge("chat_kafka_up", "1 while this server's probe comes back through Kafka", registry=r)
+        self.connections_opened = Counter(
+            "chat_connections_opened", "WebSocket sessions opened (handshake accepted)", registry=r
+        )
+        self.connections_closed = Counter("chat_connections_closed", "WebSocket sessions closed", registry=r)
+        self.handshake_refusals = _Children(
+            Counter(
+                "chat_handshake_refusals",
+                "WebSocket handshakes refused, by reason (the error code of the answer)",
+                ["reason"],
+                registry=r,
+            )
+        )
         self.users = Gauge("chat_local_users", "Distinct users with a session on this server", registry=r)
         self.frames_in = _Children(Counter("chat_frames_in", "Client frames received, by type", ["type"], registry=r))
         self.frames_out = _Children(

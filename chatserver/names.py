@@ -57,6 +57,10 @@ class Names:
         """Redis set: the rooms ``user`` is a member of."""
         return f"{self.prefix}chat:user:{user}:rooms"
 
+    def known_servers(self) -> str:
+        """Redis sorted set: every server that published figures lately, scored by when (ms)."""
+        return f"{self.prefix}chat:servers:known"
+
     def server_stats(self, server_id: str) -> str:
         """Redis hash: a server's figures for the operator page, refreshed by its heartbeat."""
         return f"{self.prefix}chat:server:{server_id}:stats"

@@ -20,6 +20,7 @@ from typing import Any
 
 from chatserver.accounts import Accounts, AccountStore, MemoryAccountStore
 from chatserver.auth import TokenAuthority
+from chatserver.build import build_info
 from chatserver.bus import Bus
 from chatserver.config import Settings
 from chatserver.history import History
@@ -64,6 +65,9 @@ class ChatNode:
         self.limits = limits or Limits.from_settings(settings, None)
         self.metrics.consumer_lag.set_function(lambda: float(self.bus.lag()))
         self.metrics.backlog_oldest.set_function(self.limits.backlog.oldest_age_s)
+        self.metrics.ready.set_function(lambda: float(self._ready_now()))
+        self.metrics.redis_up.set_function(lambda: float(self._announced and not self._heartbeat_error))
+        self.metrics.kafka_up.set_function(lambda: float(self.bus.status()[0]))
         self.router = Router(
             settings.server_id,
             self.hub,
@@ -79,6 +83,7 @@ class ChatNode:
             gap_wait_s=settings.gap_wait_ms / 1000,
         )
         self._draining = False
+        self._started = time.time()
         # In the registry's live set, so public messages reach it. Only once ready the first time
         # (its consumer position is then fixed); from then on it stays there while it runs and is
         # not draining, even while its probe stalls: its sessions are open and must get them.
@@ -128,8 +133,10 @@ class ChatNode:
         why = "cancelled" if task.cancelled() else repr(task.exception()) if task.exception() else "returned"
         log.error("the heartbeat stopped (%s): this server is not ready from now on", why)
 
-    def stats(self) -> dict[str, str]:
-        """This server's figures for the operator page (totals: the page derives rates)."""
+    def stats(self, state: str = "") -> dict[str, str]:
+        """This server's figures for the operator page (totals: the page derives rates), and
+        what it is: ``state`` (by default ready, draining, or why it is not ready), version,
+        start time, the health of Redis and Kafka as this server sees them."""
 
         def total(counter: Any) -> float:
             return float(
@@ -137,7 +144,15 @@ class ChatNode:
             )
 
         ready, reason = self.bus.status()
+        build = build_info()
         return {
+            "version": build.version,
+            "commit": build.commit,
+            "started": f"{self._started:.3f}",
+            "backlog": f"{self.limits.backlog.oldest_age_s():.3f}",
+            "shed": f"{total(self.metrics.messages_shed):.0f}",
+            "redis": f"fails: {self._heartbeat_error}" if self._heartbeat_error else "ok",
+            "kafka": "ok" if ready else reason,
             "ts": f"{time.time():.3f}",
             "connections": str(len(self.hub)),
             "users": str(len(self.hub.users())),
@@ -145,8 +160,29 @@ class ChatNode:
             "delivered": f"{total(self.metrics.deliveries):.0f}",
             "errors": f"{total(self.metrics.errors):.0f}",
             "lag": str(self.bus.lag()),
-            "state": "draining" if self._draining else ("ready" if ready and self._announced else reason),
+            "state": state or ("draining" if self._draining else ("ready" if ready and self._announced else reason)),
         }
+
+    async def cluster_view(self) -> dict[str, Any]:
+        """The operator's view from this server: every known server's figures, users online in
+        the cluster (each counted once), and Redis and Kafka as this server sees them.
+        Raises ``RegistryError`` when Redis does not answer."""
+        servers = await self.registry.cluster_stats()
+        users = await self.registry.online_count()
+        ready, reason = self.bus.status()
+        cluster = {"users": users, "redis": "ok", "kafka": "ok" if ready else reason}
+        return {"servers": servers, "cluster": {**cluster, "answered_by": self.settings.server_id}}
+
+    async def _last_word(self, state: str) -> None:
+        """While stopping: tell the operator page this server's state, if Redis answers soon."""
+        with contextlib.suppress(RegistryError, TimeoutError):
+            await asyncio.wait_for(self.registry.publish_stats(self.settings.server_id, self.stats(state)), 1.0)
+
+    def _ready_now(self) -> bool:
+        """What readiness() says without asking Redis again (for the ``chat_ready`` gauge)."""
+        task = self._heartbeat_task
+        alive = task is not None and not task.done()
+        return alive and not self._draining and self._announced and not self._heartbeat_error and self.bus.status()[0]
 
     async def readiness(self) -> tuple[bool, str]:
         """(ready, reason): not draining, Kafka consumed, Redis answering (checked at most 1/s)."""
@@ -181,11 +217,15 @@ class ChatNode:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+        if self._announced:
+            await self._last_word("draining")
         await self.router.withdraw()
         with contextlib.suppress(TimeoutError):  # frames under way reach the bus before it is flushed
             await asyncio.wait_for(self.router.quiesce(), timeout=5.0)
         await asyncio.sleep(0.2)  # let close frames go out
         await self.bus.close()
+        if self._announced:
+            await self._last_word("stopped")
         await self.history.close()
         await self.registry.close()
         if self._on_close is not None:

@@ -26,6 +26,8 @@ Clock = Callable[[], float]
 
 #: Users one ``sweep_offline`` call returns at most; a full page means a crowd left at once.
 SWEEP_PAGE = 200
+#: How long the operator page remembers a server that stopped publishing its figures (dead or stopped).
+KNOWN_FOR_S = 24 * 3600
 
 
 class RegistryError(Exception):
@@ -71,10 +73,11 @@ class Registry(Protocol):
         ...
 
     async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
-        """Record this server's figures for the operator page (they expire with the server)."""
+        """Record this server's figures for the operator page (kept ``KNOWN_FOR_S``)."""
 
     async def cluster_stats(self) -> dict[str, dict[str, str]]:
-        """The latest figures of every live server."""
+        """The latest figures of every server seen within ``KNOWN_FOR_S``, live or not: each
+        with ``live`` ("yes" while in the live set, else "no")."""
         ...
 
     async def ping(self) -> None:
@@ -221,27 +224,32 @@ class RedisRegistry:
         return gone
 
     async def publish_stats(self, server_id: str, stats: dict[str, str]) -> None:
-        key = self._names.server_stats(server_id)
+        key, now_ms = self._names.server_stats(server_id), int(time.time() * 1000)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hset(key, mapping=cast(Any, stats))
-                pipe.pexpire(key, self._ttl_ms)
+                pipe.pexpire(key, KNOWN_FOR_S * 1000)
+                pipe.zadd(self._names.known_servers(), {server_id: now_ms})
+                pipe.zremrangebyscore(self._names.known_servers(), 0, now_ms - KNOWN_FOR_S * 1000)
                 await pipe.execute()
         except aioredis.RedisError as exc:
             raise RegistryError(f"redis: {exc}") from exc
 
     async def cluster_stats(self) -> dict[str, dict[str, str]]:
-        servers = sorted(await self.live_servers())
+        live = await self.live_servers()
         try:
+            members = cast(list[bytes], await self._redis.zrange(self._names.known_servers(), 0, -1))
+            known = sorted(m.decode() for m in members)
             async with self._redis.pipeline(transaction=False) as pipe:
-                for server in servers:
+                for server in known:
                     pipe.hgetall(self._names.server_stats(server))
                 replies = await pipe.execute()
         except aioredis.RedisError as exc:
             raise RegistryError(f"redis: {exc}") from exc
         return {
-            server: {k.decode(): v.decode() for k, v in reply.items()}
-            for server, reply in zip(servers, replies, strict=True)
+            server: {**{k.decode(): v.decode() for k, v in reply.items()}, "live": "yes" if server in live else "no"}
+            for server, reply in zip(known, replies, strict=True)
+            if reply or server in live
         }
 
     async def ping(self) -> None:
@@ -325,7 +333,9 @@ class MemoryRegistry:
         self._stats[server_id] = dict(stats)
 
     async def cluster_stats(self) -> dict[str, dict[str, str]]:
-        return {s: self._stats.get(s, {}) for s in sorted(await self.live_servers())}
+        live = await self.live_servers()
+        known = sorted({*self._stats, *live})
+        return {s: {**self._stats.get(s, {}), "live": "yes" if s in live else "no"} for s in known}
 
     async def ping(self) -> None:
         return None

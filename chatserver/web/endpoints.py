@@ -87,22 +87,24 @@ class AdminPageHandler(RequestHandler):
 
 
 class AdminApiHandler(JsonHandler):
-    """Every live server's figures, for ``Authorization: Bearer <CHAT_ADMIN_TOKEN>`` only."""
+    """The cluster as this server sees it (``ChatNode.cluster_view``: every known server's
+    figures, users online, Redis and Kafka), for ``Authorization: Bearer <CHAT_ADMIN_TOKEN>`` only.
+    503 ``not_ready`` when Redis does not answer."""
 
-    def initialize(self, token: str, cluster_stats: Callable[[], Awaitable[dict[str, dict[str, str]]]]) -> None:
+    def initialize(self, token: str, cluster_view: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.token = token
-        self.cluster_stats = cluster_stats
+        self.cluster_view = cluster_view
 
     async def get(self) -> None:
         given = self.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             return self.fail(401, "unauthorized", "send Authorization: Bearer <CHAT_ADMIN_TOKEN>")
         try:
-            servers = await self.cluster_stats()
+            view = await self.cluster_view()
         except Unavailable as exc:
-            return self.fail(503, "not_ready", f"the registry does not answer: {exc}")
+            return self.fail(503, "not_ready", f"Redis does not answer, so the cluster cannot be read: {exc}")
         self.set_header("Cache-Control", "no-store")
-        self.finish({"servers": servers})
+        self.finish(view)
 
 
 class HealthHandler(JsonHandler):

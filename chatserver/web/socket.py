@@ -174,6 +174,7 @@ class ChatSocket(WebSocketHandler):
         return client_address(self.request, self.chat.trusted_proxies)
 
     def _reject(self, status: int, code: str, message: str) -> None:
+        self.metrics.handshake_refusals.labels(code).inc()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
@@ -206,6 +207,7 @@ class ChatSocket(WebSocketHandler):
             conn.stream.max_write_buffer_size = self.chat.max_send_buffer
         self.connections.opened(self._user, self._ip)
         self._counted = True
+        self.metrics.connections_opened.inc()
         self.keeper.add(self)
         await self.router.connect(self)
 
@@ -221,6 +223,7 @@ class ChatSocket(WebSocketHandler):
         if self._counted:
             self._counted = False
             self.connections.closed(self._user, self._ip)
+            self.metrics.connections_closed.inc()
         if self._user:
             self.router.disconnect(self)
 
