@@ -191,10 +191,16 @@ start_redis() {
         --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes \
         >>"$LOGS/redis.log" 2>&1 &
     echo $! >"$PIDS/redis.pid"
-    wait_for 15 redis bash -c "redis-cli -p $REDIS_PORT ping >/dev/null 2>&1" \
-        || die "redis did not start on port $REDIS_PORT: see $LOGS/redis.log"
+    if ! wait_for 15 redis redis_up_or_dead || ! pid_alive redis; then
+        say "last lines of $LOGS/redis.log:"
+        tail -n 10 "$LOGS/redis.log" >&2 || true
+        pid_alive redis && die "Redis does not answer on port $REDIS_PORT after 15s: see the lines above"
+        die "Redis exited at start: see the lines above ($LOGS/redis.log); set REDIS_PORT to move its port"
+    fi
     say "redis on 127.0.0.1:$REDIS_PORT"
 }
+
+redis_up_or_dead() { redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || ! pid_alive redis; }
 
 kafka_up_or_dead() { port_open "$KAFKA_PORT" || ! pid_alive kafka; }
 

@@ -319,3 +319,12 @@ def test_up_says_maven_could_not_fetch_the_jars_and_mentions_kafka_home(tmp_path
     line = error_line(failing.run("up.sh"))
     assert "Maven could not fetch the Kafka" in line and "set KAFKA_HOME" in line
     assert "Network is unreachable" in (failing.run_dir / "logs/maven.log").read_text()
+
+
+def test_up_says_when_redis_exits_at_start_and_shows_its_log(tmp_path: Path) -> None:
+    fake_redis = "#!/bin/bash\necho '# Fatal error, can not open config file' >&2\nexit 1\n"
+    failing = Failing(tmp_path, fakes={"redis-server": fake_redis})
+    failing.env["REDIS_PORT"] = str(free_port())
+    result = failing.run("up.sh")
+    assert error_line(result).startswith("error: Redis exited at start"), result.stderr
+    assert "can not open config file" in result.stderr, "the last lines of its log are shown"
