@@ -31,7 +31,15 @@ from chatserver.web.outbox import Keepalive, Outbox
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chatserver.access")
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+
+
+def asset_dir(name: str) -> Path:
+    """Where the page's ``templates`` or ``static`` folder is, found through this package, never
+    the working directory: inside it when installed from a wheel (pyproject.toml maps them there),
+    else at the top of the checkout it runs from."""
+    packaged = PACKAGE / name
+    return packaged if packaged.is_dir() else PACKAGE.parent / name
 
 
 def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNode:
@@ -128,8 +136,8 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         routes.append(tornado.web.url(r"/admin/api/cluster", endpoints.AdminApiHandler, admin))
     return tornado.web.Application(
         routes,
-        template_path=str(ROOT / "templates"),
-        static_path=str(ROOT / "static"),
+        template_path=str(asset_dir("templates")),
+        static_path=str(asset_dir("static")),
         static_handler_class=endpoints.StaticFiles,
         default_handler_class=endpoints.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
