@@ -7,13 +7,25 @@ and says what is expected, so an operator can fix it without reading code.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import ip_network
+from urllib.parse import urlsplit
 
 #: Used only with CHAT_DEV=1 when CHAT_SECRET is unset: tokens signed with it are forgeable.
 DEV_SECRET = "dev-only-insecure-secret-set-CHAT_SECRET-in-production"
 MIN_SECRET_BYTES = 32
+#: Values published in this project's files (the development secret, the examples' placeholders):
+#: known to everyone, so never a production secret or admin token, whatever their length.
+_PUBLISHED = re.compile(r"change.?me|dev-only-insecure", re.IGNORECASE)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: REDIS_URL schemes: a single Redis (TLS with rediss, a socket with unix), Sentinel, Redis Cluster.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # \A...\Z and fullmatch(): "$" matches before a final newline too.
 _SERVER_ID_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
@@ -73,6 +85,8 @@ class Settings:
     log_level: str = "INFO"  # CHAT_LOG_LEVEL
     log_format: str = "text"  # CHAT_LOG_FORMAT: text (for a terminal) or json (one object a line)
     admin_token: str = ""  # CHAT_ADMIN_TOKEN: enables /admin for whoever presents it (off when empty)
+    token_url: str = ""  # CHAT_TOKEN_URL: where the page fetches its token (the operator's application)
+    token_leeway_s: float = 30.0  # CHAT_TOKEN_LEEWAY_S: clock skew allowed past a token's exp
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -96,14 +110,18 @@ class Settings:
                 )
             secret = DEV_SECRET
         elif len(secret.encode()) < MIN_SECRET_BYTES and not dev:
-            raise ConfigError(f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes")
-        origins = _list(env, "CHAT_ALLOWED_ORIGINS", ())
+            raise ConfigError(
+                f"CHAT_SECRET is too short: use at least {MIN_SECRET_BYTES} random bytes (openssl rand -base64 32)"
+            )
+        elif _PUBLISHED.search(secret) and not dev:
+            raise ConfigError("CHAT_SECRET is a published example value: use your own (openssl rand -base64 32)")
+        origins = _origins(env, "CHAT_ALLOWED_ORIGINS")
         settings = cls(
             server_id=server_id,
-            host=env.get("CHAT_HOST", cls.host),
-            port=_int(env, "PORT", _default_port(server_id)),
-            redis_url=env.get("REDIS_URL", cls.redis_url),
-            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
+            host=_host(env, "CHAT_HOST", cls.host),
+            port=_port(env, "PORT", _default_port(server_id)),
+            redis_url=_redis_url(env, "REDIS_URL", cls.redis_url),
+            kafka_bootstrap=_bootstrap(env, "KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
             backend=backend,
             name_prefix=prefix,
             secret=secret,
@@ -136,16 +154,18 @@ class Settings:
             flood_strikes=_int(env, "CHAT_FLOOD_STRIKES", cls.flood_strikes),
             max_sessions_per_user=_int(env, "CHAT_MAX_SESSIONS_PER_USER", cls.max_sessions_per_user),
             max_conns_per_ip=_int(env, "CHAT_MAX_CONNS_PER_IP", cls.max_conns_per_ip),
-            trusted_proxies=_list(env, "CHAT_TRUSTED_PROXIES", cls.trusted_proxies),
+            trusted_proxies=_networks(env, "CHAT_TRUSTED_PROXIES", cls.trusted_proxies),
             max_send_buffer=_int(env, "CHAT_MAX_SEND_BUFFER", cls.max_send_buffer),
-            log_level=env.get("CHAT_LOG_LEVEL", cls.log_level).upper(),
-            log_format=env.get("CHAT_LOG_FORMAT", cls.log_format),
+            log_level=_choice(env, "CHAT_LOG_LEVEL", cls.log_level, LOG_LEVELS, upper=True),
+            log_format=_choice(env, "CHAT_LOG_FORMAT", cls.log_format, ("text", "json")),
             admin_token=env.get("CHAT_ADMIN_TOKEN", ""),
+            token_url=_token_url(env, "CHAT_TOKEN_URL"),
+            token_leeway_s=_float(env, "CHAT_TOKEN_LEEWAY_S", cls.token_leeway_s, allow_zero=True),
         )
-        if settings.log_format not in ("text", "json"):
-            raise ConfigError(f"CHAT_LOG_FORMAT={settings.log_format!r}: use 'text' or 'json'")
         if settings.admin_token and len(settings.admin_token) < 16:
             raise ConfigError("CHAT_ADMIN_TOKEN is too short: use at least 16 random characters")
+        if _PUBLISHED.search(settings.admin_token):
+            raise ConfigError("CHAT_ADMIN_TOKEN is a published example value: use your own (openssl rand -hex 16)")
         if settings.history_max < settings.history_min:
             raise ConfigError("CHAT_HISTORY_MAX must be at least CHAT_HISTORY_MIN")
         if settings.heartbeat_s * 2 > settings.session_ttl_s:
@@ -201,6 +221,138 @@ def _float(env: Mapping[str, str], name: str, default: float, allow_zero: bool =
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r}: expected a finite number")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name}={raw!r}: expected a positive number{' or 0 (off)' if allow_zero else ''}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...], upper: bool = False) -> str:
+    raw = env.get(name) or default
+    value = raw.upper() if upper else raw
+    if value not in allowed:
+        raise ConfigError(f"{name}={raw!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value > 65535:
+        raise ConfigError(f"{name}={env.get(name)!r}: a TCP port is 1 to 65535")
+    return value
+
+
+_HOSTNAME_RE = re.compile(r"\A(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+
+
+def _is_host(host: str) -> bool:
+    """An IP address or a DNS name (no scheme, port or path)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME_RE.fullmatch(host))
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not _is_host(value):
+        raise ConfigError(f"{name}={value!r}: use an IP address (0.0.0.0 for every interface) or a host name")
+    return value
+
+
+def _host_port(item: str) -> bool:
+    """``host:port`` or ``[v6]:port``, the port 1 to 65535."""
+    host, sep, port = item.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        return ":" in host and _is_host(host)
+    return _is_host(host)
+
+
+def _bootstrap(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    items = [item.strip() for item in value.split(",")]
+    if not all(_host_port(item) for item in items):
+        raise ConfigError(f"{name}={value!r}: use host:port[,host:port...] (ports 1 to 65535)")
+    return ",".join(items)
+
+
+def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
+    """A URL that ``redisclient.redis_client`` can follow, checked before anything connects."""
+    value = env.get(name) or default
+    scheme, _, rest = value.partition("://")
+    rest = rest.partition("?")[0]  # options (?ssl_cert_reqs=...) are the client's business
+    forms = {
+        "redis": "redis://[:password@]host[:port][/db]",
+        "rediss": "rediss://[:password@]host[:port][/db]",
+        "unix": "unix:///path/to/redis.sock",
+        "redis+sentinel": "redis+sentinel://[:password@]host:port[,host:port]/service[/db]",
+        "redis+cluster": "redis+cluster://[:password@]host:port[,host:port]",
+    }
+    if scheme not in forms:
+        raise ConfigError(f"{name}={value!r}: the scheme must be one of {', '.join(s + '://' for s in forms)}")
+    netloc, _, path = rest.partition("/")
+    hosts = netloc.rsplit("@", 1)[-1].split(",")
+    parts = path.split("/") if path else []
+    if scheme == "unix":
+        ok = not netloc and bool(path)
+    elif scheme == "redis+sentinel":
+        ok = all(map(_host_port, hosts)) and len(parts) in (1, 2) and bool(parts[0]) and parts[-1:] != [""]
+        ok = ok and (len(parts) == 1 or parts[1].isdigit())
+    elif scheme == "redis+cluster":
+        ok = all(map(_host_port, hosts)) and not path
+    else:
+        ok = len(hosts) == 1 and (_host_port(hosts[0]) or _is_host(hosts[0])) and (not path or path.isdigit())
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: use {forms[scheme]}")
+    return value
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = _list(env, name, ())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            raise ConfigError(
+                f"{name}: {origin!r} is not an origin: use scheme://host[:port], like https://chat.example"
+            )
+    return origins
+
+
+def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses (a network of one) and CIDRs; ``ValueError`` names the first that is neither."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(ip_network(item, strict=True))
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                raise ValueError(
+                    f"{item!r} has host bits set: the network is {ip_network(item, strict=False)}"
+                ) from None
+            raise ValueError(f"{item!r} is neither an IP address nor a CIDR network") from None
+    return tuple(networks)
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = _list(env, name, default)
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}; use addresses or CIDRs, like 127.0.0.1,10.0.0.0/8") from None
+    return items
+
+
+def _token_url(env: Mapping[str, str], name: str) -> str:
+    """Empty (the page signs in here), a path on this origin, or an http(s) URL elsewhere."""
+    value = env.get(name, "").strip()
+    if not value or (value.startswith("/") and not value.startswith("//")):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={value!r}: use a path on this server (/auth/token) or an http(s):// URL")
     return value
