@@ -90,6 +90,7 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
 def make_app(node: ChatNode) -> tornado.web.Application:
     settings = node.settings
     session_ids = itertools.count(1)
+    proxies = endpoints.TrustedProxies(settings.trusted_proxies)
     routes: list[URLSpec] = [
         tornado.web.url(r"/", endpoints.PageHandler, {"server_id": settings.server_id}),
         tornado.web.url(r"/healthz", endpoints.HealthHandler),
@@ -102,9 +103,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
                 "router": node.router,
                 "auth": node.auth,
                 "readiness": node.readiness,
-                "policy": socket.SocketPolicy(
-                    frozenset(settings.allowed_origins), frozenset(settings.trusted_proxies), settings.max_send_buffer
-                ),
+                "policy": socket.SocketPolicy(frozenset(settings.allowed_origins), proxies, settings.max_send_buffer),
                 "metrics": node.metrics,
                 "connections": node.limits.connections,
                 "session_ids": session_ids,
@@ -118,7 +117,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
             "auth": node.auth,
             "dev_login": settings.dev_login,
             "accounts": node.accounts,
-            "trusted_proxies": frozenset(settings.trusted_proxies),
+            "trusted_proxies": proxies,
         }
         routes.append(tornado.web.url(r"/api/login", signin.LoginHandler, login))
         if node.accounts is not None:

@@ -4,12 +4,14 @@ metrics, and the operator's page and API."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tornado.httputil import HTTPServerRequest
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
 
+from chatserver.config import parse_networks
 from chatserver.metrics import Metrics
 
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
@@ -65,7 +67,24 @@ class PageHandler(RequestHandler):
         self.render("index.html", server_id=self.server_id)
 
 
-def client_address(request: HTTPServerRequest, trusted_proxies: frozenset[str]) -> str:
+class TrustedProxies:
+    """The peers whose ``X-Real-IP`` is believed (``CHAT_TRUSTED_PROXIES``): addresses and CIDR
+    networks, so a proxy whose address changes within its network (a container) still counts."""
+
+    def __init__(self, items: Iterable[str] = ()) -> None:
+        self._networks = parse_networks(items)
+
+    def __contains__(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer on a dual-stack socket
+        return any(address in network for network in self._networks)
+
+
+def client_address(request: HTTPServerRequest, trusted_proxies: TrustedProxies) -> str:
     """The client's address: X-Real-IP when the peer is a trusted proxy (nginx), else the peer."""
     peer = request.remote_ip or ""
     if peer in trusted_proxies:

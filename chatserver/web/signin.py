@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from chatserver.accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, Accounts, AccountsError, Outcome
 from chatserver.auth import TokenAuthority
 from chatserver.protocol import USERNAME_RE
-from chatserver.web.endpoints import JsonHandler, client_address
+from chatserver.web.endpoints import JsonHandler, TrustedProxies, client_address
 
 #: What an account attempt that failed answers: status, error code, message.
 _REFUSALS: dict[Outcome, tuple[int, str, str]] = {
@@ -24,7 +24,7 @@ class LoginHandler(JsonHandler):
     accounts on, a name and its password. ``POST /api/signup`` (accounts): a new account."""
 
     def initialize(
-        self, auth: TokenAuthority, dev_login: bool, accounts: Accounts | None, trusted_proxies: frozenset[str]
+        self, auth: TokenAuthority, dev_login: bool, accounts: Accounts | None, trusted_proxies: TrustedProxies
     ) -> None:
         self.auth = auth
         self.dev_login = dev_login

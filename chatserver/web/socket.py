@@ -9,7 +9,7 @@ import itertools
 import json
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
@@ -22,7 +22,7 @@ from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
 from chatserver.protocol import INTERNAL, session_id
 from chatserver.router import Router
-from chatserver.web.endpoints import Readiness, client_address
+from chatserver.web.endpoints import Readiness, TrustedProxies, client_address
 from chatserver.web.outbox import Keepalive, Outbox
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class SocketPolicy:
     which peers' ``X-Real-IP`` to believe, and how many unread bytes a client may leave."""
 
     allowed_origins: frozenset[str] = frozenset()
-    trusted_proxies: frozenset[str] = frozenset()
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     max_send_buffer: int = 1 << 20
 
 

@@ -4,6 +4,7 @@ the same answer for a wrong password and an unknown name, attempts limited; off 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -62,3 +63,16 @@ async def test_accounts_are_off_by_default() -> None:
     async with cluster(1, dev_login=False) as [(url, _node)]:
         assert (await post(url, "/api/signup", {"username": "alice", "password": "correct horse"}))[0] == 404
         assert (await post(url, "/api/login", {"username": "alice", "password": "correct horse"}))[0] == 404
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_no_password_reaches_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with cluster(1, accounts=True, dev_login=False) as [(url, _node)]:
+        await post(url, "/api/signup", {"username": "alice", "password": "hunter2-correct-horse"})
+        await post(url, "/api/login", {"username": "alice", "password": "hunter2-correct-horse"})
+        await post(url, "/api/login", {"username": "alice", "password": "hunter2-wrong-guess"})
+        await post(url, "/api/signup", {"username": "bob", "password": "hunter2"})  # too short: refused
+    assert any("/api/login" in r.getMessage() for r in caplog.records), "the access log was not captured"
+    leaked = [r.getMessage() for r in caplog.records if "hunter2" in r.getMessage() or "hunter2" in str(r.args)]
+    assert leaked == []

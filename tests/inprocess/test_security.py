@@ -14,8 +14,10 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from chatserver.accounts import ATTEMPTS_PER_MINUTE
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import MemoryHistory
 from chatserver.hub import Hub
@@ -91,8 +93,6 @@ async def _connect_from(url: str, token: str, real_ip: str) -> int:
     request = HTTPRequest(
         url.replace("http", "ws") + f"/ws?token={token}", headers={"Origin": url, "X-Real-IP": real_ip}
     )
-    from tornado.websocket import websocket_connect
-
     try:
         conn = await websocket_connect(request)
     except HTTPClientError as exc:
@@ -113,6 +113,50 @@ async def test_x_real_ip_is_believed_only_from_trusted_proxies() -> None:
         held = await ChatClient.connect(url, a)
         assert await _connect_from(url, b, "203.0.113.7") == 429, "a spoofed X-Real-IP is ignored"
         held.close()
+
+
+async def _open_from(url: str, token: str, real_ip: str) -> WebSocketClientConnection | int:
+    """A WebSocket that a proxy opened for client ``real_ip``, or the status that refused it."""
+    request = HTTPRequest(
+        url.replace("http", "ws") + f"/ws?token={token}", headers={"Origin": url, "X-Real-IP": real_ip}
+    )
+    try:
+        return await websocket_connect(request)
+    except HTTPClientError as exc:
+        return exc.code
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_trusted_proxy_network_has_its_clients_counted_each_by_their_address() -> None:
+    """CHAT_TRUSTED_PROXIES=127.0.0.0/8: a proxy anywhere in that network speaks for its clients,
+    so the per-address limit counts each client, not the proxy."""
+    async with cluster(1, max_conns_per_ip=1, trusted_proxies=("127.0.0.0/8",)) as [(url, _node)]:
+        a, b, c = await login(url, "pa"), await login(url, "pb"), await login(url, "pc")
+        first = await _open_from(url, a, "203.0.113.7")
+        assert not isinstance(first, int), f"refused with {first}"
+        assert await _open_from(url, b, "203.0.113.7") == 429, "the same client twice is over its limit"
+        other = await _open_from(url, c, "203.0.113.8")
+        assert not isinstance(other, int), f"another client behind the same proxy was refused ({other})"
+        first.close()
+        other.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sign_in_attempts_behind_a_trusted_proxy_are_limited_per_client() -> None:
+    async with cluster(1, accounts=True, dev_login=False, trusted_proxies=("127.0.0.0/8",)) as [(url, _node)]:
+
+        async def attempt(user: str, ip: str) -> int:
+            body = json.dumps({"username": user, "password": "not the password"})
+            request = HTTPRequest(url + "/api/login", method="POST", body=body, headers={"X-Real-IP": ip})
+            try:
+                await AsyncHTTPClient().fetch(request)
+            except HTTPClientError as exc:
+                return exc.code
+            return 200
+
+        guesses = [await attempt(f"user{i}", "198.51.100.1") for i in range(ATTEMPTS_PER_MINUTE + 1)]
+        assert guesses[:ATTEMPTS_PER_MINUTE] == [401] * ATTEMPTS_PER_MINUTE and guesses[-1] == 429, guesses
+        assert await attempt("user0", "198.51.100.2") == 401, "another client behind the proxy is not limited"
 
 
 @pytest.mark.gen_test(timeout=30)
