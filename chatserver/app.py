@@ -91,8 +91,9 @@ def make_app(node: ChatNode) -> tornado.web.Application:
     settings = node.settings
     session_ids = itertools.count(1)
     proxies = endpoints.TrustedProxies(settings.trusted_proxies)
+    page_signin = endpoints.SignIn(settings.token_url, node.accounts is not None, settings.dev_login)
     routes: list[URLSpec] = [
-        tornado.web.url(r"/", endpoints.PageHandler, {"server_id": settings.server_id}),
+        tornado.web.url(r"/", endpoints.PageHandler, {"server_id": settings.server_id, "signin": page_signin}),
         tornado.web.url(r"/healthz", endpoints.HealthHandler),
         tornado.web.url(r"/readyz", endpoints.ReadyHandler, {"readiness": node.readiness}),
         tornado.web.url(r"/metrics", endpoints.MetricsHandler, {"metrics": node.metrics}),

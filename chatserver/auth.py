@@ -2,12 +2,14 @@
 
 Any application that has its own users can issue the same tokens with the same secret.
 Only HS256 is accepted (no ``none``, no algorithm confusion); ``exp`` and ``sub`` are
-required; clock skew is tolerated up to ``leeway_s``.
+required; clock skew is tolerated up to ``leeway_s``, at the handshake and for a session
+that lives on the token (it ends at ``Grant.deadline`` unless a new token renews it).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import jwt
 
@@ -18,6 +20,16 @@ ALGORITHM = "HS256"
 
 class AuthError(Exception):
     """The token is missing, forged, expired or names no valid user."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a valid token allows: ``user``, until ``exp`` (the token's, seconds since the epoch);
+    ``deadline`` is ``exp`` plus the clock leeway, when a session on it ends."""
+
+    user: str
+    exp: int
+    deadline: float
 
 
 class TokenAuthority:
@@ -36,6 +48,10 @@ class TokenAuthority:
 
     def verify(self, token: str) -> str:
         """The username a valid token names; ``AuthError`` otherwise."""
+        return self.check(token).user
+
+    def check(self, token: str) -> Grant:
+        """What a valid token allows; ``AuthError`` otherwise."""
         try:
             claims = jwt.decode(
                 token,
@@ -48,7 +64,9 @@ class TokenAuthority:
             raise AuthError("token expired: sign in again") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
-        sub = claims.get("sub")
+        sub, exp = claims.get("sub"), claims.get("exp")
         if not isinstance(sub, str) or not USERNAME_RE.fullmatch(sub):
             raise AuthError("invalid token: 'sub' is not a valid username")
-        return sub
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("invalid token: 'exp' is not a number")
+        return Grant(sub, int(exp), exp + self._leeway_s)

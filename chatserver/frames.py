@@ -39,6 +39,15 @@ def membership_ack(cid: str, room: str) -> OutFrame:
     return OutFrame({"type": "ack", "cid": cid, "room": room})
 
 
+def refreshed(user: str, exp: int, cid: str | None) -> OutFrame:
+    """An addition: the session now lives on the token of a ``refresh``, until ``exp`` (seconds
+    since the epoch, the token's own; the server allows its clock leeway past it)."""
+    body: dict[str, Any] = {"type": "refreshed", "user": user, "exp": exp}
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
 def error(code: str, message: str, cid: str | None = None) -> OutFrame:
     body: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if cid is not None:

@@ -58,7 +58,7 @@ class ChatNode:
         self.bus = bus
         self._on_close = on_close
         self.metrics = metrics or Metrics()
-        self.auth = TokenAuthority(settings.secret, settings.token_ttl_s)
+        self.auth = TokenAuthority(settings.secret, settings.token_ttl_s, settings.token_leeway_s)
         # Built-in accounts (CHAT_ACCOUNTS=1), over the given store or, without one, this process's.
         self.accounts = Accounts(accounts or MemoryAccountStore()) if settings.accounts else None
         self.hub = Hub()
@@ -81,6 +81,7 @@ class ChatNode:
             store_and_route_together=shared_batch,
             resume_wait_s=settings.resume_wait_ms / 1000,
             gap_wait_s=settings.gap_wait_ms / 1000,
+            auth=self.auth,
         )
         self._draining = False
         self._started = time.time()

@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 
 #: WebSocket close codes (docs/PROTOCOL.md): the server is going away (reconnect elsewhere);
 #: the client broke a policy (it kept flooding after rate_limited errors); a store is down
-#: right now (reconnect after a pause); a channel it reads started its offsets over (reconnect
-#: and resume: ``resumed`` names the gap).
+#: right now (reconnect after a pause); the session's token expired (get a new one, reconnect
+#: and resume); a channel it reads started its offsets over (reconnect and resume: ``resumed``
+#: names the gap).
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
+CLOSE_TOKEN_EXPIRED = 4001
 CLOSE_RESET = 4002
 
 
@@ -47,6 +49,10 @@ class ClientSession(Session, Protocol):
     def wants_receipts(self) -> bool:
         """The client asked for "delivered" receipts of its private messages (``receipts=1``)."""
         ...
+
+    def renew(self, deadline: float) -> None:
+        """The session now ends at ``deadline`` (seconds since the epoch: its token's ``exp``
+        and the clock leeway), closed with ``CLOSE_TOKEN_EXPIRED``, unless renewed again."""
 
 
 def new_id() -> str:

@@ -33,6 +33,9 @@ RATE_LIMITED: Final = "rate_limited"
 NOT_MEMBER: Final = "not_member"
 FORBIDDEN: Final = "forbidden"
 INTERNAL: Final = "internal"
+UNAUTHORIZED: Final = "unauthorized"  # an addition: a ``refresh`` whose token is not valid
+#: The longest token a ``refresh`` may carry (a JWT of a few claims is a few hundred bytes).
+MAX_TOKEN_CHARS: Final = 4096
 
 #: The most names a ``who`` answer holds.
 MAX_WHO: Final = 1000
@@ -174,6 +177,15 @@ class ReceiptFrame:
 
 RECEIPT_STATUSES: Final = frozenset({"delivered", "read"})
 
+
+@dataclass(frozen=True, slots=True)
+class RefreshFrame:
+    """An addition to the protocol: a new token for the open session, before its own expires."""
+
+    token: str
+    cid: str | None = None
+
+
 ClientFrame = (
     PublicFrame
     | PrivateFrame
@@ -188,6 +200,7 @@ ClientFrame = (
     | ReceiptFrame
     | EditFrame
     | DeleteFrame
+    | RefreshFrame
 )
 
 
@@ -237,6 +250,11 @@ def decode_frame(raw: str | bytes, codec: Decoder) -> ClientFrame:
         if kind == "delete":
             return DeleteFrame(channel=channel, id=message_id, cid=cid)
         return EditFrame(channel=channel, id=message_id, text=_text(obj, cid), cid=cid)
+    if kind == "refresh":
+        token = obj.get("token")
+        if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN_CHARS:
+            raise ProtocolError(BAD_FRAME, f"field 'token' must be a string of 1 to {MAX_TOKEN_CHARS} characters", cid)
+        return RefreshFrame(token=token, cid=cid)
     if kind == "who":
         return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)

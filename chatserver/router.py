@@ -10,7 +10,8 @@ messages       ``public``, ``private``, ``room``                   ``chatserver.
 recovery       ``resume``, ``history`` (and ``welcome``)           ``chatserver.recovery``
 presence       ``join``, ``leave``, ``typing``, ``who``,           ``chatserver.presence``
                ``receipt``
-sessions       connect, disconnect, heartbeat, withdraw            ``chatserver.sessions``
+sessions       ``refresh``; connect, disconnect, heartbeat,        ``chatserver.sessions``
+               withdraw
 delivery       messages and events from this server's topic        ``chatserver.delivery``
 =============  ==================================================  ============================
 
@@ -30,6 +31,7 @@ from typing import Any
 
 from chatserver import frames
 from chatserver import protocol as p
+from chatserver.auth import TokenAuthority
 from chatserver.bus import Bus
 from chatserver.codec import Codec
 from chatserver.delivery import Delivery
@@ -88,7 +90,9 @@ class Router:
         store_and_route_together: bool = False,
         resume_wait_s: float = 0.0,
         gap_wait_s: float = 0.25,
+        auth: TokenAuthority | None = None,
     ) -> None:
+        """``auth``: checks the tokens of ``refresh`` frames (``chatserver.sessions``)."""
         self.server_id = server_id
         self.hub = hub
         self.limits = limits or Limits()
@@ -96,7 +100,7 @@ class Router:
         self.delivery = Delivery(parts, gap_wait_s)
         self.recovery = Recovery(parts, self.delivery, resume_wait_s)
         self.presence = Presence(parts, self.delivery, presence_max_online)
-        self.sessions = Sessions(parts, self.delivery, self.recovery, self.presence)
+        self.sessions = Sessions(parts, self.delivery, self.recovery, self.presence, auth)
         self.messages = Messages(
             parts, self.delivery, self.limits.backlog, self.limits.user, new_id, store_and_route_together
         )
@@ -115,6 +119,7 @@ class Router:
             (p.ReceiptFrame, "receipt", self.presence.receipt),
             (p.WhoFrame, "who", self.presence.who),
             (p.PingFrame, "ping", self._ping),
+            (p.RefreshFrame, "refresh", self.sessions.refresh),
         ):
             self._table[kind] = (handler, metrics.frames_in.labels(label))
         self._in_flight = 0  # frames being handled right now

@@ -1,5 +1,6 @@
-"""Sessions: a client arrives, is registered where the cluster can find it, is greeted, and
-leaves; and this server keeps its registry entries alive (heartbeat) until it withdraws.
+"""Sessions: a client arrives, is registered where the cluster can find it, is greeted, lives
+on its token (renewed by ``refresh``), and leaves; and this server keeps its registry entries
+alive (heartbeat) until it withdraws.
 
 Registering comes before the greeting reads positions: every message stored after that read is
 routed here too (``chatserver.messages`` stores before it looks up the route). A user's registry
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chatserver import frames
 from chatserver import protocol as p
+from chatserver.auth import AuthError, TokenAuthority
 from chatserver.delivery import Delivery
 from chatserver.parts import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, ClientSession, Parts
 from chatserver.presence import Presence
@@ -26,8 +29,17 @@ log = logging.getLogger(__name__)
 class Sessions:
     HEARTBEAT_CHUNK = 500  # users per registry heartbeat call
 
-    def __init__(self, parts: Parts, delivery: Delivery, recovery: Recovery, presence: Presence) -> None:
+    def __init__(
+        self,
+        parts: Parts,
+        delivery: Delivery,
+        recovery: Recovery,
+        presence: Presence,
+        auth: TokenAuthority | None = None,
+    ) -> None:
+        """``auth``: checks the tokens of ``refresh`` (without it, every refresh is refused)."""
         self._parts = parts
+        self._auth = auth
         self._hub = parts.hub
         self._delivery = delivery
         self._recovery = recovery
@@ -69,6 +81,24 @@ class Sessions:
         except RegistryError as exc:  # the next heartbeat records it
             self._parts.metrics.registry_failures.inc()
             log.warning("could not register %s: %s", user, exc)
+
+    async def refresh(self, session: ClientSession, frame: p.RefreshFrame) -> None:
+        """A new token for an open session: valid and naming the session's own user, it moves the
+        session's end to its ``exp`` (answered with ``refreshed``); otherwise nothing changes and
+        the session still ends when its current token does."""
+        try:
+            if self._auth is None:
+                raise AuthError("this server does not renew sessions")
+            grant = self._auth.check(frame.token)
+        except AuthError as exc:
+            self._parts.refuse(session, p.UNAUTHORIZED, f"{exc}; the session keeps its current token", frame.cid)
+            return
+        if grant.user != session.user:
+            why = f"the token is {grant.user}'s, not {session.user}'s: a session keeps its user"
+            self._parts.refuse(session, p.FORBIDDEN, why, frame.cid)
+            return
+        session.renew(grant.deadline)
+        session.send(frames.refreshed(grant.user, grant.exp, frame.cid))
 
     def disconnect(self, session: ClientSession) -> None:
         """Forget a closed session; the registry entry goes with the user's last one."""

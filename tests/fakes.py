@@ -23,6 +23,7 @@ class FakeSession:
         self._codec = codec
         self.frames: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
+        self.deadline: float | None = None  # when its token ends it (set by renew)
 
     @property
     def id(self) -> str:
@@ -41,6 +42,9 @@ class FakeSession:
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    def renew(self, deadline: float) -> None:
+        self.deadline = deadline
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f["type"] == kind]
@@ -117,6 +121,7 @@ class MemoryCluster:
         history: Any = None,
         registry: Any = None,
         presence_max_online: int = 0,
+        auth: Any = None,
     ) -> None:
         from chatserver.bus import MemoryBroker, MemoryBus
         from chatserver.history import MemoryHistory
@@ -142,6 +147,7 @@ class MemoryCluster:
                 resume_wait_s=resume_wait_s,
                 gap_wait_s=gap_wait_s,
                 presence_max_online=presence_max_online,
+                auth=auth,
             )
             for n in range(1, count + 1)
         ]

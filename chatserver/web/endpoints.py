@@ -6,7 +6,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPServerRequest
 from tornado.web import HTTPError, RequestHandler, StaticFileHandler
@@ -56,15 +58,35 @@ class NotFoundHandler(JsonHandler):
         raise HTTPError(404)
 
 
+@dataclass(frozen=True)
+class SignIn:
+    """How the page signs people in, as the template tells it: with tokens from the operator's
+    application (``token_url``), built-in accounts, or dev login by name alone."""
+
+    token_url: str = ""
+    accounts: bool = False
+    dev_login: bool = False
+
+
+def page_csp(token_url: str) -> str:
+    """``PAGE_CSP``, letting the page fetch its token from the operator's application when that
+    lives on another origin."""
+    parts = urlsplit(token_url)
+    if not parts.scheme or not parts.netloc:
+        return PAGE_CSP
+    return PAGE_CSP.replace("connect-src 'self'", f"connect-src 'self' {parts.scheme}://{parts.netloc}")
+
+
 class PageHandler(RequestHandler):
-    def initialize(self, server_id: str) -> None:
+    def initialize(self, server_id: str, signin: SignIn | None = None) -> None:
         self.server_id = server_id
+        self.signin = signin or SignIn()
 
     def get(self) -> None:
-        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("Content-Security-Policy", page_csp(self.signin.token_url))
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
-        self.render("index.html", server_id=self.server_id)
+        self.render("index.html", server_id=self.server_id, signin=self.signin)
 
 
 class TrustedProxies:

@@ -5,10 +5,12 @@ frames go to the router; frames out go through the outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import struct
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -20,6 +22,7 @@ from chatserver.codec import JSON, MSGPACK, Codec, OutFrame
 from chatserver.frames import error
 from chatserver.limits import ConnectionCounter
 from chatserver.metrics import Metrics
+from chatserver.parts import CLOSE_TOKEN_EXPIRED
 from chatserver.protocol import INTERNAL, session_id
 from chatserver.router import Router
 from chatserver.web.endpoints import Readiness, TrustedProxies, client_address
@@ -64,6 +67,8 @@ class ChatSocket(WebSocketHandler):
         self.connections = connections
         self._id = session_id(router.server_id, next(session_ids))
         self._user = ""
+        self._deadline = 0.0  # when the token ends the session (its exp and the leeway)
+        self._expiry: asyncio.TimerHandle | None = None
         self._ip = ""
         self._counted = False
         self._codec: Codec = JSON
@@ -136,6 +141,18 @@ class ChatSocket(WebSocketHandler):
         if conn is not None and conn.stream is not None:
             conn.stream.close()
 
+    def renew(self, deadline: float) -> None:
+        """Close with 4001 at ``deadline`` (seconds since the epoch), unless renewed again."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._deadline = deadline
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, deadline - time.time()), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        log.info("closing %s: its token expired", self._user)
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired: get a new token, reconnect and resume")
+
     def on_pong(self, data: bytes) -> None:
         self._unanswered_ping = False
 
@@ -151,9 +168,10 @@ class ChatSocket(WebSocketHandler):
         if not token:
             return self._reject(401, "unauthorized", "missing token: POST /api/login, then /ws?token=...")
         try:
-            self._user = self.auth.verify(token)
+            grant = self.auth.check(token)
         except AuthError as exc:
             return self._reject(401, "unauthorized", str(exc))
+        self._user, self._deadline = grant.user, grant.deadline
         # Tornado's own checks would answer these two in plain text: the contract wants JSON.
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             return self._reject(400, "not_websocket", "/ws is a WebSocket endpoint: open it with a WebSocket client")
@@ -209,6 +227,7 @@ class ChatSocket(WebSocketHandler):
         self._counted = True
         self.metrics.connections_opened.inc()
         self.keeper.add(self)
+        self.renew(self._deadline)
         await self.router.connect(self)
 
     async def on_message(self, message: str | bytes) -> None:
@@ -220,6 +239,9 @@ class ChatSocket(WebSocketHandler):
 
     def on_close(self) -> None:
         self.keeper.discard(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self._counted:
             self._counted = False
             self.connections.closed(self._user, self._ip)
