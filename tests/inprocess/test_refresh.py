@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
+from typing import Any
 
 import jwt
 import pytest
@@ -12,6 +14,10 @@ from tornado.httpclient import AsyncHTTPClient
 
 from tests.chatclient import ChatClient, ConnectionClosed
 from tests.inprocess.servers import SECRET, cluster, connect
+
+
+def _has_cid(cid: str, frame: dict[str, Any]) -> bool:
+    return frame.get("cid") == cid
 
 
 def _token(user: str, lifetime_s: float) -> str:
@@ -57,7 +63,7 @@ async def test_a_renewed_session_outlives_its_first_token_and_misses_nothing() -
             sent += 1
             cid = f"b{sent}"
             await bob.send({"type": "private", "to": "alice", "text": f"m{sent}", "cid": cid})
-            assert (await bob.recv_until(lambda f, cid=cid: f.get("cid") == cid))["type"] == "ack"
+            assert (await bob.recv_until(partial(_has_cid, cid)))["type"] == "ack"
             await asyncio.sleep(0.2)  # pacing, not waiting for anything
         texts = [(await alice.recv_type("message"))["text"] for _ in range(sent)]
         assert texts == [f"m{i}" for i in range(1, sent + 1)]
