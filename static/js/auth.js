@@ -1,4 +1,7 @@
-/** Sign in (POST /api/login), enter the chat with a token, sign out, reset the chat state. */
+/**
+ * Sign in (POST /api/login, or /api/signup for a new account), enter the chat with a token, sign
+ * out, reset the chat state. Tokens from the operator's application: signin.js.
+ */
 
 import { STORE } from './constants.js';
 import { state } from './state.js';
@@ -9,8 +12,12 @@ import { connect, closeSocket, cancelReconnect, setConn } from './connection.js'
 import { dmKey, ensureConv, touchConv } from './store.js';
 import { addRoom } from './rooms.js';
 import { renderAll, renderScreen, renderLoginError, renderLoginBusy, renderMe, renderSidebar, renderTitle } from './views.js';
+import { signin, tokenStarted, tokenStopped } from './signin.js';
 
-export async function signIn(name) {
+/**
+ * `password`: built-in accounts (empty: a name alone, dev login); `signUp`: create the account.
+ */
+export async function signIn(name, password = '', signUp = false) {
   if (state.loginBusy) return;
   if (!validUsername(name)) {
     renderLoginError(name === ''
@@ -19,16 +26,20 @@ export async function signIn(name) {
     ui.loginName.focus();
     return;
   }
+  if (signin.accounts && !password && (signUp || !signin.devLogin)) {
+    renderLoginError(signUp ? 'Choose a password of at least 8 characters.' : 'Please enter your password.');
+    return;
+  }
   state.loginBusy = true;
   renderLoginError('');
   renderLoginBusy();
   try {
     let res;
     try {
-      res = await fetch('/api/login', {
+      res = await fetch(signUp ? '/api/signup' : '/api/login', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: JSON.stringify({ username: name }),
+        body: JSON.stringify(password ? { username: name, password } : { username: name }),
         credentials: 'same-origin',
       });
     } catch (e) {
@@ -54,6 +65,7 @@ export async function signIn(name) {
 
 /** Enter the chat with a token. `restore`: coming back from sessionStorage after a reload. */
 export function startSession(token, username, restore) {
+  ui.loginPassword.value = '';
   state.token = token;
   state.me = username;
   if (!restore) {
@@ -73,6 +85,7 @@ export function startSession(token, username, restore) {
   state.conn.failedOpens = 0;
   state.conn.unavailable = false;
   state.conn.upBefore = false;
+  tokenStarted();
   connect();
   focusComposer();
 }
@@ -83,6 +96,7 @@ export function signOut(message) {
   state.token = null;
   state.me = null;
   clearSession();
+  tokenStopped(message);
   closeSocket(1000);
   cancelReconnect();
   resetChat();
@@ -96,7 +110,7 @@ export function signOut(message) {
   ui.loginName.focus();
 }
 
-export const expireSession = () => signOut('Session expired, sign in again.');
+export const expireSession = (why) => signOut(why || 'Session expired, sign in again.');
 
 export function resetChat() {
   state.convs = new Map();

@@ -2,7 +2,7 @@
 
 import { PING_MS, IDLE_MS, BACKOFF_MIN_MS, BACKOFF_MAX_MS, MAX_FAILED_OPENS, READY_CHECK_MS, CLOSE_AUTH } from './constants.js';
 import { state } from './state.js';
-import { expireSession } from './auth.js';
+import { tokenLost } from './signin.js';
 import { handleFrame } from './frames.js';
 import { forgetRequests } from './channels.js';
 import { failInFlight } from './composer.js';
@@ -65,7 +65,7 @@ export function socketGone(code, wasOpen) {
   forgetRequests();
   failInFlight('Connection lost before the server confirmed this message.');
   if (!state.token) return;
-  if (code === CLOSE_AUTH) { expireSession(); return; }
+  if (code === CLOSE_AUTH) { tokenLost(); return; }         // the token expired
   if (!wasOpen) {
     c.failedOpens += 1;
     if (c.failedOpens >= MAX_FAILED_OPENS) { checkServer(); return; }
@@ -99,7 +99,7 @@ export async function checkServer() {
   }
   // Signed out, signed in again, or a new connection started meanwhile: not ours to act on.
   if (seq !== c.checkSeq || state.token !== token || !token || c.ws || c.retryTimer) return;
-  if (ready && c.upBefore) { expireSession(); return; }   // up before and after a refused handshake
+  if (ready && c.upBefore) { tokenLost(); return; }       // up before and after a refused handshake
   c.upBefore = ready;
   if (ready) { connect(); return; }
   c.unavailable = true;

@@ -8,6 +8,7 @@ export const ui = {
   loginScreen: $('login-screen'),
   loginForm: $('login-form'),
   loginName: $('login-name'),
+  loginPassword: $('login-password'),
   loginError: $('login-error'),
   loginSubmit: $('login-submit'),
   app: $('app'),

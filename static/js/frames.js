@@ -10,6 +10,7 @@ import { myChannel, roomChannel, knownChannel, recentLimit, setPosition, request
 import { placeByActivity, ingest, confirmMessage, removeMessage } from './store.js';
 import { onPresence, onWho, onTyping } from './rooms.js';
 import { recordChange } from './changes.js';
+import { onRefreshed } from './signin.js';
 import { transmit, flushOutbox } from './composer.js';
 import { renderMe, renderServerId, renderConn, renderConvList, renderTitle } from './views.js';
 import { renderMessages, renderTopRow, updateMessageNode } from './messageview.js';
@@ -27,6 +28,7 @@ export function handleFrame(frame) {
     case 'typing': onTyping(frame); break;
     case 'who': onWho(frame); break;
     case 'receipt': onReceipt(frame); break;
+    case 'refreshed': onRefreshed(); break;     // the server took our new token (signin.js)
     default: break;                           // unknown types are ignored
   }
   if (state.positionsDirty) savePositions();

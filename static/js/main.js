@@ -15,6 +15,8 @@
  *   rooms      rooms, who is online, typing         navigation opening a conversation
  *   changes    edit and delete                      composer   input, send, outbox, retry
  *   views      every region but the message list    messageview the message list
+ *   signin     how this page signs in: the operator's application (CHAT_TOKEN_URL) and token
+ *              renewal, accounts, dev login
  *
  * Durability (docs/PROTOCOL.md, "Channels, offsets, recovery"):
  *   - state.positions: the highest offset seen per channel ("public", "user:<me>", "room:<name>"),
@@ -31,7 +33,7 @@
 
 import { LOAD_OLDER_PX, STORE } from './constants.js';
 import { state } from './state.js';
-import { ui, phoneQuery, focusComposer, isAtBottom, scrollToBottom, hideNotice } from './dom.js';
+import { $, ui, phoneQuery, focusComposer, isAtBottom, scrollToBottom, hideNotice } from './dom.js';
 import { storeGet } from './storage.js';
 import { signIn, startSession, signOut } from './auth.js';
 import { connect, cancelReconnect, setConn } from './connection.js';
@@ -40,16 +42,21 @@ import { loadOlder } from './channels.js';
 import { joinRoom, leaveRoom, sendTyping } from './rooms.js';
 import { openDM, setSidebar } from './navigation.js';
 import { submitComposer, renderComposerHint, autoGrow } from './composer.js';
+import { signin, setUpSignInScreen, signInWithApp, tokenClaims } from './signin.js';
 import { renderScreen, renderLoginError, renderLoginBusy, renderSidebar, renderConvList, renderTitle } from './views.js';
 
 export function wire() {
   ui.loginForm.addEventListener('submit', (e) => {
     e.preventDefault();
-    signIn(ui.loginName.value.trim());
+    signIn(ui.loginName.value.trim(), ui.loginPassword.value);
   });
-  ui.loginName.addEventListener('input', () => {
-    if (!ui.loginError.hidden) renderLoginError('');
-  });
+  $('login-signup').addEventListener('click', () => signIn(ui.loginName.value.trim(), ui.loginPassword.value, true));
+  for (const input of [ui.loginName, ui.loginPassword]) {
+    input.addEventListener('input', () => {
+      if (!ui.loginError.hidden) renderLoginError('');
+    });
+  }
+  $('app-signin-retry').addEventListener('click', signInWithApp);
 
   ui.signout.addEventListener('click', () => signOut(''));
 
@@ -154,10 +161,17 @@ export function start() {
   const first = document.querySelector('.server-id');
   state.serverId = first ? first.textContent.trim() : '';
   wire();
+  setUpSignInScreen();
   const token = storeGet(STORE.token);
   const user = storeGet(STORE.user);
-  if (token && user) {
+  const claims = token ? tokenClaims(token) : null;
+  // A token from the application that has (nearly) run out: get a new one rather than fail to connect.
+  const stale = signin.tokenUrl && !(claims && claims.exp * 1000 > Date.now() + 5000);
+  if (token && user && !stale) {
     startSession(token, user, true);
+  } else if (signin.tokenUrl) {
+    renderScreen();
+    signInWithApp();
   } else {
     renderScreen();
     renderLoginBusy();
