@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from chatserver.config import DEV_SECRET, ConfigError, Settings
 
 SECRET = "s" * 32
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "chatserver" / "config.py"
 
 
 def test_defaults_follow_the_protocol() -> None:
@@ -248,3 +250,12 @@ def test_python_m_chatserver_on_a_taken_port_says_which_setting_moves_it() -> No
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"chatserver: cannot listen on 127.0.0.1:{port}: ") and "set PORT" in last
     assert "Traceback" not in done.stderr
+
+
+def test_docs_configuration_lists_every_variable_config_reads() -> None:
+    read = set(re.findall(r'"((?:CHAT_|SERVER_ID|PORT|REDIS_URL|KAFKA_BOOTSTRAP)[A-Z_]*)"', CONFIG.read_text()))
+    table = (ROOT / "docs" / "CONFIGURATION.md").read_text().split("## Every setting", 1)[1]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \| [^|]+ \| [^|]+ \|$", table, re.MULTILINE))
+    assert len(read) > 40
+    assert read - documented == set(), "read by config.py, missing from docs/CONFIGURATION.md"
+    assert documented - read == set(), "in docs/CONFIGURATION.md, not read by config.py"
