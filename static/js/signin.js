@@ -84,7 +84,7 @@ export function setUpSignInScreen() {
   signin.devLogin = settings.devLogin === '1';
   const app = !!signin.tokenUrl;
   $('app-signin').hidden = !app;
-  ui.loginForm.hidden = app;
+  ui.loginForm.hidden = app || !(signin.accounts || signin.devLogin);  // no way to sign in: no form
   $('login-password-field').hidden = !signin.accounts;
   $('login-signup').hidden = !signin.accounts;
   $('login-password').required = signin.accounts && !signin.devLogin;

@@ -82,3 +82,14 @@ async def test_the_page_may_fetch_its_token_from_the_application_elsewhere() -> 
     async with cluster(1, token_url="/auth/chat-token") as [(url, _node)]:
         response = await AsyncHTTPClient().fetch(url + "/")
         assert "connect-src 'self';" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_page_is_told_how_to_sign_in() -> None:
+    """The template's data-* attributes, which static/js/signin.js reads."""
+    async with cluster(1, token_url="https://app.example/t", dev_login=False) as [(url, _node)]:
+        page = (await AsyncHTTPClient().fetch(url + "/")).body.decode()
+        assert '<body data-token-url="https://app.example/t" data-accounts="0" data-dev-login="0">' in page
+    async with cluster(1, accounts=True, dev_login=False) as [(url, _node)]:
+        page = (await AsyncHTTPClient().fetch(url + "/")).body.decode()
+        assert '<body data-token-url="" data-accounts="1" data-dev-login="0">' in page
