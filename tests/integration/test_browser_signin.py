@@ -44,6 +44,7 @@ class TokenApp:
     lifetime_s: float = 600.0  # of the chat tokens it issues
     allowed_origins: set[str] = field(default_factory=set)
     down_until: float = 0.0  # answers 503 until then (time.time())
+    outage_after_next: float | None = None  # the next token issued starts an outage until its exp + this
     issued: list[tuple[str, int]] = field(default_factory=list)  # (user, exp) of every token
     refused: int = 0  # answers other than 200
 
@@ -77,6 +78,8 @@ class TokenHandler(tornado.web.RequestHandler):
             return
         exp = int(time.time() + self.app.lifetime_s)
         self.app.issued.append((user, exp))
+        if self.app.outage_after_next is not None:
+            self.app.down_until, self.app.outage_after_next = exp + self.app.outage_after_next, None
         token = jwt.encode({"sub": user, "iat": int(time.time()), "exp": exp}, SECRET, algorithm="HS256")
         self.finish({"token": token})
 
@@ -227,12 +230,11 @@ def test_a_token_that_expired_while_the_application_was_down_is_renewed_and_noth
     browser: Browser, cluster: RealCluster, token_app: TokenApp
 ) -> None:
     token_app.lifetime_s = 4
+    token_app.outage_after_next = 2  # down from dave's first token until 2 s past its exp: no renewal
+    refused_before = token_app.refused
     dave = open_chat(browser, cluster.url(1), "dave", app_cookie=token_app)
     try:
         expect_in_chat(dave.page, "dave")
-        first_exp = token_app.issued[-1][1]
-        token_app.down_until = first_exp + 2  # no renewal before the token runs out
-        refused_before = token_app.refused
         with talker(cluster, "erin", "dave") as erin:
             # The server closes the socket at exp (4001); the page keeps asking the application,
             # then reconnects with a new token and resumes. erin writes all along.
@@ -248,7 +250,7 @@ def test_a_token_that_expired_while_the_application_was_down_is_renewed_and_noth
         assert frames_of(dave, "sent", "resume"), "the new socket resumed from the page's offsets"
         assert_clean(dave)
     finally:
-        token_app.down_until = 0
+        token_app.down_until, token_app.outage_after_next = 0, None
         dave.close()
 
 
