@@ -4,13 +4,15 @@ Sign up with a name and a password, sign in with both: the answer is the same to
 or the operator's own application issues. Passwords are hashed with Argon2id (``argon2-cffi``), in
 a worker thread so that the IOLoop never waits for the hash; only the hash is stored (Redis, or
 memory for the single-process backend) and nothing about a password is ever logged. Attempts are
-limited per client address and per account on this server, and a wrong password and an unknown
-name get the same answer after the same work.
+limited per client address and per account across the cluster (counted where the accounts are:
+Redis), and a wrong password and an unknown name get the same answer after the same work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
 
@@ -18,12 +20,12 @@ import redis.asyncio as aioredis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from chatserver.limits import TokenBucket
 from chatserver.names import Names
 
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024  # a hash of megabytes is work an attacker should not get for free
-ATTEMPTS_PER_MINUTE = 10  # sign-ins and sign-ups, per client address and per account
+ATTEMPTS_PER_MINUTE = 10  # sign-ins and sign-ups, per client address and per account, cluster-wide
+ATTEMPT_WINDOW_S = 60
 
 
 class AccountsError(Exception):
@@ -37,6 +39,11 @@ class AccountStore(Protocol):
 
     async def password_hash(self, user: str) -> str | None:
         """The stored hash of ``user``'s password, or None when there is no such account."""
+        ...
+
+    async def attempt(self, who: str) -> int:
+        """Count one more attempt of ``who``: the attempts since the first of its window (which
+        lasts ``ATTEMPT_WINDOW_S`` from that first one), this one included."""
         ...
 
 
@@ -58,12 +65,25 @@ class RedisAccountStore:
             raise AccountsError(f"redis: {exc}") from exc
         return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
+    async def attempt(self, who: str) -> int:
+        key = self._names.attempts(who)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:  # one key: fine on a cluster
+                pipe.incr(key)
+                pipe.expire(key, ATTEMPT_WINDOW_S, nx=True)  # from the first attempt on (Redis 7)
+                count, _ = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise AccountsError(f"redis: {exc}") from exc
+        return int(count)
+
 
 class MemoryAccountStore:
     """Accounts in this process: the single-node default and the test fake."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._hashes: dict[str, str] = {}
+        self._clock = clock
+        self._attempts: dict[str, tuple[int, float]] = {}  # who -> (count, end of its window)
 
     async def create(self, user: str, password_hash: str) -> bool:
         if user in self._hashes:
@@ -73,6 +93,16 @@ class MemoryAccountStore:
 
     async def password_hash(self, user: str) -> str | None:
         return self._hashes.get(user)
+
+    async def attempt(self, who: str) -> int:
+        now = self._clock()
+        if len(self._attempts) > 100_000:  # forget ended windows rather than grow without bound
+            self._attempts = {k: v for k, v in self._attempts.items() if v[1] > now}
+        count, end = self._attempts.get(who, (0, 0.0))
+        if end <= now:
+            count, end = 0, now + ATTEMPT_WINDOW_S
+        self._attempts[who] = (count + 1, end)
+        return count + 1
 
 
 class Outcome(Enum):
@@ -88,10 +118,9 @@ class Accounts:
         self._store = store
         self._hasher = hasher or PasswordHasher()  # Argon2id with the library's current defaults
         self._dummy_hash = self._hasher.hash("no such account: same work as a real one")
-        self._buckets: dict[str, TokenBucket] = {}
 
     async def sign_up(self, user: str, password: str, address: str) -> Outcome:
-        if not self._allowed(address, user):
+        if not await self._allowed(address, user):
             return Outcome.LIMITED
         if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
             return Outcome.WEAK
@@ -99,7 +128,7 @@ class Accounts:
         return Outcome.OK if await self._store.create(user, password_hash) else Outcome.TAKEN
 
     async def sign_in(self, user: str, password: str, address: str) -> Outcome:
-        if not self._allowed(address, user):
+        if not await self._allowed(address, user):
             return Outcome.LIMITED
         stored = await self._store.password_hash(user)
         good = await asyncio.get_running_loop().run_in_executor(
@@ -113,14 +142,8 @@ class Accounts:
         except (VerificationError, InvalidHashError):
             return False
 
-    def _allowed(self, address: str, user: str) -> bool:
-        """One attempt from each bucket: the client address's and the account's."""
-        if len(self._buckets) > 100_000:  # forget idle buckets rather than grow without bound
-            self._buckets.clear()
-        allowed = True
-        for key in (f"ip:{address}", f"user:{user}"):
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(ATTEMPTS_PER_MINUTE / 60, ATTEMPTS_PER_MINUTE)
-            allowed = bucket.take() and allowed
-        return allowed
+    async def _allowed(self, address: str, user: str) -> bool:
+        """Counts one attempt for the client address and one for the account, in the store (all
+        servers together): each may make ``ATTEMPTS_PER_MINUTE`` in a minute from its first."""
+        counts = [await self._store.attempt(who) for who in (f"ip:{address}", f"user:{user}")]
+        return all(count <= ATTEMPTS_PER_MINUTE for count in counts)

@@ -69,6 +69,11 @@ class Names:
         """Redis string: the password hash of ``user``'s account (``CHAT_ACCOUNTS=1``)."""
         return f"{self.prefix}chat:account:{user}"
 
+    def attempts(self, who: str) -> str:
+        """Redis counter, expires a minute after its first attempt: sign-in and sign-up attempts
+        of ``who`` (``ip:<address>`` or ``user:<name>``), on all servers (``CHAT_ACCOUNTS=1``)."""
+        return f"{self.prefix}chat:attempts:{who}"
+
     def online(self) -> str:
         """Redis sorted set: users with a session somewhere, scored by expiry (ms)."""
         return f"{self.prefix}chat:online"
