@@ -14,9 +14,11 @@ import msgpack
 from chatserver.codec import OutFrame
 from chatserver.protocol import PUBLIC, room_channel, user_channel
 
-MessageKind = Literal["public", "private", "room", "edit", "delete", "event"]
+MessageKind = Literal["public", "private", "room", "edit", "delete", "react", "unreact", "event"]
 #: Kinds that change an earlier message (``ref``), stored and delivered where it was.
-CHANGES: Final = ("edit", "delete")
+CHANGES: Final = ("edit", "delete", "react", "unreact")
+#: Kinds whose ``text`` is a reaction, sent to clients as ``emoji``.
+REACTS: Final = ("react", "unreact")
 
 
 class EnvelopeError(ValueError):
@@ -91,7 +93,7 @@ class Envelope:
             if not isinstance(obj, dict) or obj.get("v") != ENVELOPE_VERSION:
                 raise EnvelopeError("not a version-1 envelope")
             kind = obj["k"]
-            if kind not in ("public", "private", "room", "edit", "delete", "event"):
+            if kind not in ("public", "private", "room", "event", *CHANGES):
                 raise EnvelopeError(f"unknown envelope kind {kind!r}")
             return cls(
                 kind=kind,
@@ -133,6 +135,8 @@ class Envelope:
             body["ref"] = self.ref
             if self.kind == "delete":
                 del body["text"]
+            elif self.kind in REACTS:
+                body["emoji"] = body.pop("text")
         return body
 
     def message_frame(self, channel: str) -> OutFrame:

@@ -35,6 +35,7 @@ from chatserver.parts import ClientSession, Parts
 log = logging.getLogger(__name__)
 
 Published = asyncio.Future[Any]
+Change = p.EditFrame | p.DeleteFrame | p.ReactFrame
 
 
 class Messages:
@@ -65,8 +66,9 @@ class Messages:
     async def room(self, session: ClientSession, frame: p.RoomFrame) -> None:
         await self._admit(session, frame, self._room)
 
-    async def change(self, session: ClientSession, frame: p.EditFrame | p.DeleteFrame) -> None:
-        """``edit`` or ``delete`` (version 2): by its author only, stored where the message is."""
+    async def change(self, session: ClientSession, frame: Change) -> None:
+        """``edit`` or ``delete`` (version 2): by its author only; ``react`` (this server's
+        addition): by anyone who may read the channel. Stored where the message is."""
         await self._admit(session, frame, self._change)
 
     # ------------------------------------------------------------------ 1. admit
@@ -161,15 +163,20 @@ class Messages:
         servers = set().union(*where.values(), {self._parts.server_id})
         return self._publish(session, frame.cid, envelope, servers)
 
-    async def _change(self, session: ClientSession, frame: p.EditFrame | p.DeleteFrame) -> Published | None:
-        """An edit or a delete goes where its message went: stored in each of its channels with
-        their next offsets, to the servers of its audience (today's members, for a room)."""
+    async def _change(self, session: ClientSession, frame: Change) -> Published | None:
+        """An edit, a delete or a reaction goes where its message went: stored in each of its
+        channels with their next offsets, to the servers of its audience (today's members, for a
+        room)."""
+        react = isinstance(frame, p.ReactFrame)
+        if react and not await self._may_read(session.user, frame.channel):
+            self._parts.refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
+            return None
         original = await self._parts.history.find(frame.channel, frame.id)
         if original is None or original.get("kind") not in ("public", "private", "room"):
             why = f"no message {frame.id!r} in {frame.channel} (only the newest {FIND_DEPTH} can be changed)"
             self._parts.refuse(session, p.BAD_FRAME, why, frame.cid)
             return None
-        if original.get("from") != session.user:
+        if not react and original.get("from") != session.user:
             self._parts.refuse(session, p.FORBIDDEN, "only its author may edit or delete a message", frame.cid)
             return None
         if not await self._user_may_send(session, frame.cid):
@@ -178,11 +185,16 @@ class Messages:
         if room is not None:
             users = await self._parts.rooms.members(room)
         elif to is not None:
-            users = [to] if to == session.user else [to, session.user]
+            users = list(dict.fromkeys((to, str(original.get("from")))))  # both sides of the conversation
         else:
             users = []
-        kind: MessageKind = "edit" if isinstance(frame, p.EditFrame) else "delete"
-        text = frame.text if isinstance(frame, p.EditFrame) else ""
+        kind: MessageKind
+        if isinstance(frame, p.ReactFrame):
+            kind, text = ("unreact" if frame.remove else "react"), frame.emoji
+        elif isinstance(frame, p.EditFrame):
+            kind, text = "edit", frame.text
+        else:
+            kind, text = "delete", ""
         envelope = self._envelope(session, kind, text, ref=frame.id, to=to, room=room, recipients=tuple(users))
         if users:
             envelope, where = await self._store_and_route(envelope, frame.cid, users)
@@ -192,6 +204,12 @@ class Messages:
             servers = await self._parts.registry.live_servers()
         servers.add(self._parts.server_id)
         return self._publish(session, frame.cid, envelope, servers)
+
+    async def _may_read(self, user: str, channel: str) -> bool:
+        """``public``, the user's own channel, and the channels of rooms they are in."""
+        if channel == p.PUBLIC or channel == p.user_channel(user):
+            return True
+        return channel.startswith("room:") and await self._parts.rooms.is_member(user, channel[5:])
 
     # ------------------------------------------------------------------ 2. store, 3. route
 

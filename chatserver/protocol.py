@@ -153,6 +153,18 @@ class DeleteFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactFrame:
+    """This server's addition: ``user`` reacts to message ``id`` of ``channel`` with ``emoji``
+    (one of ``REACTIONS``), or takes that reaction back (``remove``)."""
+
+    channel: str
+    id: str
+    emoji: str
+    remove: bool = False
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TypingFrame:
     to: str | None = None
     room: str | None = None
@@ -176,6 +188,8 @@ class ReceiptFrame:
 
 
 RECEIPT_STATUSES: Final = frozenset({"delivered", "read"})
+#: The reactions a ``react`` frame may carry: a small set, the same on every page.
+REACTIONS: Final = ("\U0001f44d", "\u2764\ufe0f", "\U0001f602", "\U0001f62e", "\U0001f622", "\U0001f389")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +215,7 @@ ClientFrame = (
     | EditFrame
     | DeleteFrame
     | RefreshFrame
+    | ReactFrame
 )
 
 
@@ -255,6 +270,18 @@ def decode_frame(raw: str | bytes, codec: Decoder) -> ClientFrame:
         if not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN_CHARS:
             raise ProtocolError(BAD_FRAME, f"field 'token' must be a string of 1 to {MAX_TOKEN_CHARS} characters", cid)
         return RefreshFrame(token=token, cid=cid)
+    if kind == "react":
+        channel, message_id, emoji, remove = (
+            _channel(obj.get("channel"), cid),
+            _message_id(obj, cid),
+            obj.get("emoji"),
+            obj.get("remove", False),
+        )
+        if emoji not in REACTIONS:
+            raise ProtocolError(BAD_FRAME, f"field 'emoji' must be one of {' '.join(REACTIONS)}", cid)
+        if not isinstance(remove, bool):
+            raise ProtocolError(BAD_FRAME, "field 'remove' must be true or false", cid)
+        return ReactFrame(channel=channel, id=message_id, emoji=emoji, remove=remove, cid=cid)
     if kind == "who":
         return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[ClientSession, Any], Awaitable[None]]
 
 #: Frames that send a message (they end the wait for a resume after ``welcome``).
-_SENDS = (p.PublicFrame, p.PrivateFrame, p.RoomFrame, p.EditFrame, p.DeleteFrame)
+_SENDS = (p.PublicFrame, p.PrivateFrame, p.RoomFrame, p.EditFrame, p.DeleteFrame, p.ReactFrame)
 
 #: What a store failure tells the client, by the store's error type.
 _UNAVAILABLE: dict[type[Exception], str] = {
@@ -111,6 +111,7 @@ class Router:
             (p.RoomFrame, "room", self.messages.room),
             (p.EditFrame, "edit", self.messages.change),
             (p.DeleteFrame, "delete", self.messages.change),
+            (p.ReactFrame, "react", self.messages.change),
             (p.ResumeFrame, "resume", self.recovery.resume),
             (p.HistoryFrame, "history", self.recovery.history),
             (p.JoinFrame, "join", self.presence.membership),
