@@ -13,6 +13,7 @@ import { dmKey, ensureConv, touchConv } from './store.js';
 import { addRoom } from './rooms.js';
 import { renderAll, renderScreen, renderLoginError, renderLoginBusy, renderMe, renderSidebar, renderTitle } from './views.js';
 import { signin, tokenStarted, tokenStopped } from './signin.js';
+import { loadMuted } from './notify.js';
 
 /**
  * `password`: built-in accounts (empty: a name alone, dev login); `signUp`: create the account.
@@ -76,6 +77,7 @@ export function startSession(token, username, restore) {
   resetChat();
   state.positions = loadPositions(username);
   state.epochs = loadEpochs(username);
+  state.muted = loadMuted(username);
   for (const room of loadRooms(username)) addRoom(room);
   restoreConvs();
   renderScreen();
@@ -119,6 +121,7 @@ export function resetChat() {
   state.seen = new Map();
   state.changes = new Map();
   state.changeSends = new Map();
+  state.reactions = new Map();
   state.readSent = new Set();
   for (const m of state.pending.values()) clearTimeout(m.ackTimer);
   state.pending = new Map();
@@ -137,6 +140,8 @@ export function resetChat() {
   state.joining = new Map();
   state.online = new Set();
   state.roomOnline = {};
+  state.roomMembers = {};
+  state.muted = new Set();
   state.typingSent = {};
   for (const who of state.typing.values()) for (const t of who.values()) clearTimeout(t.timer);
   state.typing = new Map();

@@ -7,6 +7,8 @@ import { ui } from './dom.js';
 import { send } from './connection.js';
 import { ensureConv, insertMessage, removeMessage } from './store.js';
 import { updateMessageNode } from './messageview.js';
+import { askPermission } from './notify.js';
+import { renderPrefs } from './prefs.js';
 
 /** Validate and send the composer's text to the open conversation. */
 export function submitComposer() {
@@ -14,6 +16,7 @@ export function submitComposer() {
   const problem = textProblem(text);
   if (problem) { renderComposerHint(problem, true); return; }
   queueOutgoing(state.active, text);
+  askPermission().then(renderPrefs);   // a sensible moment: the user is chatting (never on load)
   delete state.typingSent[state.active];   // the message ends the hint: typing again says so at once
   ui.text.value = '';
   state.convs.get(state.active).draft = '';

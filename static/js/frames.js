@@ -2,15 +2,16 @@
 
 import { LIMITED_RETRIES, LIMITED_RETRY_MS, PUBLIC } from './constants.js';
 import { state, newCid } from './state.js';
-import { isOffset } from './util.js';
+import { isOffset, validRoom } from './util.js';
 import { ui, announce, showNotice } from './dom.js';
 import { saveSession, saveConvs, savePositions } from './storage.js';
 import { send } from './connection.js';
 import { myChannel, roomChannel, knownChannel, recentLimit, setPosition, requestHistory, requestGap, maybeLoadOlder, addGapMarkers } from './channels.js';
 import { placeByActivity, ingest, confirmMessage, removeMessage } from './store.js';
-import { onPresence, onWho, onTyping } from './rooms.js';
+import { onPresence, onWho, onTyping, addRoom } from './rooms.js';
 import { recordChange } from './changes.js';
 import { onRefreshed } from './signin.js';
+import { recordReaction } from './reactions.js';
 import { transmit, flushOutbox } from './composer.js';
 import { renderMe, renderServerId, renderConn, renderConvList, renderTitle } from './views.js';
 import { renderMessages, renderTopRow, updateMessageNode } from './messageview.js';
@@ -49,6 +50,11 @@ export function onWelcome(f) {
     renderServerId();
     renderConn(false);
   }
+  // The rooms the user is in (this server's addition): joined on another device, they show here too.
+  const rooms = Array.isArray(f.rooms) ? f.rooms.filter((r) => typeof r === 'string' && validRoom(r)) : [];
+  const added = rooms.filter((r) => !state.rooms.includes(r));
+  for (const room of added) addRoom(room);
+  if (added.length) renderConvList();
   startChannels(f.positions && typeof f.positions === 'object' ? f.positions : {});
   flushOutbox();
 }
@@ -194,6 +200,11 @@ export function onResumed(f) {
 
 export function onAck(f) {
   const change = typeof f.cid === 'string' ? state.changeSends.get(f.cid) : null;
+  if (change && change.kind === 'react') {
+    state.changeSends.delete(f.cid);
+    recordReaction(change.ref, change.emoji, state.me, change.on, typeof f.ts === 'number' ? f.ts : Date.now());
+    return;
+  }
   if (change) {
     state.changeSends.delete(f.cid);
     recordChange(change.ref, change.kind, change.text, typeof f.ts === 'number' ? f.ts : Date.now());
@@ -219,7 +230,8 @@ export function onError(f) {
   const change = typeof f.cid === 'string' ? state.changeSends.get(f.cid) : null;
   if (change) {
     state.changeSends.delete(f.cid);
-    showNotice((change.kind === 'edit' ? 'Could not edit the message: ' : 'Could not delete the message: ') + text);
+    const what = { edit: 'edit the message', delete: 'delete the message', react: 'react to the message' }[change.kind];
+    showNotice('Could not ' + what + ': ' + text);
     return;
   }
   if (typeof f.cid === 'string' && state.joining.has(f.cid)) {

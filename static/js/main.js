@@ -43,7 +43,10 @@ import { joinRoom, leaveRoom, sendTyping } from './rooms.js';
 import { openDM, setSidebar } from './navigation.js';
 import { submitComposer, renderComposerHint, autoGrow } from './composer.js';
 import { signin, setUpSignInScreen, signInWithApp, tokenClaims } from './signin.js';
-import { renderScreen, renderLoginError, renderLoginBusy, renderSidebar, renderConvList, renderTitle } from './views.js';
+import { renderScreen, renderLoginError, renderLoginBusy, renderSidebar, renderConvList, renderTitle, renderHeader } from './views.js';
+import { mentionKey, updateMentions, closeMentions } from './mentions.js';
+import { isMuted, setMuted } from './notify.js';
+import { wirePrefs } from './prefs.js';
 
 export function wire() {
   ui.loginForm.addEventListener('submit', (e) => {
@@ -99,6 +102,7 @@ export function wire() {
     submitComposer();
   });
   ui.text.addEventListener('keydown', (e) => {
+    if (!e.isComposing && mentionKey(e)) return;
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
       e.preventDefault();
       submitComposer();
@@ -108,7 +112,16 @@ export function wire() {
     autoGrow();
     renderComposerHint();
     sendTyping();
+    updateMentions();
   });
+  ui.text.addEventListener('blur', closeMentions);
+  ui.mute.addEventListener('click', () => {
+    setMuted(state.active, !isMuted(state.active));
+    renderHeader();
+    renderConvList();
+    renderTitle();
+  });
+  wirePrefs();
 
   ui.messages.addEventListener('scroll', () => {
     if (isAtBottom()) ui.newPill.hidden = true;
@@ -151,7 +164,7 @@ export function wire() {
   document.addEventListener('visibilitychange', () => {
     if (document.hidden || !state.token) return;
     const conv = state.convs.get(state.active);
-    if (conv && conv.unread) { conv.unread = 0; renderConvList(); renderTitle(); }
+    if (conv && conv.unread) { conv.unread = 0; conv.mentions = 0; renderConvList(); renderTitle(); }
     readActive();
   });
   window.addEventListener('resize', autoGrow);

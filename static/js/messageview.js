@@ -3,11 +3,14 @@
 import { GROUP_WINDOW_MS, GAP_TEXT } from './constants.js';
 import { state } from './state.js';
 import { fmtTime, fmtFull, dayStamp, dayLabel, hueOf } from './util.js';
-import { ui, el, isAtBottom, scrollToBottom } from './dom.js';
+import { ui, el, announce, isAtBottom, scrollToBottom } from './dom.js';
 import { channelOfConv } from './channels.js';
 import { openDM } from './navigation.js';
 import { sendChange, startEdit } from './changes.js';
 import { retryMessage } from './composer.js';
+import { renderText } from './format.js';
+import { buildReactionBar, renderReactions } from './reactions.js';
+import { mentionsMe } from './notify.js';
 
 /**
  * Re-render the message list of the open conversation from its cached nodes. `keepScroll`:
@@ -179,7 +182,13 @@ export function buildMessageNode(m, prev, afterMarker) {
   const delBtn = el('button', { type: 'button', class: 'link-btn msg-delete', text: 'Delete', 'aria-label': 'Delete message' });
   editBtn.addEventListener('click', () => startEdit(m));
   delBtn.addEventListener('click', () => { if (sendChange(m, 'delete')) delBtn.disabled = true; });
-  const actions = m.own ? el('div', { class: 'msg-actions' }, [editBtn, ' ', delBtn]) : null;
+  // Every message: react, and copy its text (as typed, without the formatting).
+  const reactions = buildReactionBar(m);
+  const copyBtn = el('button', { type: 'button', class: 'link-btn msg-copy', text: 'Copy', 'aria-label': 'Copy message text' });
+  copyBtn.addEventListener('click', () => copyText(m, copyBtn));
+  const actions = el('div', { class: 'msg-actions' }, [
+    reactions.openBtn, ' ', copyBtn, m.own ? ' ' : null, m.own ? editBtn : null, m.own ? ' ' : null, m.own ? delBtn : null,
+  ]);
 
   const body = el('div', { class: 'bubble' }, [
     // The sender, for screen readers, on grouped messages that have no visible header.
@@ -190,11 +199,14 @@ export function buildMessageNode(m, prev, afterMarker) {
   m.el = el('div', { class: 'msg' }, [
     head,
     el('div', { class: 'msg-row' }, [body, el('div', { class: 'msg-meta' }, [edited, time, status])]),
+    reactions.chips,
     actions,
+    reactions.picker,
     error,
   ]);
   m.editor = null;
-  m.refs = { time, status, error, errText, retry, textEl, edited, editBtn, delBtn, actions };
+  m.shownText = null;
+  m.refs = { time, status, error, errText, retry, textEl, edited, editBtn, delBtn, actions, reactions };
   m.grouped = !!grouped;
   updateMessageNode(m);
   return m.el;
@@ -209,11 +221,19 @@ export function updateMessageNode(m) {
   if (!m.el) return;
   const { time, status, error, errText, retry, textEl, edited, actions } = m.refs;
   m.el.className = 'msg' + (m.own ? ' is-own' : '') + (m.grouped ? ' is-grouped' : '') + ' is-' + m.status
-    + (m.deleted ? ' is-deleted' : '') + (m.edited && !m.deleted ? ' is-edited' : '');
-  // Text nodes only: a message's text never becomes markup.
-  textEl.textContent = m.deleted ? 'message deleted' : m.text;
+    + (m.deleted ? ' is-deleted' : '') + (m.edited && !m.deleted ? ' is-edited' : '')
+    + (!m.own && !m.deleted && mentionsMe(m) ? ' is-mention' : '');
+  // Text nodes only: a message's text never becomes markup (format.js builds links and emphasis).
+  const shown = m.deleted ? null : m.text;
+  if (m.shownText !== shown || shown === null) {
+    if (shown === null) textEl.textContent = 'message deleted';
+    else renderText(textEl, shown, state.me);
+    m.shownText = shown;
+  }
   edited.hidden = !m.edited || !!m.deleted;
-  if (actions) actions.hidden = !(m.own && m.id && m.status === 'sent' && !m.deleted && !m.editor);
+  actions.hidden = !(m.id && m.status === 'sent' && !m.deleted && !m.editor);
+  if (actions.hidden) m.refs.reactions.picker.hidden = true;
+  renderReactions(m);
   m.el.dataset.id = m.id || '';
   const hhmm = fmtTime(m.ts);
   const full = fmtFull(m.ts);
@@ -244,4 +264,24 @@ export function updateMessageNode(m) {
   error.hidden = m.status !== 'failed';
   errText.textContent = m.status === 'failed' ? (m.error || 'Not sent.') : '';
   retry.hidden = m.status !== 'failed';
+}
+
+/** Copy the text of `m` (as typed) to the clipboard; the button says whether it worked. */
+async function copyText(m, btn) {
+  let ok = false;
+  try {
+    await navigator.clipboard.writeText(m.text);
+    ok = true;
+  } catch (e) {
+    // No clipboard API (a page not served over https or from localhost): the old way.
+    const area = el('textarea', { class: 'sr-only', 'aria-hidden': 'true' });
+    area.value = m.text;
+    document.body.append(area);
+    area.select();
+    try { ok = document.execCommand('copy'); } catch (e2) { ok = false; }
+    area.remove();
+  }
+  btn.textContent = ok ? 'Copied' : 'Copy failed';
+  announce(ok ? 'Message copied' : 'Could not copy the message');
+  setTimeout(() => { btn.textContent = 'Copy'; }, 1500);
 }

@@ -11,6 +11,7 @@ import { refreshRoomWho } from './rooms.js';
 import { renderComposer } from './composer.js';
 import { renderSidebar, renderConvList, renderTyping, renderHeader, renderTitle } from './views.js';
 import { renderMessages } from './messageview.js';
+import { closeMentions } from './mentions.js';
 
 /** Open a private conversation with `name` (from the sidebar input or a name click). */
 export function openDM(name) {
@@ -31,6 +32,8 @@ export function openConv(key, focusAfter) {
   state.active = key;
   const conv = state.convs.get(key);
   conv.unread = 0;
+  conv.mentions = 0;
+  closeMentions();
   saveConvs();
   if (phoneQuery.matches) state.sidebarOpen = false;
   renderHeader();

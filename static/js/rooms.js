@@ -120,6 +120,7 @@ export function onWho(f) {
   const users = Array.isArray(f.users) ? f.users.filter((u) => typeof u === 'string' && validUsername(u)) : [];
   if (typeof f.room === 'string') {
     state.roomOnline[f.room] = users.length;
+    state.roomMembers[f.room] = users;
     if (state.active === roomKey(f.room)) renderHeader();
     return;
   }

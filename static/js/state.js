@@ -37,7 +37,10 @@ export const state = {
   readSent: new Set(),      // ids of private messages whose read receipt was sent
   earlyReceipts: new Map(), // message id -> receipt status that came before the message's ack
   changes: new Map(),       // message id -> latest edit/delete of it ({kind, text, ts}), kept for reloads
-  changeSends: new Map(),   // cid -> our own edit/delete on the wire ({ref, kind, text})
+  changeSends: new Map(),   // cid -> our own edit/delete/react on the wire ({ref, kind, text} or {ref, kind, emoji, on})
+  muted: new Set(),         // keys of the conversations the user muted (notify.js; saved per user)
+  roomMembers: {},          // room -> its members online (from `who` with room), offered as @mentions
+  reactions: new Map(),     // message id -> Map(emoji -> Map(user -> {on, ts})), see reactions.js
   pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
   outbox: [],               // messages typed while not connected, sent on welcome
   positions: {},            // channel -> highest offset seen (saved per user, for `resume`)

@@ -9,8 +9,11 @@ import { onReceipt, sendRead } from './frames.js';
 import { knownChannel, channelOfConv, setPosition } from './channels.js';
 import { roomKey, stopTyping } from './rooms.js';
 import { recordChange, applyKnownChange } from './changes.js';
+import { recordReaction } from './reactions.js';
 import { renderConvList, renderTitle } from './views.js';
 import { renderMessages, renderTopRow, renderEmpty, buildItemNode, updateMessageNode } from './messageview.js';
+import { mentionsMe, notifyMessage } from './notify.js';
+import { openConv } from './navigation.js';
 
 export const dmKey = (user) => 'dm:' + user;
 
@@ -30,14 +33,14 @@ export function convKeyForMessage(f) {
 
 export function newConv(key) {
   if (key === 'public') {
-    return { key, kind: 'public', peer: null, title: 'Public', messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
+    return { key, kind: 'public', peer: null, title: 'Public', messages: [], unread: 0, mentions: 0, lastTs: 0, scroll: null, draft: '' };
   }
   if (key.startsWith(ROOM_PREFIX)) {
     const room = key.slice(ROOM_PREFIX.length);
-    return { key, kind: 'room', peer: null, room, title: room, messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
+    return { key, kind: 'room', peer: null, room, title: room, messages: [], unread: 0, mentions: 0, lastTs: 0, scroll: null, draft: '' };
   }
   const peer = key.slice(3);
-  return { key, kind: 'dm', peer, title: peer, messages: [], unread: 0, lastTs: 0, scroll: null, draft: '' };
+  return { key, kind: 'dm', peer, title: peer, messages: [], unread: 0, mentions: 0, lastTs: 0, scroll: null, draft: '' };
 }
 
 export function ensureConv(key) {
@@ -77,7 +80,8 @@ export function placeByActivity(conv) {
 export function ingest(f, source) {
   if (f.id === undefined || f.id === null) return null;
   if (typeof f.from !== 'string') return null;
-  if (typeof f.text !== 'string' && f.kind !== 'delete') return null;
+  const react = f.kind === 'react' || f.kind === 'unreact';
+  if (typeof f.text !== 'string' && f.kind !== 'delete' && !react) return null;
   const ch = typeof f.channel === 'string' ? f.channel : null;
   const offset = isOffset(f.offset) ? f.offset : null;
   if (ch && offset !== null && knownChannel(ch)) {
@@ -88,6 +92,13 @@ export function ingest(f, source) {
     // A change to another message: applied to it (now, or when it is loaded), never shown itself.
     if (typeof f.ref === 'string' || typeof f.ref === 'number') {
       recordChange(String(f.ref), f.kind, f.text, typeof f.ts === 'number' ? f.ts : Date.now());
+    }
+    return null;
+  }
+  if (react) {
+    // A reaction to another message: counted on it (now, or when it is loaded), never shown itself.
+    if (typeof f.ref === 'string' || typeof f.ref === 'number') {
+      recordReaction(String(f.ref), f.emoji, f.from, f.kind === 'react', typeof f.ts === 'number' ? f.ts : Date.now());
     }
     return null;
   }
@@ -228,7 +239,11 @@ export function insertMessage(key, msg, source) {
   // Trim the oldest, unless the reader is up there (reading what scrolling loaded).
   if (!isActive || wasAtBottom) rebuild = trimConv(conv) || rebuild;
 
-  if (!msg.own && (!isActive || document.hidden)) conv.unread += 1;
+  if (!msg.own && (!isActive || document.hidden)) {
+    conv.unread += 1;
+    if (mentionsMe(msg)) conv.mentions += 1;
+  }
+  if (source === 'live') notifyMessage(msg, conv, (k) => openConv(k, true));
 
   if (isActive) {
     if (rebuild) {

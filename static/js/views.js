@@ -7,6 +7,7 @@ import { roomKey } from './rooms.js';
 import { openDM, openConv } from './navigation.js';
 import { renderComposer, renderComposerHint } from './composer.js';
 import { renderMessages } from './messageview.js';
+import { isMuted } from './notify.js';
 
 export function renderAll() {
   renderServerId();
@@ -97,6 +98,8 @@ export function convButton(conv) {
   const key = conv.key;
   const active = key === state.active;
   const unread = active ? 0 : conv.unread;
+  const mentions = active ? 0 : conv.mentions;
+  const muted = isMuted(conv.key);
   let icon;
   let label;
   let what;
@@ -116,13 +119,16 @@ export function convButton(conv) {
   }
   const btn = el('button', {
     type: 'button',
-    class: 'conv' + (active ? ' is-active' : '') + (unread ? ' has-unread' : ''),
+    class: 'conv' + (active ? ' is-active' : '') + (unread ? ' has-unread' : '') + (muted ? ' is-muted' : ''),
     'data-conv': key,
     'aria-current': active ? 'true' : null,
-    'aria-label': what + (unread ? ', ' + unread + ' unread' : ''),
+    'aria-label': what + (unread ? ', ' + unread + ' unread' : '') + (mentions ? ', ' + mentions + (mentions === 1 ? ' mention' : ' mentions') : '')
+      + (muted ? ', muted' : ''),
   }, [
     icon,
     el('span', { class: 'conv-name', text: label }),
+    muted ? el('span', { class: 'conv-muted', 'aria-hidden': 'true', title: 'Muted', text: '🔕' }) : null,
+    mentions ? el('span', { class: 'badge badge-mention', 'aria-hidden': 'true', text: '@' + (mentions > 99 ? '99+' : mentions) }) : null,
     unread ? el('span', { class: 'badge', 'aria-hidden': 'true', text: unread > 99 ? '99+' : String(unread) }) : null,
   ]);
   btn.addEventListener('click', () => openConv(key, true));
@@ -133,7 +139,7 @@ export function renderConvList() {
   // Skip the rebuild when nothing the lists show has changed (messages can come fast).
   const keys = ['public', ...state.order];
   const roomKeys = state.rooms.map(roomKey);
-  const sig = state.active + '|' + [...keys, '|', ...roomKeys].map((k) => k + ':' + (state.convs.get(k) || {}).unread).join(',');
+  const sig = state.active + '|' + [...keys, '|', ...roomKeys].map((k) => { const c = state.convs.get(k) || {}; return k + ':' + c.unread + ':' + c.mentions + ':' + isMuted(k); }).join(',');
   if (sig === convListSig && ui.convList.childElementCount) { renderSidebar(); return; }
   convListSig = sig;
   const focusedKey = document.activeElement && document.activeElement.dataset
@@ -184,6 +190,11 @@ export function renderTyping() {
 export function renderHeader() {
   const conv = state.convs.get(state.active);
   ui.roomLeave.hidden = conv.kind !== 'room';
+  const muted = isMuted(conv.key);
+  ui.mute.setAttribute('aria-pressed', String(muted));
+  ui.mute.textContent = muted ? 'Unmute' : 'Mute';
+  ui.mute.title = muted ? 'Unmute this conversation' : 'Mute this conversation';
+  ui.mute.setAttribute('aria-label', ui.mute.title);
   if (conv.kind === 'public') {
     ui.convTitle.textContent = 'Public';
     ui.convSub.textContent = 'Everyone online';
@@ -203,6 +214,6 @@ export function renderHeader() {
 
 export function renderTitle() {
   let total = 0;
-  for (const c of state.convs.values()) total += c.unread;
+  for (const c of state.convs.values()) if (!isMuted(c.key)) total += c.unread;
   document.title = (total ? '(' + total + ') ' : '') + 'Chat' + (state.me ? ' · ' + state.me : '');
 }

@@ -120,11 +120,21 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-def open_page(browser: Browser, nginx: NginxFront, name: str, base: str | None = None) -> Person:
+def open_page(
+    browser: Browser,
+    nginx: NginxFront,
+    name: str,
+    base: str | None = None,
+    init_script: str | None = None,
+    viewport: tuple[int, int] = (1100, 700),
+) -> Person:
     """A fresh browser context on the chat page (through ``nginx``, or straight from the server at
-    ``base``), with listeners for dialogs, errors and /readyz."""
-    context = browser.new_context(viewport={"width": 1100, "height": 700}, color_scheme="light")
+    ``base``), with listeners for dialogs, errors and /readyz; ``init_script`` runs in the page
+    before its own scripts (to stand in for browser APIs)."""
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, color_scheme="light")
     context.set_default_timeout(WAIT_MS)
+    if init_script:
+        context.add_init_script(init_script)
     page = context.new_page()
     person = Person(name, context, page)
 
@@ -154,9 +164,9 @@ def open_page(browser: Browser, nginx: NginxFront, name: str, base: str | None =
     return person
 
 
-def sign_in(browser: Browser, nginx: NginxFront, name: str) -> Person:
+def sign_in(browser: Browser, nginx: NginxFront, name: str, init_script: str | None = None) -> Person:
     """Sign in through the page's form; returns once the page is online and knows its server."""
-    return sign_in_on(open_page(browser, nginx, name))
+    return sign_in_on(open_page(browser, nginx, name, init_script=init_script))
 
 
 def sign_in_on(person: Person) -> Person:
