@@ -105,10 +105,21 @@ def receipt(message_id: str, reader: str, status: str) -> dict[str, Any]:
     return {"type": "receipt", "id": message_id, "from": reader, "status": status}
 
 
-def who(users: list[str], room: str | None, cid: str | None) -> OutFrame:
+def who(users: list[str], room: str | None, cid: str | None, members: list[str] | None = None) -> OutFrame:
+    """``users`` online; for a room, also its ``members`` (this server's addition), all of them."""
     body: dict[str, Any] = {"type": "who", "users": users}
     if room is not None:
         body["room"] = room
+    if members is not None:
+        body["members"] = members
+    if cid is not None:
+        body["cid"] = cid
+    return OutFrame(body)
+
+
+def rooms(directory: list[tuple[str, int]], cid: str | None) -> OutFrame:
+    """The rooms directory: ``[{"room", "members"}]``, the rooms with the most members first."""
+    body: dict[str, Any] = {"type": "rooms", "rooms": [{"room": r, "members": n} for r, n in directory]}
     if cid is not None:
         body["cid"] = cid
     return OutFrame(body)

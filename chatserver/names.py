@@ -53,6 +53,10 @@ class Names:
         """Redis set: the members of ``room``."""
         return f"{self.prefix}chat:room:{room}:members"
 
+    def rooms_index(self) -> str:
+        """Redis set: every room with at least one member (the rooms directory)."""
+        return f"{self.prefix}chat:rooms"
+
     def user_rooms(self, user: str) -> str:
         """Redis set: the rooms ``user`` is a member of."""
         return f"{self.prefix}chat:user:{user}:rooms"

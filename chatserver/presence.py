@@ -88,7 +88,13 @@ class Presence:
                 return
             where = await registry.servers_of(members[: p.MAX_WHO * 4])
             users = sorted(u for u, servers in where.items() if servers)[: p.MAX_WHO]
+            session.send(frames.who(users, frame.room, frame.cid, members[: p.MAX_WHO]))
+            return
         session.send(frames.who(users, frame.room, frame.cid))
+
+    async def directory(self, session: ClientSession, frame: p.RoomsFrame) -> None:
+        """``rooms``: the rooms anyone can find and join, with their member counts."""
+        session.send(frames.rooms(await self._parts.rooms.directory(p.MAX_ROOMS), frame.cid))
 
     def forget(self, session: ClientSession) -> None:
         self._typing_sent.pop(session.id, None)

@@ -39,6 +39,8 @@ MAX_TOKEN_CHARS: Final = 4096
 
 #: The most names a ``who`` answer holds.
 MAX_WHO: Final = 1000
+#: The largest rooms directory a ``rooms`` frame answers.
+MAX_ROOMS: Final = 200
 
 
 def user_channel(user: str) -> str:
@@ -178,6 +180,13 @@ class WhoFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomsFrame:
+    """This server's addition: the rooms directory, the rooms with the most members first."""
+
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReceiptFrame:
     """An addition to the protocol: tell the sender of private message ``id`` it was read."""
 
@@ -216,6 +225,7 @@ ClientFrame = (
     | DeleteFrame
     | RefreshFrame
     | ReactFrame
+    | RoomsFrame
 )
 
 
@@ -282,6 +292,8 @@ def decode_frame(raw: str | bytes, codec: Decoder) -> ClientFrame:
         if not isinstance(remove, bool):
             raise ProtocolError(BAD_FRAME, "field 'remove' must be true or false", cid)
         return ReactFrame(channel=channel, id=message_id, emoji=emoji, remove=remove, cid=cid)
+    if kind == "rooms":
+        return RoomsFrame(cid=cid)
     if kind == "who":
         return WhoFrame(room=None if obj.get("room") is None else _name(obj, "room", cid), cid=cid)
     raise ProtocolError(UNKNOWN_TYPE, f"unknown frame type {kind[:40]!r}", cid)

@@ -2,7 +2,8 @@
 
 Membership is durable (a user stays in a room across sessions until they leave). Redis
 layout (names from ``Names``): ``chat:room:{room}:members`` and ``chat:user:{user}:rooms``,
-two sets kept in step by one transaction.
+two sets kept in step by one transaction, and ``chat:rooms``, the rooms that have a member (the
+directory; a room leaves it with its last member, in the same script).
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ class Rooms(Protocol):
         """Every room ``user`` is in, sorted."""
         ...
 
+    async def directory(self, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` rooms with their member counts, most members first, then by name
+        (of at most ``DIRECTORY_SCAN`` rooms looked at)."""
+        ...
+
+
+#: How many rooms ``directory`` looks at, at most (one scan, one pipeline).
+DIRECTORY_SCAN = 2000
+
+# Leave: both sets, and the room out of the directory when it has no member left (atomic, so a
+# join in between cannot be undone). KEYS: room members, user rooms, directory; ARGV: user, room.
+_LEAVE_LUA = """
+local left = redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+return left
+"""
+
+
+def _ranked(counts: dict[str, int], limit: int) -> list[tuple[str, int]]:
+    return sorted(((r, n) for r, n in counts.items() if n > 0), key=lambda rn: (-rn[1], rn[0]))[:limit]
+
 
 class RedisRooms:
     def __init__(self, client: aioredis.Redis, names: Names) -> None:
@@ -44,20 +67,38 @@ class RedisRooms:
         self._names = names
 
     async def join(self, user: str, room: str) -> bool:
-        return await self._change("sadd", user, room)
-
-    async def leave(self, user: str, room: str) -> bool:
-        return await self._change("srem", user, room)
-
-    async def _change(self, command: str, user: str, room: str) -> bool:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                getattr(pipe, command)(self._names.room_members(room), user)
-                getattr(pipe, command)(self._names.user_rooms(user), room)
-                changed, _ = await pipe.execute()
+                pipe.sadd(self._names.room_members(room), user)
+                pipe.sadd(self._names.user_rooms(user), room)
+                pipe.sadd(self._names.rooms_index(), room)
+                changed, _, _ = await pipe.execute()
         except aioredis.RedisError as exc:
             raise RoomsError(f"redis: {exc}") from exc
         return bool(changed)
+
+    async def leave(self, user: str, room: str) -> bool:
+        keys = [self._names.room_members(room), self._names.user_rooms(user), self._names.rooms_index()]
+        try:
+            left = await self._redis.eval(_LEAVE_LUA, len(keys), *keys, user, room)
+        except aioredis.RedisError as exc:
+            raise RoomsError(f"redis: {exc}") from exc
+        return bool(left)
+
+    async def directory(self, limit: int) -> list[tuple[str, int]]:
+        try:
+            rooms: list[str] = []
+            async for found in self._redis.sscan_iter(self._names.rooms_index(), count=500):
+                rooms.append(found.decode() if isinstance(found, bytes) else str(found))
+                if len(rooms) >= DIRECTORY_SCAN:
+                    break
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.scard(self._names.room_members(room))
+                counts = await pipe.execute()
+        except aioredis.RedisError as exc:
+            raise RoomsError(f"redis: {exc}") from exc
+        return _ranked(dict(zip(rooms, (int(n) for n in counts), strict=True)), limit)
 
     async def is_member(self, user: str, room: str) -> bool:
         try:
@@ -103,3 +144,6 @@ class MemoryRooms:
 
     async def rooms_of(self, user: str) -> list[str]:
         return sorted(room for room, members in self._members.items() if user in members)
+
+    async def directory(self, limit: int) -> list[tuple[str, int]]:
+        return _ranked({room: len(members) for room, members in self._members.items()}, limit)

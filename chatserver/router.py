@@ -119,6 +119,7 @@ class Router:
             (p.TypingFrame, "typing", self.presence.typing),
             (p.ReceiptFrame, "receipt", self.presence.receipt),
             (p.WhoFrame, "who", self.presence.who),
+            (p.RoomsFrame, "rooms", self.presence.directory),
             (p.PingFrame, "ping", self._ping),
             (p.RefreshFrame, "refresh", self.sessions.refresh),
         ):
