@@ -141,6 +141,8 @@ export function resetChat() {
   state.online = new Set();
   state.roomOnline = {};
   state.roomMembers = {};
+  state.roomOnlineUsers = {};
+  state.directory = [];
   state.muted = new Set();
   state.typingSent = {};
   for (const who of state.typing.values()) for (const t of who.values()) clearTimeout(t.timer);

@@ -15,6 +15,7 @@ import { recordReaction } from './reactions.js';
 import { transmit, flushOutbox } from './composer.js';
 import { renderMe, renderServerId, renderConn, renderConvList, renderTitle } from './views.js';
 import { renderMessages, renderTopRow, updateMessageNode } from './messageview.js';
+import { onRooms, requestDirectory } from './directory.js';
 
 export function handleFrame(frame) {
   switch (frame.type) {
@@ -28,6 +29,7 @@ export function handleFrame(frame) {
     case 'presence': onPresence(frame); break;
     case 'typing': onTyping(frame); break;
     case 'who': onWho(frame); break;
+    case 'rooms': onRooms(frame); break;
     case 'receipt': onReceipt(frame); break;
     case 'refreshed': onRefreshed(); break;     // the server took our new token (signin.js)
     default: break;                           // unknown types are ignored
@@ -95,6 +97,7 @@ export function startChannels(latest) {
   // (idempotent) before reading the room channels. Frames are handled in order by the server.
   for (const room of state.rooms) send({ type: 'join', room });
   send({ type: 'who', cid: newCid() });
+  requestDirectory(true);
   for (const req of history) requestHistory(req);
   for (const gap of state.gapsToRetry.splice(0)) requestHistory(gap);
 }

@@ -17,6 +17,9 @@
  *   views      every region but the message list    messageview the message list
  *   signin     how this page signs in: the operator's application (CHAT_TOKEN_URL) and token
  *              renewal, accounts, dev login
+ *   format     links and formatting from text       reactions  react frame, chips, picker
+ *   mentions   "@" completion in the composer       notify     mentions, notifications, mute
+ *   prefs      theme, notification and sound        directory  rooms to find, a room's members
  *
  * Durability (docs/PROTOCOL.md, "Channels, offsets, recovery"):
  *   - state.positions: the highest offset seen per channel ("public", "user:<me>", "room:<name>"),
@@ -47,6 +50,7 @@ import { renderScreen, renderLoginError, renderLoginBusy, renderSidebar, renderC
 import { mentionKey, updateMentions, closeMentions } from './mentions.js';
 import { isMuted, setMuted } from './notify.js';
 import { wirePrefs } from './prefs.js';
+import { requestDirectory } from './directory.js';
 
 export function wire() {
   ui.loginForm.addEventListener('submit', (e) => {
@@ -122,6 +126,7 @@ export function wire() {
     renderTitle();
   });
   wirePrefs();
+  ui.directoryRefresh.addEventListener('click', () => requestDirectory(true));
 
   ui.messages.addEventListener('scroll', () => {
     if (isAtBottom()) ui.newPill.hidden = true;

@@ -12,6 +12,7 @@ import { renderComposer } from './composer.js';
 import { renderSidebar, renderConvList, renderTyping, renderHeader, renderTitle } from './views.js';
 import { renderMessages } from './messageview.js';
 import { closeMentions } from './mentions.js';
+import { renderMembers } from './directory.js';
 
 /** Open a private conversation with `name` (from the sidebar input or a name click). */
 export function openDM(name) {
@@ -43,6 +44,7 @@ export function openConv(key, focusAfter) {
   renderSidebar();
   renderTitle();
   renderTyping();
+  renderMembers();
   if (conv.kind === 'room') refreshRoomWho(true);
   readActive();
   maybeLoadOlder(0);

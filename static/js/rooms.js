@@ -11,6 +11,7 @@ import { dmKey, ensureConv, insertSorted, invalidateFrom } from './store.js';
 import { openConv } from './navigation.js';
 import { renderConvList, renderOnline, renderTyping, renderHeader, renderTitle } from './views.js';
 import { renderMessages } from './messageview.js';
+import { onRoomWho, requestDirectory } from './directory.js';
 
 export const roomKey = (room) => ROOM_PREFIX + room;
 
@@ -26,6 +27,7 @@ export function addRoom(room) {
 
 /** Forget `room` (left here or in another session): its conversation, channel and position. */
 export function removeRoom(room) {
+  requestDirectory();
   const key = roomKey(room);
   const ch = roomChannel(room);
   const i = state.rooms.indexOf(room);
@@ -74,6 +76,7 @@ export function leaveRoom(room) {
 export function roomJoined(room, cid) {
   const known = state.rooms.includes(room);
   addRoom(room);
+  requestDirectory();
   const ch = roomChannel(room);
   if (!known && !state.loaded[ch]) requestHistory({ purpose: 'recent', channel: ch, limit: RECENT_ROOM });
   const mine = typeof cid === 'string' && state.joining.get(cid) === room;
@@ -99,6 +102,7 @@ export function onPresence(f) {
     if (!state.rooms.includes(f.room)) return;
     const conv = state.convs.get(roomKey(f.room));
     if (f.status === 'leave') stopTyping(conv.key, f.user);
+    requestDirectory();
     addSystemLine(conv, f.user + (f.status === 'join' ? ' joined' : ' left'));
     if (conv.key === state.active) refreshRoomWho();
     return;
@@ -120,7 +124,7 @@ export function onWho(f) {
   const users = Array.isArray(f.users) ? f.users.filter((u) => typeof u === 'string' && validUsername(u)) : [];
   if (typeof f.room === 'string') {
     state.roomOnline[f.room] = users.length;
-    state.roomMembers[f.room] = users;
+    onRoomWho(f.room, users, Array.isArray(f.members) ? f.members : users);
     if (state.active === roomKey(f.room)) renderHeader();
     return;
   }

@@ -39,7 +39,9 @@ export const state = {
   changes: new Map(),       // message id -> latest edit/delete of it ({kind, text, ts}), kept for reloads
   changeSends: new Map(),   // cid -> our own edit/delete/react on the wire ({ref, kind, text} or {ref, kind, emoji, on})
   muted: new Set(),         // keys of the conversations the user muted (notify.js; saved per user)
-  roomMembers: {},          // room -> its members online (from `who` with room), offered as @mentions
+  roomMembers: {},          // room -> all its members (from `who` with room; directory.js, @mentions)
+  roomOnlineUsers: {},      // room -> Set of its members online (from the same `who`)
+  directory: [],            // [{room, members}] from the `rooms` frame          // room -> its members online (from `who` with room), offered as @mentions
   reactions: new Map(),     // message id -> Map(emoji -> Map(user -> {on, ts})), see reactions.js
   pending: new Map(),       // cid -> message sent on the wire, waiting for ack/error
   outbox: [],               // messages typed while not connected, sent on welcome

@@ -342,3 +342,33 @@ def test_screenshots_for_the_docs(browser: Browser, nginx: NginxFront, two: Pair
     bob.page.get_by_role("button", name="Light mode").click()
     for name in ("room", "private-chat", "mobile", "mobile-sidebar", "dark-mode"):
         assert (DOCS_SHOTS / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_rooms_can_be_found_and_show_their_members_and_who_is_online(
+    browser: Browser, nginx: NginxFront, two: Pair
+) -> None:
+    alice = two.alice
+    room = f"garden-{uuid.uuid4().hex[:6]}"
+    join_room(alice, room)
+    carol = sign_in(browser, nginx, "carol", FAKES)
+    try:
+        carol.page.get_by_role("button", name="Refresh the list of rooms").click()
+        entry = carol.page.locator("#directory-list").get_by_role("button", name=f"Join room {room}, 1 member")
+        entry.click()
+        expect(carol.page.locator("#conv-title")).to_have_text(room)
+        expect(
+            carol.page.locator("#directory-list").get_by_role("button", name=f"Open room {room}, 2 members")
+        ).to_be_visible()
+
+        members = alice.page.locator("#member-list")
+        expect(alice.page.locator("#members-title")).to_have_text(f"Members of {room}")
+        expect(members.get_by_role("button", name="carol, online")).to_be_visible()
+        expect(members.get_by_role("button", name="alice (you), online")).to_be_visible()
+        expect(alice.page.locator("#conv-sub")).to_have_text("Room · 2 online")
+    finally:
+        carol.close()
+    # carol is gone: still a member, no longer online.
+    expect(alice.page.locator("#member-list").get_by_role("button", name="carol, offline")).to_be_visible()
+    expect(alice.page.locator("#conv-sub")).to_have_text("Room · 1 online")
+    open_conversation(alice, "Public channel")
+    expect(alice.page.locator("#members-section")).to_be_hidden()
