@@ -65,6 +65,14 @@ export function buildReactionBar(m) {
     type: 'button', class: 'link-btn msg-react', text: 'React', 'aria-label': 'Add a reaction', 'aria-expanded': 'false',
     on: { click: () => { picker.hidden = !picker.hidden; openBtn.setAttribute('aria-expanded', String(!picker.hidden)); } },
   });
+  // Escape closes the picker and gives the focus back to its button.
+  picker.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    e.preventDefault();
+    picker.hidden = true;
+    openBtn.setAttribute('aria-expanded', 'false');
+    openBtn.focus();
+  });
   return { chips, picker, openBtn };
 }
 

@@ -156,7 +156,13 @@ def test_a_reaction_counts_on_both_sides_live_and_after_a_reload(two: Pair) -> N
     text = f"who is in for pizza {uuid.uuid4().hex[:6]}"
     send(alice, text)
     expect_acked(alice, text)
-    bob.message(text).get_by_role("button", name="Add a reaction").click()
+    opener = bob.message(text).get_by_role("button", name="Add a reaction")
+    opener.click()
+    expect(opener).to_have_attribute("aria-expanded", "true")
+    bob.message(text).get_by_role("button", name="React with heart").press("Escape")  # changed his mind
+    expect(bob.message(text).get_by_role("button", name="React with heart")).to_be_hidden()
+    expect(opener).to_be_focused()
+    opener.press("Enter")  # keyboard, this time
     bob.message(text).get_by_role("button", name="React with thumbs up").click()
     for person, who in ((alice, "bob"), (bob, "you")):
         chip = reaction(person, text, "thumbs up")
