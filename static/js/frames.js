@@ -8,7 +8,7 @@ import { saveSession, saveConvs, savePositions } from './storage.js';
 import { send } from './connection.js';
 import { myChannel, roomChannel, knownChannel, recentLimit, setPosition, requestHistory, requestGap, maybeLoadOlder, addGapMarkers } from './channels.js';
 import { placeByActivity, ingest, confirmMessage, removeMessage } from './store.js';
-import { onPresence, onWho, onTyping, addRoom } from './rooms.js';
+import { onPresence, onWho, onTyping, addRoom, askWhoIsOnline } from './rooms.js';
 import { recordChange } from './changes.js';
 import { onRefreshed } from './signin.js';
 import { recordReaction } from './reactions.js';
@@ -96,7 +96,7 @@ export function startChannels(latest) {
   // Membership is durable, but this browser may be the only one that remembers it: join again
   // (idempotent) before reading the room channels. Frames are handled in order by the server.
   for (const room of state.rooms) send({ type: 'join', room });
-  send({ type: 'who', cid: newCid() });
+  askWhoIsOnline();
   requestDirectory(true);
   for (const req of history) requestHistory(req);
   for (const gap of state.gapsToRetry.splice(0)) requestHistory(gap);

@@ -107,6 +107,7 @@ export function onPresence(f) {
     if (conv.key === state.active) refreshRoomWho();
     return;
   }
+  if ((f.status === 'online' || f.status === 'offline') && state.whoAsked) state.whoAsked.since.set(f.user, f.status);
   if (f.status === 'online') {
     if (f.user !== state.me && state.online.size < MAX_ONLINE) state.online.add(f.user);
   } else if (f.status === 'offline') {
@@ -128,8 +129,27 @@ export function onWho(f) {
     if (state.active === roomKey(f.room)) renderHeader();
     return;
   }
-  state.online = new Set(users.filter((u) => u !== state.me).slice(0, MAX_ONLINE));
+  const online = new Set(users);
+  const asked = state.whoAsked;
+  if (asked && f.cid === asked.cid) {
+    // The server read its answer before some of the presence that reached the page while the
+    // answer was on its way: that presence is newer, so it wins.
+    for (const [user, status] of asked.since) {
+      if (status === 'online') online.add(user);
+      else online.delete(user);
+    }
+    state.whoAsked = null;
+  }
+  online.delete(state.me);
+  state.online = new Set([...online].slice(0, MAX_ONLINE));
   renderOnline();
+}
+
+/** Ask who is online anywhere; presence until the answer is kept to be applied on top of it. */
+export function askWhoIsOnline() {
+  const cid = newCid();
+  state.whoAsked = { cid, since: new Map() };
+  send({ type: 'who', cid });
 }
 
 /** Ask how many members of the open room are online (a few presence changes: one request). */

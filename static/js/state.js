@@ -29,6 +29,7 @@ export const state = {
   rooms: [],                // names of the rooms joined (sorted), saved per user in localStorage
   joining: new Map(),       // cid -> room name of a `join` sent from the sidebar (opened when confirmed)
   online: new Set(),        // users online anywhere (from `who` and presence online/offline)
+  whoAsked: null,           // {cid, since: Map user -> status}: presence seen while `who` is unanswered
   roomOnline: {},           // room -> number of its members online (from `who` with room)
   typingSent: {},           // conversation key -> when we last sent a typing hint for it
   typing: new Map(),        // conversation key -> Map(user -> until when they are shown typing)

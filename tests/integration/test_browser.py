@@ -29,6 +29,7 @@ from playwright.sync_api import (
     Page,
     Response,
     WebSocket,
+    WebSocketRoute,
     expect,
     sync_playwright,
 )
@@ -272,6 +273,46 @@ def test_two_people_sign_in_and_are_online_on_both_servers(cluster: RealCluster,
     assert {pair.alice.server, pair.bob.server} == {cluster.server_id(1), cluster.server_id(2)}
     assert [p.server for p in pair.extra] == [pair.alice.server] * len(pair.extra)
     assert_clean(pair.alice, pair.bob)
+
+
+def test_who_is_online_keeps_someone_who_came_while_the_answer_was_on_its_way(
+    browser: Browser, nginx: NginxFront
+) -> None:
+    """The page asks ``who`` on welcome. Someone who comes online after the server read its answer,
+    but whose ``presence`` reaches the page first, must stay listed: the answer is older news."""
+    erin = sign_in(browser, nginx, "erin-w")  # online before: in the answer
+    carol = open_page(browser, nginx, "carol-w")
+    held: dict[str, Any] = {}
+
+    def hold_the_first_who_answer(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        held["ws"] = ws
+
+        def to_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "who" and "room" not in frame and "answer" not in held:
+                held["answer"] = message
+                return
+            ws.send(message)
+
+        server.on_message(to_page)
+
+    carol.page.route_web_socket(re.compile(r"/ws"), hold_the_first_who_answer)
+    sign_in_on(carol)
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while "answer" not in held:
+        assert time.monotonic() < deadline, "the page never asked who is online"
+        carol.page.wait_for_timeout(50)
+    assert "dave-w" not in json.loads(held["answer"])["users"]
+    dave = sign_in(browser, nginx, "dave-w")  # online now; his presence reaches carol's page
+    online = carol.page.locator("#online-list")
+    expect(online.get_by_role("button", name="dave-w, online, open a private conversation")).to_be_visible()
+    held["ws"].send(held["answer"])  # ... and only then the answer from before he came
+    expect(online.get_by_role("button", name="erin-w, online, open a private conversation")).to_be_visible()
+    expect(online.get_by_role("button", name="dave-w, online, open a private conversation")).to_have_count(1)
+    assert_clean(carol, dave, erin)
+    for person in (carol, dave, erin):
+        person.close()
 
 
 def test_public_message_reaches_the_other_server(chat: Pair) -> None:
