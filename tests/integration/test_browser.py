@@ -165,6 +165,17 @@ def open_page(
     return person
 
 
+def wait_in_page(page: Page, expression: str, what: str, timeout_s: float = WAIT_MS / 1000) -> None:
+    """Evaluate ``expression`` in the page until it is truthy; fail naming ``what`` after ``timeout_s``.
+    (Not ``wait_for_function``: it re-evaluates its predicate with ``eval``, which the page's CSP
+    forbids as soon as the first evaluation is false: microsoft/playwright#7395.)"""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: still not so after {timeout_s:.0f} s")
+        page.wait_for_timeout(50)
+
+
 def sign_in(browser: Browser, nginx: NginxFront, name: str, init_script: str | None = None) -> Person:
     """Sign in through the page's form; returns once the page is online and knows its server."""
     return sign_in_on(open_page(browser, nginx, name, init_script=init_script))

@@ -8,6 +8,7 @@ are stood in for by an init script, so what the page asks of them can be checked
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Route, expect
 
 from tests.integration import test_browser
-from tests.integration.conftest import NginxFront, RealCluster
+from tests.integration.conftest import OUTPUT, NginxFront, RealCluster
 from tests.integration.test_browser import (
     Pair,
     Person,
@@ -31,10 +32,14 @@ from tests.integration.test_browser import (
     send,
     sign_in,
     sign_in_on,
+    wait_in_page,
 )
 
 browser = test_browser.browser  # the module-scoped Chromium fixture
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Taken on every run into the test output; written over the docs' copies only when asked
+# (CHAT_UPDATE_SCREENSHOTS=1), so that running the suite leaves the working tree clean.
+SHOTS_TO = DOCS_SHOTS if os.environ.get("CHAT_UPDATE_SCREENSHOTS") == "1" else OUTPUT / "screenshots"
 
 # Records notifications, permission requests and copies; `window.__setHidden(true)` hides the tab.
 FAKES = """
@@ -204,7 +209,7 @@ def test_a_mention_notifies_a_hidden_tab_and_a_muted_conversation_does_not(two: 
     alice, bob = two.alice, two.bob
     # Asked (once) when alice chats, never before (see the fixture).
     send(alice, f"hello from alice {uuid.uuid4().hex[:6]}")
-    alice.page.wait_for_function("window.__asked === 1")
+    wait_in_page(alice.page, "window.__asked === 1", "the page asks for permission once")
     before = len(notes(alice))
     alice.page.evaluate("window.__setHidden(true)")
 
@@ -222,7 +227,7 @@ def test_a_mention_notifies_a_hidden_tab_and_a_muted_conversation_does_not(two: 
     text = f"lunch? @alice at noon {tag}"
     expect_acked(bob, text)
 
-    alice.page.wait_for_function(f"window.__notes.length === {before + 1}")
+    wait_in_page(alice.page, f"window.__notes.length === {before + 1}", "one notification more")
     note = notes(alice)[-1]
     assert (note["title"], note["body"], note["tag"]) == ("bob in Public mentioned you", text, "public")
     expect(alice.page).to_have_title("(1) Chat · alice")
@@ -257,7 +262,7 @@ def test_a_mention_notifies_a_hidden_tab_and_a_muted_conversation_does_not(two: 
     alice.page.evaluate("window.__setHidden(true)")
     loud = f"still there? {uuid.uuid4().hex[:6]}"
     send(bob, loud)
-    alice.page.wait_for_function(f"window.__notes.length === {before + 2}")
+    wait_in_page(alice.page, f"window.__notes.length === {before + 2}", "two notifications more")
     assert (notes(alice)[-1]["title"], notes(alice)[-1]["body"]) == ("bob", loud)
     alice.page.evaluate("window.__setHidden(false)")
 
@@ -294,16 +299,16 @@ def test_the_theme_switch_is_remembered_by_the_browser(two: Pair) -> None:
 def settled(person: Person, selector: str, left: int | None) -> None:
     """Wait until the element's slide is over: its left edge at ``left``, or off screen (None)."""
     where = f"r.left === {left}" if left is not None else "r.right <= 0"
-    person.page.wait_for_function(
-        f"() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); return {where}; }}"
-    )
-    person.page.wait_for_function("() => document.getAnimations().every((a) => a.playState !== 'running')")
+    box = f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); return {where}; }})()"
+    wait_in_page(person.page, box, f"{selector} in place")
+    idle = "document.getAnimations().every((a) => a.playState !== 'running')"
+    wait_in_page(person.page, idle, "no animation running")
 
 
 def test_screenshots_for_the_docs(browser: Browser, nginx: NginxFront, two: Pair) -> None:
     """The README's pictures: a room, a private chat, the phone layout and dark mode."""
     alice, bob = two.alice, two.bob
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+    SHOTS_TO.mkdir(parents=True, exist_ok=True)
     room = "design"
     join_room(alice, room)
     join_room(bob, room)
@@ -317,26 +322,26 @@ def test_screenshots_for_the_docs(browser: Browser, nginx: NginxFront, two: Pair
     alice.page.locator("#messages .msg").nth(1).get_by_role("button", name="Add a reaction").click()
     alice.page.get_by_role("button", name="React with heart").click()
     expect(bob.page.locator("#messages .reaction")).to_have_count(1)
-    bob.page.screenshot(path=str(DOCS_SHOTS / "room.png"))
+    bob.page.screenshot(path=str(SHOTS_TO / "room.png"))
 
     open_dm(bob, "alice")
     send(bob, "Lunch at 12:30?")
     open_dm(alice, "bob")
     send(alice, "Yes, see you there")
     expect(bob.message("Yes, see you there")).to_be_visible()
-    bob.page.screenshot(path=str(DOCS_SHOTS / "private-chat.png"))
+    bob.page.screenshot(path=str(SHOTS_TO / "private-chat.png"))
 
     phone = sign_in_on(open_page(browser, nginx, "bob", viewport=(390, 760)))
     try:
         expect(phone.page.locator("#conv-title")).to_have_text("Public")
         phone.page.locator("#sidebar-toggle").click()
         settled(phone, "#sidebar", 0)
-        phone.page.screenshot(path=str(DOCS_SHOTS / "mobile-sidebar.png"))
+        phone.page.screenshot(path=str(SHOTS_TO / "mobile-sidebar.png"))
         phone.page.locator("#room-list").get_by_role("button", name=re.compile("^Room " + room)).click()
         expect(phone.page.locator("#conv-title")).to_have_text(room)
         settled(phone, "#sidebar", None)
         expect(phone.page.locator("#messages .reaction")).to_have_count(1)
-        phone.page.screenshot(path=str(DOCS_SHOTS / "mobile.png"))
+        phone.page.screenshot(path=str(SHOTS_TO / "mobile.png"))
         assert_clean(phone)
     finally:
         phone.close()
@@ -344,10 +349,12 @@ def test_screenshots_for_the_docs(browser: Browser, nginx: NginxFront, two: Pair
     bob.page.get_by_role("button", name="Dark mode").click()
     bob.page.locator("#room-list").get_by_role("button", name=re.compile("^Room " + room)).click()
     expect(bob.page.locator("html")).to_have_attribute("data-theme", "dark")
-    bob.page.screenshot(path=str(DOCS_SHOTS / "dark-mode.png"))
+    bob.page.screenshot(path=str(SHOTS_TO / "dark-mode.png"))
     bob.page.get_by_role("button", name="Light mode").click()
+    readme = (DOCS_SHOTS.parents[1] / "README.md").read_text()
     for name in ("room", "private-chat", "mobile", "mobile-sidebar", "dark-mode"):
-        assert (DOCS_SHOTS / f"{name}.png").stat().st_size > 10_000, name
+        assert (SHOTS_TO / f"{name}.png").stat().st_size > 10_000, name
+        assert (DOCS_SHOTS / f"{name}.png").exists() and f"docs/screenshots/{name}.png" in readme, name
 
 
 def test_rooms_can_be_found_and_show_their_members_and_who_is_online(
