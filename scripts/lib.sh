@@ -32,6 +32,8 @@ REDIS_CLUSTER_NODE_TIMEOUT_MS="${REDIS_CLUSTER_NODE_TIMEOUT_MS:-3000}"  # a sile
 KAFKA_PORTS="${KAFKA_PORTS:-$KAFKA_PORT $((KAFKA_PORT + 1)) $((KAFKA_PORT + 2))}"
 KAFKA_CONTROLLER_PORTS="${KAFKA_CONTROLLER_PORTS:-$((KAFKA_PORT + 100)) $((KAFKA_PORT + 101)) $((KAFKA_PORT + 102))}"
 if [[ "$CHAT_HA" == 1 ]]; then
+    # Exported: the servers inherit them, and so do the scripts that chaos.py runs with their settings.
+    export CHAT_HA REDIS_CLUSTER_PORTS KAFKA_PORTS KAFKA_CONTROLLER_PORTS
     KAFKA_REPLICATION="${KAFKA_REPLICATION:-3}"  # replicas of every topic
     KAFKA_MIN_INSYNC="${KAFKA_MIN_INSYNC:-2}"    # an acks=all write waits for this many of them
     export REDIS_URL="${REDIS_URL:-redis+cluster://$(for p in $REDIS_CLUSTER_PORTS; do printf '127.0.0.1:%s,' "$p"; done | sed 's/,$//')}"
@@ -295,6 +297,9 @@ log.retention.hours=24
 num.network.threads=2
 num.io.threads=2
 EOF
+    if ((replication > 1)); then  # a dead broker's partitions get new leaders in seconds, not 9 s
+        printf '%s\n' broker.session.timeout.ms=4000 broker.heartbeat.interval.ms=1000
+    fi
 }
 
 format_kafka_node() {  # format_kafka_node NAME NODE_ID BROKER_PORT CONTROLLER_PORT VOTERS CLUSTER_ID CLASSPATH
