@@ -106,9 +106,7 @@ async def kill_redis_master(pids_dir: Path, rng: random.Random, up: Callable[[],
         await asyncio.sleep(0.1)
     promoted = time.monotonic() - killed
     await up()
-    return (
-        f"redis-{victim} (pid {nodes[victim]}) killed, replica promoted in {promoted:.1f}s, up.sh --ha restarted it"
-    )
+    return f"redis-{victim} (pid {nodes[victim]}) killed, replica promoted in {promoted:.1f}s, up.sh --ha restarted it"
 
 
 async def kill_broker(pids_dir: Path, run_dir: Path, rng: random.Random, up: Callable[[], Awaitable[None]]) -> str:

@@ -129,7 +129,7 @@ def cluster_roles(port: int) -> dict[int, int | None]:
 
     client = redis.Redis(port=port, socket_timeout=2)
     try:
-        lines = client.execute_command("CLUSTER", "NODES")
+        lines = client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
     finally:
         client.close()
     text = lines.decode() if isinstance(lines, bytes) else str(lines)

@@ -17,6 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 import tests.unit.test_history as contract
 from chatserver.envelope import Envelope
+from chatserver.history import Retention
 from chatserver.limits import RedisUserLimiter
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
@@ -75,7 +76,7 @@ async def test_a_turn_of_grouped_calls_is_one_script_call_per_hash_slot_each_wit
         assert replies == [n + 1 for n in range(len(keys))], "each call gets its own reply"
         assert evals(redis_cluster) - before == len(tags), "one EVAL per hash slot of the turn"
         assert batch.pipelines == 1
-        assert [int(v) for v in await asyncio.gather(*(client.get(k) for k in keys))] == replies
+        assert [int(v or 0) for v in await asyncio.gather(*(client.get(k) for k in keys))] == replies
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -96,7 +97,7 @@ async def test_commands_for_every_shard_in_one_turn_each_get_their_reply_in_orde
 @pytest.mark.parametrize("check", contract.CHECKS)
 async def test_the_history_contract_holds_on_a_cluster(redis_cluster: RedisClusterNodes, check: Any) -> None:
     async with on_cluster(redis_cluster) as (client, batch, names):
-        await check(RedisHistory(client, names, contract.Retention(), batch=batch))
+        await check(RedisHistory(client, names, Retention(), batch=batch))
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -104,7 +105,7 @@ async def test_a_retry_after_a_store_in_one_channel_only_fills_the_other_and_dou
     redis_cluster: RedisClusterNodes,
 ) -> None:
     async with on_cluster(redis_cluster) as (client, batch, names):
-        history = RedisHistory(client, names, contract.Retention(), batch=batch)
+        history = RedisHistory(client, names, Retention(), batch=batch)
         first = contract.private(1)
         assert client.keyslot(names.channel_log("user:alice")) != client.keyslot(names.channel_log("user:bob"))
         # What a server that died between the two stores left: the message in user:alice only
@@ -173,8 +174,8 @@ async def test_users_of_two_servers_on_a_cluster_chat_in_private_and_in_rooms_an
     got = await ben.recv_type("message")
     assert (got["text"], got["id"], got["channel"], got["offset"]) == ("over the shards", ack["id"], "user:ben", 1)
     for user, client in (("ann", ann), ("ben", ben)):
-        await client.send({"type": "join", "room": "lobby"})
-        await client.recv_until(lambda f, u=user: f["type"] == "presence" and f.get("user") == u)
+        await client.send({"type": "join", "room": "lobby", "cid": f"j-{user}"})
+        await client.recv_until(lambda f: f["type"] == "ack" and f.get("room") == "lobby")
     await ben.send({"type": "room", "room": "lobby", "text": "hello room", "cid": "r1"})
     assert (await ann.recv_until(lambda f: f["type"] == "message" and f["kind"] == "room"))["text"] == "hello room"
     for client, channel in ((ann, "user:ann"), (ben, "user:ben")):
