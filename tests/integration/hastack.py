@@ -142,3 +142,24 @@ def cluster_roles(port: int) -> dict[int, int | None]:
         for p, flags, master in by_id.values()
         if "fail" not in flags.split(",")
     }
+
+
+def free_block(size: int) -> int:
+    """A base port B such that B+1..B+size are free (CHAT_PORT_BASE: ws-N listens on B+N)."""
+    for _ in range(200):
+        [base] = free_ports(1)
+        if all(_free(p) for p in range(base + 1, base + size + 1)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def ha_env(run_dir: Path, servers: int) -> dict[str, str]:
+    """The environment of ``up.sh --ha`` on free ports in ``run_dir``."""
+    return lib_env(
+        run_dir,
+        NGINX_PORT=str(free_ports(1)[0]),
+        CHAT_PORT_BASE=str(free_block(servers)),
+        REDIS_CLUSTER_PORTS=" ".join(map(str, free_ports(6, bus=True))),
+        KAFKA_PORTS=" ".join(map(str, free_ports(3))),
+        KAFKA_CONTROLLER_PORTS=" ".join(map(str, free_ports(3))),
+    )
