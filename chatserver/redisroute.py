@@ -48,7 +48,7 @@ Client = aioredis.Redis | RedisCluster
 
 #: Pauses between routing attempts of what could not be written: together longer than a
 #: failover (``cluster-node-timeout`` of a few seconds, then the election).
-ROUTE_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 1.0, 1.0, 1.5, 2.0)
+ROUTE_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 1.0, 1.0, 1.5, 2.0, 2.0, 3.0)
 
 #: Replies that say the command did not run on this node: safe to send again elsewhere.
 _NOT_RUN = (MovedError, AskError, TryAgainError, ClusterDownError)
@@ -169,14 +169,26 @@ class ClusterPipelines:
             for reply, (_, durable) in zip(replies, share, strict=True)
         ]
 
+    @staticmethod
+    async def _ready(conn: Connection) -> None:
+        """Connected, and not closed by the node meanwhile (a node killed since this connection
+        was last used: what is written to it would fail on the read, as if it might have run),
+        as redis-py's pool makes sure of its connections. Writes nothing of ours."""
+        if conn.is_connected:
+            try:
+                if await conn.can_read():
+                    raise RedisConnectionError("the connection has unread data")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await conn.disconnect(nowait=True)
+        if not conn.is_connected:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        await conn.check_health()  # type: ignore[no-untyped-call]  # a PING when idle for a while
+
     async def _exchange(self, node: ClusterNode, commands: list[tuple[Any, ...]]) -> list[Any]:
         conn: Connection = node.acquire_connection()
         try:
             try:
-                if not conn.is_connected:
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                # A PING when idle for a while: what fails here, too, wrote nothing of ours.
-                await conn.check_health()  # type: ignore[no-untyped-call]
+                await self._ready(conn)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 await conn.disconnect(nowait=True)
                 raise NotWritten(f"{node.name}: {exc}") from exc

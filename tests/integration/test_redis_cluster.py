@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +29,14 @@ from chatserver.redisroute import NotReplicated
 from chatserver.registry import RedisRegistry
 from chatserver.rooms import RedisRooms
 from tests.integration.conftest import RealCluster, new_cluster
-from tests.integration.hastack import RedisClusterNodes, cluster_roles, pid_of
+from tests.integration.hastack import (
+    RedisClusterNodes,
+    cluster_roles,
+    lib_env,
+    pid_of,
+    run_lib,
+    start_redis_cluster,
+)
 
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -204,3 +213,39 @@ async def test_a_durable_call_fails_when_no_replica_confirms_it_and_passes_once_
         finally:
             os.kill(pid, signal.SIGCONT)
         assert await batch.group("incr", SCRIPT, [key], [1], durable=True) == 3
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_the_batch_follows_a_failover_and_a_stale_slot_map_to_the_promoted_replica(tmp_path: Path) -> None:
+    """kill -9 of the master of a key: a call made once the cluster knows it failed waits for the
+    promotion (nothing can be written to a dead node) and succeeds; the old master back as a replica answers MOVED to a
+    client that still has the old map, which routes the call again."""
+    nodes = start_redis_cluster(tmp_path / "own")
+    try:
+        stale = redis_client(nodes.url)
+        live = redis_client(nodes.url)
+        assert isinstance(stale, RedisCluster) and isinstance(live, RedisCluster)
+        key = "failover:{k}"
+        stale_batch, live_batch = RedisBatch(stale), RedisBatch(live)
+        assert await stale_batch.execute("INCR", key) == 1  # both learn the slot map now
+        assert await live_batch.execute("INCR", key) == 2
+        master = int(live.nodes_manager.get_node_from_slot(live.keyslot(key)).port)
+        pid = pid_of(nodes.run_dir, f"redis-{master}")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        other = next(p for p in nodes.ports if p != master)
+        deadline = time.monotonic() + 30
+        while master in await asyncio.to_thread(cluster_roles, other):  # until the others mark it failed
+            assert time.monotonic() < deadline, f"redis-{master} not marked failed within 30 s"
+        assert await live_batch.execute("INCR", key) == 3, "queued during the failover, run once on the new master"
+        promoted = int(live.nodes_manager.get_node_from_slot(live.keyslot(key)).port)
+        assert promoted != master
+        env = lib_env(nodes.run_dir, CHAT_HA="1", REDIS_CLUSTER_PORTS=" ".join(map(str, nodes.ports)))
+        await asyncio.to_thread(run_lib, env, "start_redis_cluster", 90)  # starts the missing node
+        assert cluster_roles(master).get(master) == promoted, "the old master is back, as a replica"
+        assert await stale_batch.execute("INCR", key) == 4, "MOVED from the old master: routed again"
+        assert int(stale.nodes_manager.get_node_from_slot(stale.keyslot(key)).port) == promoted
+        await stale.aclose()
+        await live.aclose()
+    finally:
+        nodes.stop()
