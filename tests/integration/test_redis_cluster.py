@@ -149,7 +149,11 @@ async def test_registry_rooms_and_limits_run_on_a_cluster(redis_cluster: RedisCl
         rooms = RedisRooms(client, names)
         assert await rooms.join("ann", "lobby") and not await rooms.join("ann", "lobby")
         assert await rooms.members("lobby") == ["ann"] and await rooms.rooms_of("ann") == ["lobby"]
+        assert await rooms.join("bob", "lobby") and await rooms.join("bob", "den")
+        assert await rooms.directory(10) == [("lobby", 2), ("den", 1)]
         assert await rooms.leave("ann", "lobby") and await rooms.rooms_of("ann") == []
+        assert await rooms.leave("bob", "den") and await rooms.directory(10) == [("lobby", 1)]
+        assert not await client.sismember(names.rooms_index(), "den"), "an emptied room leaves the directory"
 
         limiter = RedisUserLimiter(client, names, per_second=2, clock=lambda: 1000.5, batch=batch)
         assert await asyncio.gather(*(limiter.allow(u) for u in ("ann", "ann", "ann", "bob"))) == [
