@@ -125,7 +125,7 @@ class Settings:
             host=_host(env, "CHAT_HOST", cls.host),
             port=_port(env, "PORT", _default_port(server_id)),
             redis_url=_redis_url(env, "REDIS_URL", cls.redis_url),
-            redis_wait_replicas=_int(env, "CHAT_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas),
+            redis_wait_replicas=_int(env, "CHAT_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, allow_zero=True),
             redis_wait_ms=_int(env, "CHAT_REDIS_WAIT_MS", cls.redis_wait_ms),
             kafka_bootstrap=_bootstrap(env, "KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
             backend=backend,

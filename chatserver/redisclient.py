@@ -60,7 +60,10 @@ def redis_client(url: str) -> Client:
     the client learns the others and follows failovers)."""
     options = _options()
     if url.startswith(CLUSTER_SCHEME):
-        netloc, _, path = url[len(CLUSTER_SCHEME) :].partition("/")
+        rest, _, query = url[len(CLUSTER_SCHEME) :].partition("?")
+        if query:
+            raise ValueError(f"REDIS_URL={url!r}: redis+cluster:// takes no ?options (give the nodes only)")
+        netloc, _, path = rest.partition("/")
         if path.strip("/") not in ("", "0"):
             raise ValueError(f"REDIS_URL={url!r}: a Redis Cluster has database 0 only")
         username, password, netloc = _credentials(netloc)
