@@ -291,6 +291,8 @@ def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
     """A URL that ``redisclient.redis_client`` can follow, checked before anything connects."""
     value = env.get(name) or default
     scheme, _, rest = value.partition("://")
+    if scheme == "redis+cluster" and "?" in rest:
+        raise ConfigError(f"{name}={value!r}: redis+cluster:// takes no ?options: give the nodes only")
     rest = rest.partition("?")[0]  # options (?ssl_cert_reqs=...) are the client's business
     forms = {
         "redis": "redis://[:password@]host[:port][/db]",

@@ -85,6 +85,7 @@ def test_stores_on_a_redis_cluster_wait_for_one_replica_by_default_and_0_turns_i
     assert (settings.redis_wait_replicas, settings.redis_wait_ms) == (0, 50)
     assert "CHAT_REDIS_WAIT_REPLICAS" in _refused({"CHAT_REDIS_WAIT_REPLICAS": "-1"})
     assert "CHAT_REDIS_WAIT_MS" in _refused({"CHAT_REDIS_WAIT_MS": "0"})
+    assert "takes no ?options" in _refused({"REDIS_URL": "redis+cluster://127.0.0.1:7000?ssl=true"})
 
 
 # ------------------------------------------------------------------ every kind of value, checked at start
