@@ -107,6 +107,17 @@ class _Group:
 
 Command = tuple[tuple[Any, ...] | _Group, asyncio.Future[Any]]
 
+
+async def replies_of(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The replies of several queued calls, in order; the first error if any failed (every
+    error is retrieved: a failover that fails many calls logs none of them twice)."""
+    replies = await asyncio.gather(*futures, return_exceptions=True)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
+
+
 #: Attempts to check out a connection (nothing has been sent yet), and the pause after each failure.
 _CHECKOUT_BACKOFF_S = (0.05, 0.2, 0.5)
 

@@ -36,7 +36,7 @@ from chatserver.history import (
     store_each,
 )
 from chatserver.names import Names
-from chatserver.redisbatch import RedisBatch
+from chatserver.redisbatch import RedisBatch, replies_of
 from chatserver.redisroute import Client
 
 # KEYS: a channel's log. ARGV: '"id":"<id>"', depth. Answers {member, offset} or {} (not found).
@@ -220,7 +220,7 @@ class RedisHistory:
 
         try:
             if self._batch.sharded:  # one call per channel, each in its own hash slot
-                found = [value for values in await asyncio.gather(*(call([c]) for c in channels)) for value in values]
+                found = [value for values in await replies_of([call([c]) for c in channels]) for value in values]
             else:
                 found = await call(channels)
         except aioredis.RedisError as exc:
@@ -233,7 +233,7 @@ class RedisHistory:
         keys = [self._names.channel_seq(c) for c in channels]
         try:
             if self._batch.sharded:
-                values = await asyncio.gather(*(self._batch.execute("GET", key) for key in keys))
+                values = await replies_of([self._batch.execute("GET", key) for key in keys])
             else:
                 values = await self._redis.mget(keys)
         except aioredis.RedisError as exc:

@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from chatserver.names import Names
-from chatserver.redisbatch import RedisBatch
+from chatserver.redisbatch import RedisBatch, replies_of
 from chatserver.redisroute import Client
 
 Clock = Callable[[], float]
@@ -149,7 +149,7 @@ class RedisRegistry:
         try:
             if self._batch.sharded:  # users are on many shards: one call per user, each on its own
                 calls = [self._batch.group("servers_of", _SERVERS_OF_LUA, [key], now) for key in keys]
-                replies = [found for [found] in await asyncio.gather(*calls)]
+                replies = [found for [found] in await replies_of(calls)]
             else:
                 replies = await self._batch.group("servers_of", _SERVERS_OF_LUA, keys, now)
         except Exception as exc:  # as _all: whatever the batch failed with
