@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from chatserver.names import Names
+from chatserver.redisroute import Client
 
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024  # a hash of megabytes is work an attacker should not get for free
@@ -48,7 +49,7 @@ class AccountStore(Protocol):
 
 
 class RedisAccountStore:
-    def __init__(self, client: aioredis.Redis, names: Names) -> None:
+    def __init__(self, client: Client, names: Names) -> None:
         self._redis = client
         self._names = names
 

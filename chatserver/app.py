@@ -21,7 +21,7 @@ from chatserver.metrics import Metrics
 from chatserver.names import Names
 from chatserver.node import ChatNode
 from chatserver.redisbatch import RedisBatch
-from chatserver.redisclient import redis_client
+from chatserver.redisclient import CLUSTER_SCHEME, redis_client
 from chatserver.redishistory import RedisHistory
 from chatserver.registry import MemoryRegistry, RedisRegistry, RegistryError
 from chatserver.rooms import MemoryRooms, RedisRooms
@@ -45,7 +45,8 @@ def asset_dir(name: str) -> Path:
 def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNode:
     """Real Redis and Kafka, or in-memory twins for ``backend == "memory"`` (``broker``: one
     shared by several nodes of one process)."""
-    names = Names(settings.name_prefix)
+    cluster = settings.backend != "memory" and settings.redis_url.startswith(CLUSTER_SCHEME)
+    names = Names(settings.name_prefix, hash_tags=cluster)
     retention = Retention(
         settings.history_min, settings.history_max, settings.history_keep_s, settings.dedupe_s, settings.channel_idle_s
     )
@@ -61,7 +62,8 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
             metrics=metrics,
         )
     client = redis_client(settings.redis_url)
-    batch = RedisBatch(client)  # stores and route look-ups of one loop turn: one round trip
+    # Stores and route look-ups of one loop turn: one round trip (one per shard on a cluster).
+    batch = RedisBatch(client, wait_replicas=settings.redis_wait_replicas, wait_ms=settings.redis_wait_ms)
     bus = KafkaBus(
         settings.kafka_bootstrap,
         settings.server_id,
@@ -82,7 +84,9 @@ def build_node(settings: Settings, broker: MemoryBroker | None = None) -> ChatNo
         limits=Limits.from_settings(settings, RedisUserLimiter(client, names, settings.user_rate_per_s, batch=batch)),
         rooms=RedisRooms(client, names),
         accounts=RedisAccountStore(client, names),
-        shared_batch=True,
+        # One pipeline runs a store before the route look-up queued after it; on a cluster they
+        # may go to two nodes, in no order between them: the look-up waits for the store.
+        shared_batch=not cluster,
         metrics=metrics,
     )
 

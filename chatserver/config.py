@@ -44,6 +44,10 @@ class Settings:
     host: str = "127.0.0.1"  # CHAT_HOST
     port: int = 8081  # PORT (default: 8080 + N for SERVER_ID ws-N)
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL
+    # On a Redis Cluster a message is acked only once this many replicas of its shard have it
+    # (WAIT), within CHAT_REDIS_WAIT_MS: a failover then loses no acked message. 0: do not wait.
+    redis_wait_replicas: int = 1  # CHAT_REDIS_WAIT_REPLICAS
+    redis_wait_ms: int = 200  # CHAT_REDIS_WAIT_MS
     kafka_bootstrap: str = "127.0.0.1:9092"  # KAFKA_BOOTSTRAP
     backend: str = "real"  # CHAT_BACKEND: real (Redis + Kafka) or memory (single node)
     name_prefix: str = ""  # CHAT_PREFIX: prefix of every Redis key and Kafka topic/group
@@ -121,6 +125,8 @@ class Settings:
             host=_host(env, "CHAT_HOST", cls.host),
             port=_port(env, "PORT", _default_port(server_id)),
             redis_url=_redis_url(env, "REDIS_URL", cls.redis_url),
+            redis_wait_replicas=_int(env, "CHAT_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, allow_zero=True),
+            redis_wait_ms=_int(env, "CHAT_REDIS_WAIT_MS", cls.redis_wait_ms),
             kafka_bootstrap=_bootstrap(env, "KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
             backend=backend,
             name_prefix=prefix,
@@ -285,6 +291,8 @@ def _redis_url(env: Mapping[str, str], name: str, default: str) -> str:
     """A URL that ``redisclient.redis_client`` can follow, checked before anything connects."""
     value = env.get(name) or default
     scheme, _, rest = value.partition("://")
+    if scheme == "redis+cluster" and "?" in rest:
+        raise ConfigError(f"{name}={value!r}: redis+cluster:// takes no ?options: give the nodes only")
     rest = rest.partition("?")[0]  # options (?ssl_cert_reqs=...) are the client's business
     forms = {
         "redis": "redis://[:password@]host[:port][/db]",

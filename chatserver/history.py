@@ -15,15 +15,21 @@ over because its storage lost them (a Redis that restarted empty). An offset mea
 only together with its epoch; a client that resumes with an old epoch is told its channel has a
 gap instead of being replayed the wrong messages. Epochs sort by the time they were made.
 
+On a sharded store (a Redis Cluster) the channels of a message live on different shards, and
+no step is atomic across them: ``store_each`` stores a private message in each of its two
+channels on its own, with the same id. Each channel's store recognises its own retry, so a
+retry after a failure between the two fills in the missing one and never doubles the other.
+
 The Redis implementation is ``redishistory.RedisHistory``; ``MemoryHistory`` here is its
 in-process twin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,26 +119,63 @@ class History(Protocol):
 FIND_DEPTH = 1000
 
 
-class MemoryHistory:
-    """History in this process: the single-node default and the test fake."""
+#: Stores a message in one of its channels (alone): what that channel's store answered.
+StoreOne = Callable[[Envelope, str], Awaitable[Stored]]
 
-    def __init__(self, retention: Retention = Retention(), clock: Clock = time.time) -> None:
+
+async def store_each(envelope: Envelope, store_one: StoreOne) -> Stored:
+    """Store ``envelope`` in each of its channels, one after the other (see the module
+    docstring). The first channel, in sorted order (the same on every retry), gives the message
+    its id and time: a retry gets the first attempt's; the other channels are stored with them."""
+    channels = envelope.channels()
+    order = sorted(channels)
+    first = await store_one(envelope, order[0])
+    envelope = dataclasses.replace(envelope, id=first.id, ts=first.ts)
+    found = {order[0]: first}
+    for channel in order[1:]:
+        found[channel] = await store_one(envelope, channel)
+    offsets = tuple((c, dict(found[c].offsets)[c]) for c in channels)
+    epochs = tuple((c, dict(found[c].epochs).get(c, "")) for c in channels)
+    return Stored(first.id, first.ts, offsets, first.duplicate, epochs)
+
+
+class MemoryHistory:
+    """History in this process: the single-node default and the test fake. ``sharded``: stored
+    as on a Redis Cluster, one channel at a time (``store_each``); ``fail_in`` makes the next
+    store in those channels fail (for tests)."""
+
+    def __init__(self, retention: Retention = Retention(), clock: Clock = time.time, sharded: bool = False) -> None:
         self._retention = retention
         self._clock = clock
+        self._sharded = sharded
+        self.fail_in: set[str] = set()
         self._seq: dict[str, int] = {}
         self._epochs: dict[str, str] = {}
         self._logs: dict[str, list[tuple[int, int, Message]]] = {}  # (offset, ts, body)
-        self._sent: dict[tuple[str, str], tuple[float, Stored]] = {}
+        self._sent: dict[tuple[str, ...], tuple[float, Stored]] = {}
 
     async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
+        if not self._sharded:
+            return self._store(envelope, envelope.channels(), (envelope.sender, fingerprint) if fingerprint else None)
+
+        async def one(envelope: Envelope, channel: str) -> Stored:
+            if channel in self.fail_in:
+                self.fail_in.discard(channel)
+                raise HistoryError(f"{channel}: its shard failed (as told)")
+            return self._store(envelope, (channel,), (channel, envelope.sender, fingerprint or "id-" + envelope.id))
+
+        return await store_each(envelope, one)
+
+    def _store(self, envelope: Envelope, channels: Sequence[str], sent: tuple[str, ...] | None) -> Stored:
+        """Store in ``channels`` at once, or answer the attempt that ``sent`` recognises."""
         now = self._clock()
-        if fingerprint is not None:
-            prior = self._sent.get((envelope.sender, fingerprint))
+        if sent is not None:
+            prior = self._sent.get(sent)
             if prior is not None and prior[0] > now:
                 s = prior[1]
-                return Stored(s.id, s.ts, s.offsets, duplicate=True)
+                return Stored(s.id, s.ts, s.offsets, duplicate=True, epochs=s.epochs if self._sharded else ())
         offsets, epochs = [], []
-        for channel in envelope.channels():
+        for channel in channels:
             offset = self._seq[channel] = self._seq.get(channel, 0) + 1
             log = self._logs.setdefault(channel, [])
             log.append((offset, envelope.ts, envelope.message_body(channel)))
@@ -140,8 +183,8 @@ class MemoryHistory:
             offsets.append((channel, offset))
             epochs.append((channel, self._epoch(channel)))
         stored = Stored(envelope.id, envelope.ts, tuple(offsets), epochs=tuple(epochs))
-        if fingerprint is not None:
-            self._sent[(envelope.sender, fingerprint)] = (now + self._retention.dedupe_s, stored)
+        if sent is not None:
+            self._sent[sent] = (now + self._retention.dedupe_s, stored)
         return stored
 
     def _epoch(self, channel: str) -> str:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from chatserver.config import Settings
 from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
+from chatserver.redisroute import Client
 
 Clock = Callable[[], float]
 
@@ -75,7 +76,7 @@ class RedisUserLimiter:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         names: Names,
         per_second: int,
         clock: Clock = time.time,

@@ -3,6 +3,12 @@
 With the default empty prefix the names are exactly those of the protocol:
 topic ``messages-{SERVER_ID}``, group ``ws-server-group-{SERVER_ID}``. Tests and shared
 deployments set ``CHAT_PREFIX`` so that several clusters can share one Redis and Kafka.
+
+On a Redis Cluster (``hash_tags``) the name of a channel in its keys is a hash tag,
+``chat:chan:{<channel>}:seq``: every key of a channel is in one hash slot, so one script can
+store a message in it. Every other key is used alone (one key per command), so it needs no tag:
+users, rooms and rate counters spread over the shards by their own names. Without a cluster the
+names stay as they always were (a single Redis keeps its data across an upgrade).
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Names:
     prefix: str = ""
+    hash_tags: bool = False
+
+    def _channel(self, channel: str) -> str:
+        return f"{{{channel}}}" if self.hash_tags else channel
 
     def server_topic(self, server_id: str) -> str:
         """The Kafka topic that server ``server_id`` alone consumes."""
@@ -31,15 +41,15 @@ class Names:
 
     def channel_seq(self, channel: str) -> str:
         """Redis counter: the latest offset of ``channel`` (offsets start at 1)."""
-        return f"{self.prefix}chat:chan:{channel}:seq"
+        return f"{self.prefix}chat:chan:{self._channel(channel)}:seq"
 
     def channel_epoch(self, channel: str) -> str:
         """Redis string: the epoch of ``channel``'s offsets (new whenever they start over)."""
-        return f"{self.prefix}chat:chan:{channel}:epoch"
+        return f"{self.prefix}chat:chan:{self._channel(channel)}:epoch"
 
     def channel_log(self, channel: str) -> str:
         """Redis sorted set: the stored messages of ``channel``, scored by offset."""
-        return f"{self.prefix}chat:chan:{channel}:log"
+        return f"{self.prefix}chat:chan:{self._channel(channel)}:log"
 
     def user_rate(self, user: str, second: int) -> str:
         """Redis counter: messages ``user`` sent in one second, on all servers."""
@@ -48,6 +58,11 @@ class Names:
     def sent(self, user: str, fingerprint: str) -> str:
         """Redis string: a message ``user`` sent recently, so that a retry is not stored twice."""
         return f"{self.prefix}chat:sent:{user}:{fingerprint}"
+
+    def channel_sent(self, channel: str, user: str, fingerprint: str) -> str:
+        """``sent`` for one channel, in the channel's hash slot: on a cluster a message is stored
+        in each of its channels on its own, and each store recognises its own retry."""
+        return f"{self.prefix}chat:chan:{self._channel(channel)}:sent:{user}:{fingerprint}"
 
     def room_members(self, room: str) -> str:
         """Redis set: the members of ``room``."""

@@ -30,6 +30,11 @@ connecting; the pool replaces a connection that Redis closed, and the connection
 check, a PING before the write when it was idle for a while, is retried on its own) is
 tried again on a fresh connection; what fails after the write fails every caller of the
 pipeline, whose own error path decides (a send is retried by the client with its ``cid``).
+
+On a Redis Cluster (``redisroute``) a pipeline is split by node: each node gets its share in
+one pipeline, in the order queued; shares of different nodes run in no order between them. A
+group is then one EVAL per hash slot (Redis refuses a script whose keys span slots), and the
+keys of one grouped call must share a slot.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from chatserver.redisroute import Client, ClusterPipelines
 
 # KEYS and ARGV of the group's calls one after another; ARGV starts with the number of calls,
 # then each call's number of keys and of arguments.
@@ -66,10 +73,11 @@ return results
 class _Group:
     """The calls of one script queued in one turn, sent as one EVAL."""
 
-    __slots__ = ("args", "futures", "keys", "script", "sizes")
+    __slots__ = ("args", "durable", "futures", "keys", "script", "sizes")
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, durable: bool) -> None:
         self.script = _GROUP_HEAD + script + _GROUP_TAIL
+        self.durable = durable
         self.keys: list[Any] = []
         self.args: list[Any] = []
         self.sizes: list[int] = []
@@ -99,13 +107,30 @@ class _Group:
 
 Command = tuple[tuple[Any, ...] | _Group, asyncio.Future[Any]]
 
+
+async def replies_of(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The replies of several queued calls, in order; the first error if any failed (every
+    error is retrieved: a failover that fails many calls logs none of them twice)."""
+    replies = await asyncio.gather(*futures, return_exceptions=True)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
+
+
 #: Attempts to check out a connection (nothing has been sent yet), and the pause after each failure.
 _CHECKOUT_BACKOFF_S = (0.05, 0.2, 0.5)
 
 
 class RedisBatch:
-    def __init__(self, client: aioredis.Redis, max_batch: int = 1000, max_in_flight: int = 8) -> None:
+    def __init__(
+        self, client: Client, max_batch: int = 1000, max_in_flight: int = 8, wait_replicas: int = 0, wait_ms: int = 200
+    ) -> None:
+        """``wait_replicas``, ``wait_ms``: on a cluster, what a durable group waits for (``redisroute``)."""
         self._client = client
+        self._cluster = None
+        if isinstance(client, RedisCluster):
+            self._cluster = ClusterPipelines(client, wait_replicas=wait_replicas, wait_ms=wait_ms)
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight  # pipelines sent and not answered; more waits (and grows)
         self._turns: list[list[Command]] = []  # commands waiting to be sent, one list per loop turn
@@ -115,6 +140,11 @@ class RedisBatch:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.pipelines = 0  # sent so far (for tests and metrics)
         self.commands = 0
+
+    @property
+    def sharded(self) -> bool:
+        """On a Redis Cluster: the keys of one grouped call must share a hash slot."""
+        return self._cluster is not None
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future gets its reply, or the RedisError it caused."""
@@ -132,12 +162,17 @@ class RedisBatch:
             loop.call_soon(self._flush)
         return future
 
-    def group(self, name: str, script: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+    def group(
+        self, name: str, script: str, keys: list[Any], args: list[Any], durable: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue one call of ``script`` (a Lua body that ends in ``return``, reading ``KEYS`` and
-        ``ARGV``); the calls of ``name`` in this turn run as one EVAL (see the module docstring)."""
+        ``ARGV``); the calls of ``name`` in this turn run as one EVAL (see the module docstring).
+        ``durable``: on a cluster, done only once the shard's replicas have it (``redisroute``)."""
+        if self._cluster is not None:
+            name = f"{name}\0{self._cluster.slot(keys)}"  # one EVAL per hash slot
         group = self._groups.get(name) if self._open is not None else None
         if group is None:
-            group = self._groups[name] = _Group(script)
+            group = self._groups[name] = _Group(script, durable)
             self._queue(group).add_done_callback(group.answer)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         group.keys += keys
@@ -174,7 +209,9 @@ class RedisBatch:
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            replies = await self._run([c.command() if isinstance(c, _Group) else c for c, _ in batch])
+            commands = [c.command() if isinstance(c, _Group) else c for c, _ in batch]
+            durable = frozenset(i for i, (c, _) in enumerate(batch) if isinstance(c, _Group) and c.durable)
+            replies = await self._run(commands, durable)
         except BaseException as exc:  # the connection failed (or we stop): every caller hears of it
             failure = exc if isinstance(exc, Exception) else RedisError("redis batch cancelled")
             for _, future in batch:
@@ -191,9 +228,12 @@ class RedisBatch:
             else:
                 future.set_result(reply)
 
-    async def _run(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _run(self, commands: list[tuple[Any, ...]], durable: frozenset[int] = frozenset()) -> list[Any]:
         """Write ``commands`` once, as one pipeline, and read every reply (a command's error
         reply in its place). Not retried once written: see the module docstring."""
+        if self._cluster is not None:
+            return await self._cluster.run(commands, durable)
+        assert not isinstance(self._client, RedisCluster)
         pool = self._client.connection_pool
         conn = await self._checkout()
         try:
@@ -215,6 +255,7 @@ class RedisBatch:
 
     async def _checkout(self) -> Connection:
         """A connected connection from the client's pool; nothing has been sent when this fails."""
+        assert not isinstance(self._client, RedisCluster)
         pool = self._client.connection_pool
         for pause in (*_CHECKOUT_BACKOFF_S, None):
             try:

@@ -2,7 +2,9 @@
 
 Contract: ``history.History``. Each script touches the keys of one channel, or the keys of a
 message's channels in one atomic step; the calls of one loop turn travel together
-(``RedisBatch``).
+(``RedisBatch``). On a Redis Cluster (a sharded batch) every script touches one channel: a
+private message is stored in each of its channels on its own (``history.store_each``), its
+``sent`` key in the channel's hash slot (``chat:chan:{channel}:sent:{user}:{fingerprint}``).
 
 Redis layout (names from ``Names``): ``chat:chan:{channel}:seq`` (counter),
 ``chat:chan:{channel}:epoch`` (string), ``chat:chan:{channel}:log`` (sorted set scored by
@@ -12,9 +14,10 @@ offset; member ``"{ts}|{json}"``), ``chat:sent:{user}:{fingerprint}``
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -30,9 +33,11 @@ from chatserver.history import (
     Retention,
     Stored,
     new_epoch,
+    store_each,
 )
 from chatserver.names import Names
-from chatserver.redisbatch import RedisBatch
+from chatserver.redisbatch import RedisBatch, replies_of
+from chatserver.redisroute import Client
 
 # KEYS: a channel's log. ARGV: '"id":"<id>"', depth. Answers {member, offset} or {} (not found).
 _FIND_LUA = """
@@ -93,7 +98,10 @@ _STORE_LUA = (
     + """
 local n = (#KEYS - 1) / 3
 local prior = redis.call('GET', KEYS[1])
-if prior then return {1, prior} end
+if prior then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])  -- a write: a WAIT after it covers the first attempt too
+  return {1, prior}
+end
 local now = tonumber(ARGV[2])
 local min_keep, max_keep, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local offsets, epochs = {}, {}
@@ -152,7 +160,7 @@ return heads
 class RedisHistory:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         names: Names,
         retention: Retention,
         clock: Clock = time.time,
@@ -166,8 +174,19 @@ class RedisHistory:
 
     async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
         """Without a ``fingerprint`` the message's id is the key that recognises a second run."""
-        channels = envelope.channels()
-        keys = [self._names.sent(envelope.sender, fingerprint or "id-" + envelope.id)]
+        if self._batch.sharded:
+
+            async def one(envelope: Envelope, channel: str) -> Stored:
+                key = self._names.channel_sent(channel, envelope.sender, fingerprint or "id-" + envelope.id)
+                return await self._store(envelope, fingerprint, (channel,), key)
+
+            return await store_each(envelope, one)
+        key = self._names.sent(envelope.sender, fingerprint or "id-" + envelope.id)
+        return await self._store(envelope, fingerprint, envelope.channels(), key)
+
+    async def _store(self, envelope: Envelope, fingerprint: str | None, channels: Sequence[str], sent: str) -> Stored:
+        """One script: ``channels`` at once, or the earlier attempt that the ``sent`` key names."""
+        keys = [sent]
         for channel in channels:
             names = self._names
             keys += [names.channel_seq(channel), names.channel_log(channel), names.channel_epoch(channel)]
@@ -184,7 +203,7 @@ class RedisHistory:
             *(_member(envelope, c) for c in channels),
         ]
         try:
-            flag, value = await self._batch.group("store", _STORE_LUA, keys, args)
+            flag, value = await self._batch.group("store", _STORE_LUA, keys, args, durable=True)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return _parse_stored(value, channels, duplicate=flag == 1)
@@ -192,12 +211,18 @@ class RedisHistory:
     async def heads(self, channels: Sequence[str]) -> dict[str, Head]:
         if not channels:
             return {}
-        keys = []
-        for channel in channels:
-            keys += [self._names.channel_seq(channel), self._names.channel_epoch(channel)]
+        idle_ms = int(self._retention.idle_s * 1000)
+        names = self._names
+
+        def call(of: Sequence[str]) -> asyncio.Future[Any]:
+            keys = [key for c in of for key in (names.channel_seq(c), names.channel_epoch(c))]
+            return self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock), idle_ms])
+
         try:
-            idle_ms = int(self._retention.idle_s * 1000)
-            found = await self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock), idle_ms])
+            if self._batch.sharded:  # one call per channel, each in its own hash slot
+                found = [value for values in await replies_of([call([c]) for c in channels]) for value in values]
+            else:
+                found = await call(channels)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return {c: Head(int(found[2 * i]), _text(found[2 * i + 1])) for i, c in enumerate(channels)}
@@ -205,8 +230,12 @@ class RedisHistory:
     async def latest(self, channels: Sequence[str]) -> dict[str, int]:
         if not channels:
             return {}
+        keys = [self._names.channel_seq(c) for c in channels]
         try:
-            values = await self._redis.mget([self._names.channel_seq(c) for c in channels])
+            if self._batch.sharded:
+                values = await replies_of([self._batch.execute("GET", key) for key in keys])
+            else:
+                values = await self._redis.mget(keys)
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return {c: int(v) if v is not None else 0 for c, v in zip(channels, values, strict=True)}

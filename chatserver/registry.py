@@ -19,7 +19,8 @@ from typing import Any, Protocol, cast
 import redis.asyncio as aioredis
 
 from chatserver.names import Names
-from chatserver.redisbatch import RedisBatch
+from chatserver.redisbatch import RedisBatch, replies_of
+from chatserver.redisroute import Client
 
 Clock = Callable[[], float]
 
@@ -101,7 +102,7 @@ class RedisRegistry:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         names: Names,
         ttl_s: float,
         clock: Clock = time.time,
@@ -144,8 +145,13 @@ class RedisRegistry:
         if not users:
             return {}
         keys = [self._names.user_servers(u) for u in users]
+        now = [self._now_ms()]
         try:
-            replies = await self._batch.group("servers_of", _SERVERS_OF_LUA, keys, [self._now_ms()])
+            if self._batch.sharded:  # users are on many shards: one call per user, each on its own
+                calls = [self._batch.group("servers_of", _SERVERS_OF_LUA, [key], now) for key in keys]
+                replies = [found for [found] in await replies_of(calls)]
+            else:
+                replies = await self._batch.group("servers_of", _SERVERS_OF_LUA, keys, now)
         except Exception as exc:  # as _all: whatever the batch failed with
             raise RegistryError(f"redis: {exc}") from exc
         return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}

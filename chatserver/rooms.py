@@ -4,6 +4,14 @@ Membership is durable (a user stays in a room across sessions until they leave).
 layout (names from ``Names``): ``chat:room:{room}:members`` and ``chat:user:{user}:rooms``,
 two sets kept in step by one transaction, and ``chat:rooms``, the rooms that have a member (the
 directory; a room leaves it with its last member, in the same script).
+
+On a Redis Cluster the three keys are on the shards of the room, of the user and of the
+directory, which no transaction or script spans: a join adds the member first, then the room
+to the user's set and to the directory; a leave removes the member first, and a room it empties
+leaves the directory, and comes back at once if a join came in meanwhile (the join's member was
+added before its directory entry, so the second look sees it). A join or leave that failed
+between two steps is completed by doing it again; the directory never lists a room by a member
+count it no longer has (``directory`` counts the members each time).
 """
 
 from __future__ import annotations
@@ -11,8 +19,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from chatserver.names import Names
+from chatserver.redisroute import Client
 
 
 class RoomsError(Exception):
@@ -62,11 +72,14 @@ def _ranked(counts: dict[str, int], limit: int) -> list[tuple[str, int]]:
 
 
 class RedisRooms:
-    def __init__(self, client: aioredis.Redis, names: Names) -> None:
+    def __init__(self, client: Client, names: Names) -> None:
         self._redis = client
         self._names = names
+        self._sharded = isinstance(client, RedisCluster)  # MULTI and scripts span one slot only
 
     async def join(self, user: str, room: str) -> bool:
+        if self._sharded:
+            return await self._join_sharded(user, room)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.sadd(self._names.room_members(room), user)
@@ -78,9 +91,35 @@ class RedisRooms:
         return bool(changed)
 
     async def leave(self, user: str, room: str) -> bool:
+        if self._sharded:
+            return await self._leave_sharded(user, room)
         keys = [self._names.room_members(room), self._names.user_rooms(user), self._names.rooms_index()]
         try:
             left = await self._redis.eval(_LEAVE_LUA, len(keys), *keys, user, room)
+        except aioredis.RedisError as exc:
+            raise RoomsError(f"redis: {exc}") from exc
+        return bool(left)
+
+    async def _join_sharded(self, user: str, room: str) -> bool:
+        """A join on a cluster: one step per shard, in this order (see the module docstring)."""
+        try:
+            changed = await self._redis.sadd(self._names.room_members(room), user)
+            await self._redis.sadd(self._names.user_rooms(user), room)
+            await self._redis.sadd(self._names.rooms_index(), room)
+        except aioredis.RedisError as exc:
+            raise RoomsError(f"redis: {exc}") from exc
+        return bool(changed)
+
+    async def _leave_sharded(self, user: str, room: str) -> bool:
+        """A leave on a cluster: one step per shard (see the module docstring)."""
+        members = self._names.room_members(room)
+        try:
+            left = await self._redis.srem(members, user)
+            await self._redis.srem(self._names.user_rooms(user), room)
+            if not await self._redis.scard(members):
+                await self._redis.srem(self._names.rooms_index(), room)
+                if await self._redis.scard(members):  # a join came in meanwhile
+                    await self._redis.sadd(self._names.rooms_index(), room)
         except aioredis.RedisError as exc:
             raise RoomsError(f"redis: {exc}") from exc
         return bool(left)

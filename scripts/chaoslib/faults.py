@@ -21,6 +21,8 @@ Faults, one at a time:
   SIGKILL. Held to the same rules: what Redis appended before it answered is in the kernel's page
   cache and survives the process (``appendfsync everysec`` only risks the last second on a crash
   of the machine, which this fault does not simulate; docs/RELIABILITY.md).
+- ``redis-master-kill``, ``kafka-broker-kill`` (only when asked for, on ``up.sh --ha``): see
+  ``hafaults``.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from chaoslib import hafaults
+
 KINDS = ("kill-server", "kafka-stop", "redis-restart", "scale")  # the default: all of these
-EXTRA_KINDS = ("redis-crash",)  # only when asked for by name
+EXTRA_KINDS = ("redis-crash", *hafaults.HA_KINDS)  # only when asked for by name
 EXPECTED_S = {"kill-server": 10.0, "kafka-stop": 6.0, "redis-restart": 4.0, "scale": 12.0, "redis-crash": 4.0}
+EXPECTED_S.update(hafaults.HA_EXPECTED_S)
 SCRIPT_TIMEOUT_S = 150.0
 #: Settings the servers were started with that a restarted or added server must get too.
 _INHERITED = re.compile(r"^(CHAT_|KAFKA_|REDIS_|PYTHON$)")
@@ -85,8 +90,8 @@ class Cluster:
         n, pid = next(iter(servers.items()))
         self.server_env = _environ(pid)
         self.port_base = int(self.server_env["PORT"]) - n
-        redis_url = urlsplit(self.server_env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        self.redis_port = redis_url.port or 6379
+        redis_url = self.server_env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.redis_port = 6379 if "," in redis_url else urlsplit(redis_url).port or 6379  # a cluster: many
         self.kafka_bootstrap = self.server_env.get("KAFKA_BOOTSTRAP", "127.0.0.1:9092")
         self.kafka_port = int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
         props = self.run_dir / "kafka" / "server.properties"
@@ -151,7 +156,7 @@ class Cluster:
             why.append("scale, kill-server: nginx of this run folder is not running (scale.sh needs it)")
         if not (self.scripts / "up.sh").exists():
             why.append(f"no scripts at {self.scripts}")
-        return why
+        return why + hafaults.refusals(self.pids_dir, self.run_dir, kinds)
 
     def script_env(self) -> dict[str, str]:
         """The environment for up.sh and scale.sh: the servers' own settings, and every port and
@@ -262,6 +267,15 @@ class Faults:
     async def _redis_crash(self) -> str:
         return await self._redis_restart(signal.SIGKILL)
 
+    async def _redis_master_kill(self) -> str:
+        return await hafaults.kill_redis_master(self.cluster.pids_dir, self.rng, self._up_ha)
+
+    async def _kafka_broker_kill(self) -> str:
+        return await hafaults.kill_broker(self.cluster.pids_dir, self.cluster.run_dir, self.rng, self._up_ha)
+
+    async def _up_ha(self) -> None:
+        await self._script("up.sh", "--ha", str(self._count))
+
     async def _scale(self) -> str:
         count = self._count
         await self._script("scale.sh", str(count + 1))
@@ -353,6 +367,11 @@ class Faults:
         if self._redis_down is not None and self.cluster.redis_pid() is None:
             await asyncio.to_thread(self._start_redis, self._redis_down)
             did.append("Redis started again")
+        ha = self.cluster.server_env.get("CHAT_HA") == "1"
+        pids, run_dir = self.cluster.pids_dir, self.cluster.run_dir
+        if ha and (len(hafaults.redis_nodes(pids)) < 6 or len(hafaults.brokers(pids, run_dir)) < 3):
+            await self._up_ha()
+            did.append("up.sh --ha: Redis Cluster nodes and brokers started again")
         if self._count:
             running = sorted(self.cluster.servers())
             if running != list(range(1, self._count + 1)):

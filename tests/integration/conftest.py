@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from chatserver.auth import TokenAuthority
 from tests.chatclient import ChatClient
 from tests.conftest import free_port
+from tests.integration.hastack import RedisClusterNodes, start_redis_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output"
@@ -207,6 +208,17 @@ def cluster() -> Iterator[RealCluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of its own (six nodes on free ports, started by scripts/lib.sh), for the
+    tests of the cluster path: Redis refuses there what a single Redis lets pass (cross-slot)."""
+    nodes = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
 
 
 @dataclass

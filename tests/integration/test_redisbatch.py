@@ -231,6 +231,7 @@ async def behind_proxy(key: str, lose: bool = True, hold_s: float = 0.0) -> Asyn
     is run by Redis but never answered in time."""
     proxy = ReplyHoldingProxy(key.encode(), lose=lose, hold_s=hold_s)
     client = redis_client(await proxy.start())
+    assert isinstance(client, aioredis.Redis)
     try:
         yield client
     finally:

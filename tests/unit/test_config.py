@@ -79,6 +79,15 @@ def test_load_shedding_waits_3_s_by_default_and_0_turns_it_off() -> None:
     assert Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_SHED_AFTER_MS": "750"}).shed_after_ms == 750
 
 
+def test_stores_on_a_redis_cluster_wait_for_one_replica_by_default_and_0_turns_it_off() -> None:
+    assert Settings.from_env({"CHAT_SECRET": SECRET}).redis_wait_replicas == 1
+    settings = Settings.from_env({"CHAT_SECRET": SECRET, "CHAT_REDIS_WAIT_REPLICAS": "0", "CHAT_REDIS_WAIT_MS": "50"})
+    assert (settings.redis_wait_replicas, settings.redis_wait_ms) == (0, 50)
+    assert "CHAT_REDIS_WAIT_REPLICAS" in _refused({"CHAT_REDIS_WAIT_REPLICAS": "-1"})
+    assert "CHAT_REDIS_WAIT_MS" in _refused({"CHAT_REDIS_WAIT_MS": "0"})
+    assert "takes no ?options" in _refused({"REDIS_URL": "redis+cluster://127.0.0.1:7000?ssl=true"})
+
+
 # ------------------------------------------------------------------ every kind of value, checked at start
 
 

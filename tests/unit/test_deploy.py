@@ -69,7 +69,13 @@ def test_compose_runs_the_kafka_version_the_scripts_run() -> None:
 
 KAFKA3_OVERRIDE = ROOT / "deploy/compose.kafka3.yml"
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")
-PROFILES = {"kafka3": set(BROKERS), "monitoring": {"prometheus", "grafana"}}
+HA_OVERRIDE = ROOT / "deploy/compose.ha.yml"
+REDIS_NODES = tuple(f"redis-{n}" for n in range(1, 7))
+PROFILES = {
+    "kafka3": set(BROKERS),
+    "ha": {*BROKERS, *REDIS_NODES, "redis-cluster-init"},
+    "monitoring": {"prometheus", "grafana"},
+}
 # The keys of a service in the Compose specification that this project may use: a misspelt key
 # ("healtcheck") would otherwise pass the YAML-level checks below.
 SERVICE_KEYS = {
@@ -155,6 +161,9 @@ COMPOSE_VARIANTS = [
     ((), ("kafka3", "monitoring")),
     (("deploy/compose.kafka3.yml",), ("kafka3",)),
     (("deploy/compose.kafka3.yml",), ("kafka3", "monitoring")),
+    ((), ("ha",)),
+    (("deploy/compose.ha.yml",), ("ha",)),
+    (("deploy/compose.ha.yml",), ("ha", "monitoring")),
 ]
 
 
@@ -174,7 +183,9 @@ def test_compose_files_are_valid_for_every_profile(extra_files: tuple[str, ...],
         done = subprocess.run([*args, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
 
-    data = compose_with_kafka3() if extra_files else compose()
+    data = compose()
+    for extra in extra_files:
+        data = merge(data, load_compose_file(ROOT / extra))
     assert {key for key in data if not key.startswith("x-")} <= {"services", "volumes", "networks", "name"}
     services: dict[str, Any] = data["services"]
     active = enabled(services, set(profiles))
@@ -201,6 +212,9 @@ def test_compose_files_are_valid_for_every_profile(extra_files: tuple[str, ...],
 
 def test_every_service_restarts_has_a_health_check_and_resource_limits() -> None:
     for name, svc in compose()["services"].items():
+        if name.endswith("-init"):  # a one-shot job (forms the Redis Cluster once), never restarted
+            assert svc.get("restart") == "no" and not svc.get("ports"), name
+            continue
         assert svc.get("restart") == "unless-stopped", name
         assert svc.get("healthcheck", {}).get("test"), name
         limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
@@ -386,3 +400,44 @@ def test_chat_servers_trust_the_network_nginx_is_on_and_nothing_wider() -> None:
         trusted = [ipaddress.ip_network(item) for item in svc["environment"]["CHAT_TRUSTED_PROXIES"].split(",")]
         assert subnet in trusted, name
         assert all(net.is_loopback or net == subnet for net in trusted), (name, trusted)
+
+
+def lib_default(name: str) -> str:
+    """The default that scripts/lib.sh gives ``name`` (``NAME="${NAME:-default}"``)."""
+    found = re.search(rf'^{name}="\$\{{{name}:-([^}}]*)\}}"', (ROOT / "scripts/lib.sh").read_text(), re.M)
+    assert found, f"scripts/lib.sh has no default for {name}"
+    return found.group(1)
+
+
+def test_the_ha_profile_is_the_topology_of_up_sh_ha() -> None:
+    services = compose()["services"]
+    timeout = lib_default("REDIS_CLUSTER_NODE_TIMEOUT_MS")
+    for name in REDIS_NODES:
+        command = services[name]["command"]
+        flags = dict(zip(command[1::2], command[2::2], strict=True))
+        assert flags["--cluster-enabled"] == "yes" and flags["--cluster-node-timeout"] == timeout, name
+        assert (flags["--appendonly"], flags["--appendfsync"]) == ("yes", "everysec"), name
+        assert services[name]["image"] == services["redis"]["image"], name
+    assert len({tuple(services[name]["volumes"]) for name in REDIS_NODES}) == 6
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert "--cluster-replicas 1" in init and all("redis-$$n" in init for _ in [0])
+    assert set(depends_on(services["redis-cluster-init"])) == set(REDIS_NODES)
+    # up.sh --ha: the same three brokers and six nodes, on the ports the issue names by default.
+    assert lib_default("REDIS_CLUSTER_PORT") == "7000"
+    assert lib_default("KAFKA_PORTS") == "$KAFKA_PORT $((KAFKA_PORT + 1)) $((KAFKA_PORT + 2))"
+    assert lib_default("KAFKA_PORT") == "9092"
+    lib = (ROOT / "scripts/lib.sh").read_text()
+    assert 'KAFKA_REPLICATION="${KAFKA_REPLICATION:-3}"' in lib and 'KAFKA_MIN_INSYNC="${KAFKA_MIN_INSYNC:-2}"' in lib
+
+
+def test_the_ha_override_points_every_server_at_the_cluster_and_the_three_brokers() -> None:
+    merged = merge(compose(), load_compose_file(HA_OVERRIDE))["services"]
+    for name in chat_services():
+        env, deps = merged[name]["environment"], depends_on(merged[name])
+        assert env["REDIS_URL"].startswith("redis+cluster://"), name
+        assert {h.split(":")[0] for h in env["REDIS_URL"].removeprefix("redis+cluster://").split(",")} <= set(
+            REDIS_NODES
+        )
+        assert env["KAFKA_BOOTSTRAP"] == ",".join(f"{b}:9092" for b in BROKERS), name
+        assert deps == {"redis-cluster-init", *BROKERS}, name
+    assert merged["redis"]["profiles"] == ["redis1"] and merged["kafka"]["profiles"] == ["kafka1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatserver.envelope import Envelope
-from chatserver.history import History, MemoryHistory, Retention
+from chatserver.history import History, HistoryError, MemoryHistory, Retention
 
 
 def public(i: int, ts: int = 1_000) -> Envelope:
@@ -73,9 +73,37 @@ CHECKS = [
 
 
 @pytest.mark.gen_test
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-store", "sharded"])
 @pytest.mark.parametrize("check", CHECKS)
-async def test_memory_history(check) -> None:  # type: ignore[no-untyped-def]
-    await check(MemoryHistory())
+async def test_memory_history(check, sharded: bool) -> None:  # type: ignore[no-untyped-def]
+    await check(MemoryHistory(sharded=sharded))
+
+
+async def check_each_channel_has_the_message_once(history: History, message_id: str) -> None:
+    for channel in ("user:alice", "user:bob"):
+        stored = await history.after(channel, 0, 100)
+        assert [m["id"] for m in stored[0]] == [message_id], f"{channel} holds {stored[0]}"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("failing", ["user:alice", "user:bob"])
+async def test_a_retry_after_a_failure_between_the_two_channels_fills_the_gap_and_doubles_nothing(failing: str) -> None:
+    history = MemoryHistory(sharded=True)
+    history.fail_in = {failing}
+    with pytest.raises(HistoryError):
+        await history.store(private(1), "fp-1")
+    retry = Envelope("private", "second-id", "alice", "t1", 2_000, to="bob", recipients=("bob", "alice"))
+    stored = await history.store(retry, "fp-1")
+    # The first channel in sorted order (user:alice) gave the id: the first attempt's when it was
+    # stored there before the failure, the retry's when the failure came first.
+    expected = "p1" if failing == "user:bob" else "second-id"
+    assert stored.id == expected and stored.offsets == (("user:bob", 1), ("user:alice", 1))
+    await check_each_channel_has_the_message_once(history, expected)
+    again = await history.store(
+        Envelope("private", "third-id", "alice", "t1", 3_000, to="bob", recipients=("bob", "alice")), "fp-1"
+    )
+    assert again.duplicate and (again.id, again.offsets) == (expected, stored.offsets)
+    await check_each_channel_has_the_message_once(history, expected)
 
 
 @pytest.mark.gen_test
