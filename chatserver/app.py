@@ -23,7 +23,8 @@ from chatserver.node import ChatNode
 from chatserver.redisbatch import RedisBatch
 from chatserver.redisclient import CLUSTER_SCHEME, redis_client
 from chatserver.redishistory import RedisHistory
-from chatserver.registry import MemoryRegistry, RedisRegistry, RegistryError
+from chatserver.redisregistry import RedisRegistry
+from chatserver.registry import MemoryRegistry, RegistryError
 from chatserver.rooms import MemoryRooms, RedisRooms
 from chatserver.web import endpoints, signin, socket
 from chatserver.web.outbox import Keepalive, Outbox

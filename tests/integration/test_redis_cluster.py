@@ -25,8 +25,8 @@ from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
 from chatserver.redisclient import redis_client
 from chatserver.redishistory import RedisHistory
+from chatserver.redisregistry import RedisRegistry
 from chatserver.redisroute import NotReplicated
-from chatserver.registry import RedisRegistry
 from chatserver.rooms import RedisRooms
 from tests.integration.conftest import RealCluster, new_cluster
 from tests.integration.hastack import (

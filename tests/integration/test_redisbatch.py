@@ -21,7 +21,7 @@ from chatserver.names import Names
 from chatserver.redisbatch import RedisBatch
 from chatserver.redisclient import redis_client
 from chatserver.redishistory import RedisHistory
-from chatserver.registry import RedisRegistry
+from chatserver.redisregistry import RedisRegistry
 from chatserver.router import Router
 from tests.fakes import FakeSession, settle
 from tests.integration.conftest import REDIS_URL, _delete_names

@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatserver.names import Names
-from chatserver.registry import KNOWN_FOR_S, RedisRegistry
+from chatserver.redisregistry import RedisRegistry
+from chatserver.registry import KNOWN_FOR_S
 from tests.integration.conftest import REDIS_URL, _delete_names
 
 
