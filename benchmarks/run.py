@@ -1094,7 +1094,8 @@ def facts_lines(info: dict[str, Any], reference: dict[str, Any]) -> list[str]:
 
 def record_reference(path: Path, limits: trust.Limits, note: str | None) -> int:
     """Measure the calibration (9 rounds, the best) and write it, with how, when and where it
-    was recorded and whether the machine was quiet meanwhile, to ``path``."""
+    was recorded and whether the machine was quiet meanwhile, to ``path``; unless ``path`` holds
+    a faster one, which it keeps."""
     proc = trust.Proc()
     span = trust.Span(proc, [os.getpid()])
     calibration = trust.calibrate(rounds=9)
@@ -1102,6 +1103,16 @@ def record_reference(path: Path, limits: trust.Limits, note: str | None) -> int:
     quiet = used.others_pct <= limits.others_pct and used.steal_pct <= limits.steal_pct
     info = machine()
     reference = trust.load_reference(path)
+    kept = reference.get("calibration", {}).get("cpu_s")
+    if isinstance(kept, (int, float)) and kept < calibration["cpu_s"]:
+        # Others, the host or a lower clock can slow a machine, nothing speeds it up: the fastest
+        # calibration seen is its speed, and a slower reference would let slow rows pass as ok.
+        print(
+            f"kept {path}: its calibration ({kept} s CPU) is faster than this one ({calibration['cpu_s']} s), "
+            "so this machine is slower than it can be right now; to start over on another kind of machine, "
+            "remove the file's calibration first"
+        )
+        return 0
     reference["calibration"] = {**calibration, "work": trust.CALIBRATION_WORK}
     reference["recorded"] = {
         "how": "python benchmarks/run.py --record-reference",

@@ -301,3 +301,20 @@ def test_a_processes_cpu_and_memory_are_read_from_its_proc_entry(tmp_path: Path)
     assert proc.cpu_seconds(SERVER) == 4.0
     assert proc.rss_kib(SERVER) == 2500 * trust.PAGE_KIB
     assert proc.cpu_seconds(STRANGER) == 0.0 and proc.rss_kib(STRANGER) == 0, "gone: nothing"
+
+
+@pytest.mark.parametrize(("kept", "measured", "written"), [(0.104, 0.162, 0.104), (0.162, 0.104, 0.104)])
+def test_recording_the_reference_never_makes_the_machine_look_faster_than_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: float, measured: float, written: float
+) -> None:
+    """A machine measured at a slow moment keeps the faster calibration already recorded (a slower
+    reference would let slow rows pass as ok); a faster one replaces it."""
+    import json
+
+    import run
+
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps({"calibration": {"cpu_s": kept, "wall_s": kept}}))
+    monkeypatch.setattr(trust, "calibrate", lambda rounds: {"cpu_s": measured, "wall_s": measured, "rounds": rounds})
+    assert run.record_reference(path, trust.Limits(), None) == 0
+    assert json.loads(path.read_text())["calibration"]["cpu_s"] == written
