@@ -1,6 +1,6 @@
 """The documents stand alone: every relative link in a Markdown file of the repository leads to a
 file that exists, and to a heading that exists when it names one; nothing points outside the
-repository's own tree (such as a ``../shared`` folder beside a checkout)."""
+repository's own tree (such as a folder of notes kept beside a checkout)."""
 
 from __future__ import annotations
 
@@ -73,9 +73,13 @@ def test_the_readme_opens_with_the_two_commands_and_has_contents() -> None:
     assert "## Contents" in readme and "## Troubleshooting" in readme
 
 
+#: A sibling folder of a checkout that a clone does not have (spelt in parts, so this file does not name it).
+OUTSIDE = "shar" + "ed"
+
+
 def test_nothing_points_outside_the_repository_to_a_shared_folder() -> None:
     found = subprocess.run(
-        ["git", "grep", "-l", "-e", "../shared", "-e", "/work/shared", "--", ":!tests/unit/test_docs.py"],
+        ["git", "grep", "-l", "-e", f"\\.\\./{OUTSIDE}/", "-e", f"/work/{OUTSIDE}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
