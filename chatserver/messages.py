@@ -168,7 +168,7 @@ class Messages:
         channels with their next offsets, to the servers of its audience (today's members, for a
         room)."""
         react = isinstance(frame, p.ReactFrame)
-        if react and not await self._may_read(session.user, frame.channel):
+        if react and not await self._parts.may_read(session.user, frame.channel):
             self._parts.refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
             return None
         original = await self._parts.history.find(frame.channel, frame.id)
@@ -204,12 +204,6 @@ class Messages:
             servers = await self._parts.registry.live_servers()
         servers.add(self._parts.server_id)
         return self._publish(session, frame.cid, envelope, servers)
-
-    async def _may_read(self, user: str, channel: str) -> bool:
-        """``public``, the user's own channel, and the channels of rooms they are in."""
-        if channel == p.PUBLIC or channel == p.user_channel(user):
-            return True
-        return channel.startswith("room:") and await self._parts.rooms.is_member(user, channel[5:])
 
     # ------------------------------------------------------------------ 2. store, 3. route
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatserver import frames
+from chatserver import protocol as p
 from chatserver.bus import Bus
 from chatserver.codec import Codec
 from chatserver.envelope import Envelope
@@ -79,6 +80,14 @@ class Parts:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    async def may_read(self, user: str, channel: str) -> bool:
+        """``public``, the user's own channel, and the channels of rooms they are in."""
+        if channel == p.PUBLIC or channel == p.user_channel(user):
+            return True
+        if channel.startswith("room:"):
+            return await self.rooms.is_member(user, channel[5:])
+        return False
 
     def refuse(self, session: ClientSession, code: str, message: str, cid: str | None) -> None:
         """An ``error`` frame to ``session`` (counted by code)."""

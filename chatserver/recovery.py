@@ -91,16 +91,8 @@ class Recovery:
         if timer is not None:
             timer.cancel()
 
-    async def may_read(self, user: str, channel: str) -> bool:
-        """``public``, the user's own channel, and the channels of rooms they are in."""
-        if channel == p.PUBLIC or channel == p.user_channel(user):
-            return True
-        if channel.startswith("room:"):
-            return await self._parts.rooms.is_member(user, channel[5:])
-        return False
-
     async def history(self, session: ClientSession, frame: p.HistoryFrame) -> None:
-        if not await self.may_read(session.user, frame.channel):
+        if not await self._parts.may_read(session.user, frame.channel):
             self._parts.refuse(session, p.FORBIDDEN, f"you may not read {frame.channel!r}", frame.cid)
             return
         messages = await self._parts.history.before(frame.channel, frame.before, frame.limit)
@@ -115,7 +107,7 @@ class Recovery:
         greeted = session.id in self._waiting
         if greeted:
             self._waiting.pop(session.id).cancel()
-        readable = {c: await self.may_read(session.user, c) for c, _ in frame.positions}
+        readable = {c: await self._parts.may_read(session.user, c) for c, _ in frame.positions}
         wanted = [(c, o) for c, o in frame.positions if readable[c]]
         refused = [c for c, _ in frame.positions if not readable[c]]
         if refused:
