@@ -52,6 +52,27 @@ class Envelope:
     epochs: tuple[tuple[str, str], ...] = ()  # the epoch of each offset (empty from older servers)
     ref: str | None = None  # kind "edit"/"delete": the id of the message it changes
 
+    def placed(
+        self, id: str, ts: int, offsets: tuple[tuple[str, int], ...], epochs: tuple[tuple[str, str], ...]
+    ) -> Envelope:
+        """This message as its store placed it (``dataclasses.replace``, without its cost)."""
+        return Envelope(
+            self.kind,
+            id,
+            self.sender,
+            self.text,
+            ts,
+            self.to,
+            self.recipients,
+            self.origin,
+            offsets,
+            self.room,
+            self.event,
+            self.receipt,
+            epochs,
+            self.ref,
+        )
+
     def channels(self) -> tuple[str, ...]:
         """The channels that store this message: ``public``, the room's, or both users'. An
         edit or a delete is stored where its message was (its ``room``, or its two users)."""

@@ -83,7 +83,9 @@ class Retention:
 
 class History(Protocol):
     async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
-        """Assign offsets in ``envelope.channels()`` and append; or find the earlier attempt."""
+        """Assign offsets in ``envelope.channels()`` and append; or find the earlier attempt.
+        On one Redis the store is queued when this is called, not when awaited: a look-up
+        called right after it travels behind it in the same round trip (``Messages``)."""
         ...
 
     async def latest(self, channels: Sequence[str]) -> dict[str, int]:

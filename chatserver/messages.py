@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import hashlib
 import logging
 import time
@@ -28,7 +28,7 @@ from chatserver import frames
 from chatserver import protocol as p
 from chatserver.delivery import Delivery
 from chatserver.envelope import Envelope, MessageKind
-from chatserver.history import FIND_DEPTH
+from chatserver.history import FIND_DEPTH, Stored
 from chatserver.limits import Backlog, UserLimiter
 from chatserver.parts import ClientSession, Parts
 
@@ -211,32 +211,41 @@ class Messages:
         self, envelope: Envelope, cid: str | None, users: list[str]
     ) -> tuple[Envelope, dict[str, set[str]]]:
         """Store ``envelope``, then look up the servers of ``users``: the look-up must see the
-        registry as it is after the store. Together, both are queued in this loop turn, store
-        first, so they travel in one pipeline that Redis runs in order."""
-        registry = self._parts.registry
+        registry as it is after the store. Together (one Redis), both are queued as they are
+        called, store first, so they travel in one pipeline that Redis runs in order;
+        otherwise the look-up is made once the store is done."""
+        history, registry = self._parts.history, self._parts.registry
+        stored = history.store(envelope, self._fingerprint(envelope, cid))
         if not self._together:
-            stored = await self._store(envelope, cid)
-            return stored, await registry.servers_of(users)
-        stored_or_error, where_or_error = await asyncio.gather(
-            self._store(envelope, cid), registry.servers_of(users), return_exceptions=True
-        )
-        if isinstance(stored_or_error, BaseException):
-            raise stored_or_error
-        if isinstance(where_or_error, BaseException):
-            raise where_or_error
-        return stored_or_error, where_or_error
+            envelope = self._placed(envelope, await stored)
+            return envelope, await registry.servers_of(users)
+        route = registry.servers_of(users)
+        try:
+            placed = self._placed(envelope, await stored)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await route  # its error is the store's, or moot once the store failed
+            raise
+        return placed, await route
 
     async def _store(self, envelope: Envelope, cid: str | None) -> Envelope:
         """Store ``envelope``; a retry (same cid and content, to the same user or room) gets its
         first attempt's id and offsets."""
-        fingerprint = None
-        if cid is not None:
-            what = f"{envelope.kind}\0{envelope.to}\0{envelope.room}\0{envelope.ref}\0{cid}\0{envelope.text}"
-            fingerprint = hashlib.sha256(what.encode()).hexdigest()[:24]
-        stored = await self._parts.history.store(envelope, fingerprint)
+        return self._placed(envelope, await self._parts.history.store(envelope, self._fingerprint(envelope, cid)))
+
+    @staticmethod
+    def _fingerprint(envelope: Envelope, cid: str | None) -> str | None:
+        """What recognises a retry: the same cid and content, to the same user or room."""
+        if cid is None:
+            return None
+        what = f"{envelope.kind}\0{envelope.to}\0{envelope.room}\0{envelope.ref}\0{cid}\0{envelope.text}"
+        return hashlib.sha256(what.encode()).hexdigest()[:24]
+
+    def _placed(self, envelope: Envelope, stored: Stored) -> Envelope:
+        """``envelope`` with the id, time and offsets the store gave it (a retry's: the first's)."""
         if stored.duplicate:
             self._parts.metrics.retries_recognised.inc()
-        return dataclasses.replace(envelope, id=stored.id, ts=stored.ts, offsets=stored.offsets, epochs=stored.epochs)
+        return envelope.placed(stored.id, stored.ts, stored.offsets, stored.epochs)
 
     # ------------------------------------------------------------------ 4. publish, 5. ack
 
@@ -248,7 +257,8 @@ class Messages:
         parts = self._parts
         payload = envelope.to_bytes()
         started = time.perf_counter()
-        done = asyncio.gather(*(parts.bus.publish(server, payload) for server in servers))
+        publishes = [parts.bus.publish(server, payload) for server in servers]
+        done = publishes[0] if len(publishes) == 1 else asyncio.gather(*publishes)
         parts.metrics.messages_routed.labels(envelope.kind).inc()
 
         def answer(future: Published) -> None:

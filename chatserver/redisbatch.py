@@ -19,7 +19,12 @@ one name queued in one turn run as *one* EVAL, at the place of the first of them
 ever moves earlier, never behind a command queued after it). Under load a turn holds tens of
 messages: their stores are one script call, not tens, which is most of what Redis and redis-py
 cost per message. A group's script never returns nil (Redis would cut the list of replies there);
-an error fails every call of the group.
+an error fails every call of the group. On one Redis a group travels as ``EVALSHA``: each
+connection loads the scripts it has not run yet (``SCRIPT LOAD``) at the head of the pipeline
+that first needs them, so a script is never missing when its call runs, and no second round
+trip can put a call behind commands queued after it. Redis forgets its scripts only with its
+process (the connection is new then) or on ``SCRIPT FLUSH``: the calls that meet ``NOSCRIPT``
+fail (the client retries with its ``cid``) and the connection loads them again.
 
 Exactly once: a pipeline is never sent twice. The client's retry policy re-sends a whole
 pipeline after a connection error or a timeout, but by then Redis may have run it (the
@@ -40,15 +45,25 @@ keys of one grouped call must share a slot.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
+import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
+import hiredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatserver.redisroute import Client, ClusterPipelines
+
+log = logging.getLogger(__name__)
+
+#: A command in RESP, packed in C (hiredis's stub types it as a tuple of one element).
+pack_command = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 
 # KEYS and ARGV of the group's calls one after another; ARGV starts with the number of calls,
 # then each call's number of keys and of arguments.
@@ -73,10 +88,11 @@ return results
 class _Group:
     """The calls of one script queued in one turn, sent as one EVAL."""
 
-    __slots__ = ("args", "durable", "futures", "keys", "script", "sizes")
+    __slots__ = ("args", "digest", "durable", "futures", "keys", "script", "sizes")
 
-    def __init__(self, script: str, durable: bool) -> None:
-        self.script = _GROUP_HEAD + script + _GROUP_TAIL
+    def __init__(self, script: str, digest: str, durable: bool) -> None:
+        self.script = script
+        self.digest = digest
         self.durable = durable
         self.keys: list[Any] = []
         self.args: list[Any] = []
@@ -84,7 +100,13 @@ class _Group:
         self.futures: list[asyncio.Future[Any]] = []
 
     def command(self) -> tuple[Any, ...]:
-        return ("EVAL", self.script, len(self.keys), *self.keys, len(self.futures), *self.sizes, *self.args)
+        return ("EVAL", self.script, *self._operands())
+
+    def by_digest(self) -> tuple[Any, ...]:
+        return ("EVALSHA", self.digest, *self._operands())
+
+    def _operands(self) -> tuple[Any, ...]:
+        return (len(self.keys), *self.keys, len(self.futures), *self.sizes, *self.args)
 
     def answer(self, future: asyncio.Future[Any]) -> None:
         """The EVAL's reply (or error) to each call."""
@@ -138,8 +160,11 @@ class RedisBatch:
         self._groups: dict[str, _Group] = {}  # grouped calls of the open turn, by name
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._scripts: dict[str, tuple[str, str]] = {}  # a group's Lua body -> its script and digest
+        self._loaded: weakref.WeakKeyDictionary[Connection, set[str]] = weakref.WeakKeyDictionary()
         self.pipelines = 0  # sent so far (for tests and metrics)
         self.commands = 0
+        self.scripts_loaded = 0
 
     @property
     def sharded(self) -> bool:
@@ -172,7 +197,11 @@ class RedisBatch:
             name = f"{name}\0{self._cluster.slot(keys)}"  # one EVAL per hash slot
         group = self._groups.get(name) if self._open is not None else None
         if group is None:
-            group = self._groups[name] = _Group(script, durable)
+            whole = self._scripts.get(script)
+            if whole is None:
+                text = _GROUP_HEAD + script + _GROUP_TAIL
+                whole = self._scripts[script] = (text, hashlib.sha1(text.encode()).hexdigest())
+            group = self._groups[name] = _Group(*whole, durable)
             self._queue(group).add_done_callback(group.answer)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         group.keys += keys
@@ -209,9 +238,12 @@ class RedisBatch:
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            commands = [c.command() if isinstance(c, _Group) else c for c, _ in batch]
-            durable = frozenset(i for i, (c, _) in enumerate(batch) if isinstance(c, _Group) and c.durable)
-            replies = await self._run(commands, durable)
+            if self._cluster is None:
+                replies = await self._run_one([c for c, _ in batch])
+            else:
+                commands = [c.command() if isinstance(c, _Group) else c for c, _ in batch]
+                durable = frozenset(i for i, (c, _) in enumerate(batch) if isinstance(c, _Group) and c.durable)
+                replies = await self._cluster.run(commands, durable)
         except BaseException as exc:  # the connection failed (or we stop): every caller hears of it
             failure = exc if isinstance(exc, Exception) else RedisError("redis batch cancelled")
             for _, future in batch:
@@ -228,22 +260,45 @@ class RedisBatch:
             else:
                 future.set_result(reply)
 
-    async def _run(self, commands: list[tuple[Any, ...]], durable: frozenset[int] = frozenset()) -> list[Any]:
-        """Write ``commands`` once, as one pipeline, and read every reply (a command's error
-        reply in its place). Not retried once written: see the module docstring."""
-        if self._cluster is not None:
-            return await self._cluster.run(commands, durable)
+    async def _run_one(self, batch: list[tuple[Any, ...] | _Group]) -> list[Any]:
+        """Write ``batch`` once, as one pipeline to the one Redis, and read every reply (a
+        command's error reply in its place). Groups go by digest, after loading the scripts this
+        connection has not run. Not retried once written: see the module docstring."""
         assert not isinstance(self._client, RedisCluster)
         pool = self._client.connection_pool
         conn = await self._checkout()
+        loaded = self._loaded.get(conn)
+        if loaded is None:
+            loaded = self._loaded[conn] = set()
+            conn.register_connect_callback(self._forget_scripts)  # type: ignore[no-untyped-call]  # a new socket: maybe a new Redis
+        loads: dict[str, str] = {}
+        commands: list[tuple[Any, ...]] = []
+        for c in batch:
+            if isinstance(c, _Group):
+                if c.digest not in loaded:
+                    loads[c.digest] = c.script
+                commands.append(c.by_digest())
+            else:
+                commands.append(c)
+        packed = [pack_command(("SCRIPT", "LOAD", script)) for script in loads.values()]
+        self.scripts_loaded += len(loads)
+        packed += [pack_command(c) for c in commands]
         try:
             try:
-                await conn.send_packed_command(conn.pack_commands(commands))
+                await conn.send_packed_command(packed)
+                for digest in loads:
+                    try:
+                        await self._client.parse_response(conn, "SCRIPT")
+                        loaded.add(digest)
+                    except ResponseError as exc:  # its calls fail with NOSCRIPT below
+                        log.error("redis refused a script: %s", exc)
                 replies: list[Any] = []
                 for args in commands:
                     try:
                         replies.append(await self._client.parse_response(conn, args[0]))
                     except ResponseError as exc:  # this command's own error; the others go on
+                        if isinstance(exc, NoScriptError):
+                            loaded.clear()  # SCRIPT FLUSH: load them again
                         replies.append(exc)
                 return replies
             except BaseException:
@@ -252,6 +307,10 @@ class RedisBatch:
                 raise
         finally:
             await pool.release(conn)
+
+    def _forget_scripts(self, conn: Connection) -> None:
+        """``conn`` (re)connected: the Redis behind it may be another one (or restarted)."""
+        self._loaded[conn] = set()
 
     async def _checkout(self) -> Connection:
         """A connected connection from the client's pool; nothing has been sent when this fails."""

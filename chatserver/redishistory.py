@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 import orjson
@@ -172,20 +172,25 @@ class RedisHistory:
         self._clock = clock
         self._batch = batch or RedisBatch(client)  # stores of one loop turn share a round trip
 
-    async def store(self, envelope: Envelope, fingerprint: str | None) -> Stored:
-        """Without a ``fingerprint`` the message's id is the key that recognises a second run."""
+    def store(self, envelope: Envelope, fingerprint: str | None) -> Coroutine[Any, Any, Stored]:
+        """Without a ``fingerprint`` the message's id is the key that recognises a second run.
+        On one Redis the script call is queued now (see ``History.store``); on a cluster, one
+        channel after the other once awaited."""
         if self._batch.sharded:
 
             async def one(envelope: Envelope, channel: str) -> Stored:
                 key = self._names.channel_sent(channel, envelope.sender, fingerprint or "id-" + envelope.id)
-                return await self._store(envelope, fingerprint, (channel,), key)
+                return await self._stored(self._store(envelope, fingerprint, (channel,), key), (channel,))
 
-            return await store_each(envelope, one)
+            return store_each(envelope, one)
         key = self._names.sent(envelope.sender, fingerprint or "id-" + envelope.id)
-        return await self._store(envelope, fingerprint, envelope.channels(), key)
+        channels = envelope.channels()
+        return self._stored(self._store(envelope, fingerprint, channels, key), channels)
 
-    async def _store(self, envelope: Envelope, fingerprint: str | None, channels: Sequence[str], sent: str) -> Stored:
-        """One script: ``channels`` at once, or the earlier attempt that the ``sent`` key names."""
+    def _store(
+        self, envelope: Envelope, fingerprint: str | None, channels: Sequence[str], sent: str
+    ) -> asyncio.Future[Any]:
+        """Queue one script: ``channels`` at once, or the earlier attempt that the ``sent`` key names."""
         keys = [sent]
         for channel in channels:
             names = self._names
@@ -202,8 +207,12 @@ class RedisHistory:
             int(r.idle_s * 1000),
             *(_member(envelope, c) for c in channels),
         ]
+        return self._batch.group("store", _STORE_LUA, keys, args, durable=True)
+
+    @staticmethod
+    async def _stored(reply: asyncio.Future[Any], channels: Sequence[str]) -> Stored:
         try:
-            flag, value = await self._batch.group("store", _STORE_LUA, keys, args, durable=True)
+            flag, value = await reply
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return _parse_stored(value, channels, duplicate=flag == 1)

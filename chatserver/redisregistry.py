@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -73,18 +73,28 @@ class RedisRegistry:
                 raise RegistryError(f"redis: {reply}") from reply
         return replies
 
-    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
-        """One grouped script call: the route look-ups of a loop turn are one EVAL."""
-        if not users:
-            return {}
+    def servers_of(self, users: Sequence[str]) -> Coroutine[Any, Any, dict[str, set[str]]]:
+        """One grouped script call: the route look-ups of a loop turn are one EVAL. On one Redis
+        it is queued now (see ``Registry.servers_of``); on a cluster, once awaited."""
         keys = [self._names.user_servers(u) for u in users]
         now = [self._now_ms()]
+        if not users or self._batch.sharded:
+            return self._servers_of_each(users, keys, now)
+        return self._routes(users, self._batch.group("servers_of", _SERVERS_OF_LUA, keys, now))
+
+    async def _servers_of_each(self, users: Sequence[str], keys: list[str], now: list[int]) -> dict[str, set[str]]:
+        """On a cluster users are on many shards: one call per user, each on its own."""
+        calls = [self._batch.group("servers_of", _SERVERS_OF_LUA, [key], now) for key in keys]
         try:
-            if self._batch.sharded:  # users are on many shards: one call per user, each on its own
-                calls = [self._batch.group("servers_of", _SERVERS_OF_LUA, [key], now) for key in keys]
-                replies = [found for [found] in await replies_of(calls)]
-            else:
-                replies = await self._batch.group("servers_of", _SERVERS_OF_LUA, keys, now)
+            replies = [found for [found] in await replies_of(calls)]
+        except Exception as exc:  # as _all: whatever the batch failed with
+            raise RegistryError(f"redis: {exc}") from exc
+        return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}
+
+    @staticmethod
+    async def _routes(users: Sequence[str], call: asyncio.Future[Any]) -> dict[str, set[str]]:
+        try:
+            replies = await call
         except Exception as exc:  # as _all: whatever the batch failed with
             raise RegistryError(f"redis: {exc}") from exc
         return {user: {s.decode() for s in reply} for user, reply in zip(users, replies, strict=True)}

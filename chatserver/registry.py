@@ -10,8 +10,8 @@ in-process twin, and ``CountedRegistry`` counts the calls of either.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 Clock = Callable[[], float]
 
@@ -34,7 +34,8 @@ class Registry(Protocol):
         """``server_id`` holds no session of ``user`` any more."""
 
     async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
-        """For each user, the live servers holding their sessions (one round trip)."""
+        """For each user, the live servers holding their sessions (one round trip). On one
+        Redis the look-up is queued when this is called, as ``History.store``."""
         ...
 
     async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
@@ -175,9 +176,9 @@ class CountedRegistry:
         self._count("remove")
         await self._inner.remove(user, server_id)
 
-    async def servers_of(self, users: Sequence[str]) -> dict[str, set[str]]:
+    def servers_of(self, users: Sequence[str]) -> Coroutine[Any, Any, dict[str, set[str]]]:
         self._count("servers_of")
-        return await self._inner.servers_of(users)
+        return self._inner.servers_of(users)  # as the inner one: queued now, if it queues
 
     async def heartbeat(self, server_id: str, users: Collection[str], live: bool) -> None:
         self._count("heartbeat")

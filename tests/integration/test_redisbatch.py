@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from chatserver.bus import MemoryBroker, MemoryBus
 from chatserver.history import Retention
@@ -278,6 +278,33 @@ async def test_grouped_calls_of_one_turn_are_one_script_call_each_with_its_reply
         replies = await asyncio.gather(*(batch.group("incr", SCRIPT, [key], [i]) for i in range(1, 21)))
         assert replies == [sum(range(1, i + 1)) for i in range(1, 21)]  # each its own running total
         assert batch.pipelines == 1 and batch.commands == 1, "twenty calls, one EVAL"
+
+
+@pytest.mark.gen_test
+async def test_a_connection_loads_a_grouped_script_once_and_again_when_redis_forgot_it() -> None:
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        assert await batch.group("incr", SCRIPT, [key], [1]) == 1
+        assert await batch.group("incr", SCRIPT, [key], [1]) == 2
+        assert batch.scripts_loaded == 1, "the second turn calls it by digest"
+        await client.script_flush()  # an operator flushed the scripts under a live connection
+        with pytest.raises(NoScriptError):
+            await batch.group("incr", SCRIPT, [key], [1])  # failed before running: the caller retries
+        assert await batch.group("incr", SCRIPT, [key], [1]) == 3, "loaded again, counted once"
+        assert batch.scripts_loaded == 2
+
+
+@pytest.mark.gen_test
+async def test_a_grouped_script_runs_after_a_restart_of_redis_without_an_error() -> None:
+    """A restarted Redis has no scripts, and every connection to it is new: the first call
+    on each new connection loads them, in the same pipeline, ahead of the call."""
+    async with client_and_key() as (client, key):
+        batch = RedisBatch(client)
+        assert await batch.group("incr", SCRIPT, [key], [5]) == 5
+        await client.script_flush()
+        await client.connection_pool.disconnect()  # as a restart closes them
+        assert await batch.group("incr", SCRIPT, [key], [2]) == 7
+        assert batch.pipelines == 2, "no extra round trip to load it"
 
 
 @pytest.mark.gen_test

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import msgpack
@@ -119,6 +120,22 @@ def test_envelope_round_trips_and_renders_the_message_frame() -> None:
         "ts": 123,
     }
     assert env.message_frame("user:alice").body["offset"] == 3
+
+
+def test_a_placed_envelope_keeps_every_other_field() -> None:
+    """``placed`` spells the fields out (for speed): a field added to Envelope must be added there."""
+    env = Envelope(
+        "edit", "tmp", "alice", "hi", 1, to="bob", recipients=("bob", "alice"), origin="ws-1#4", room="r",
+        event={"x": 1}, receipt=True, ref="m0",
+    )  # fmt: skip
+    offsets, epochs = (("user:bob", 7), ("user:alice", 3)), (("user:bob", "e1"), ("user:alice", "e2"))
+    assert env.placed("id1", 5, offsets, epochs) == dataclasses.replace(
+        env, id="id1", ts=5, offsets=offsets, epochs=epochs
+    )
+    assert {f.name for f in dataclasses.fields(Envelope)} == {
+        "kind", "id", "sender", "text", "ts", "to", "recipients", "origin", "offsets", "room", "event", "receipt",
+        "epochs", "ref",
+    }, "a new field: add it to Envelope.placed"  # fmt: skip
 
 
 def test_history_and_resume_frames_validate_channels_and_offsets() -> None:
