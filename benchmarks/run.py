@@ -73,6 +73,8 @@ from loadlib import report as loadreport  # noqa: E402
 from loadlib.stats import percentiles  # noqa: E402
 
 PROC = trust.Proc()
+#: Samples (0.2 s apart) between two readings of every thread's wake-ups: about once a second.
+WAKEUP_EVERY = 5
 # Redis and Kafka of the cluster: those scripts/lib.sh starts or finds (REDIS_PORT, KAFKA_PORT)
 REDIS_URL = os.environ.get("REDIS_URL", f"redis://127.0.0.1:{os.environ.get('REDIS_PORT', '6379')}/0")
 KAFKA_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}")
@@ -276,7 +278,9 @@ class Sampler(threading.Thread):
         self.cluster = cluster
         self.generator = generator
         self.generator_cpu: dict[int, float] = {}  # last reading of each generator process
+        self.generator_woken: dict[int, int] = {}
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.wakeups: list[tuple[float, dict[str, float]]] = []  # each second: (time, role -> count)
         self.machine: list[trust.Sample] = []
         self.proc = trust.Proc()
         self.kernel_threads = self.proc.kernel_threads()
@@ -292,6 +296,12 @@ class Sampler(threading.Thread):
         cpu = self.cluster.cpu()
         cpu["generator"] = sum(self.generator_cpu.values())
         self.samples.append((time.time(), cpu))
+        if len(self.samples) % WAKEUP_EVERY == 1:
+            woken = {role: float(self.proc.wakeups(pid)) for role, pid in self.cluster.pids.items()}
+            for pid in self.generator_cpu:  # a worker that ended keeps its last reading
+                self.generator_woken[pid] = max(self.generator_woken.get(pid, 0), self.proc.wakeups(pid))
+            woken["generator"] = float(sum(self.generator_woken.values()))
+            self.wakeups.append((time.time(), woken))
         self.machine.append(trust.sample(self.proc, self.cluster.participants(), self.kernel_threads))
         self.peak_rss = max(self.peak_rss, sum(self.proc.rss_kib(pid) for pid in self.cluster.servers()))
 
@@ -313,16 +323,26 @@ class Sampler(threading.Thread):
 
     def cpu_between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of each role from ``start`` to ``end`` (unix times), interpolated."""
+        return between(self.samples, start, end)
 
-        def at(when: float) -> dict[str, float]:
-            before = [s for s in self.samples if s[0] <= when] or self.samples[:1]
-            after = [s for s in self.samples if s[0] >= when] or self.samples[-1:]
-            (t0, c0), (t1, c1) = before[-1], after[0]
-            share = 0.0 if t1 == t0 else (when - t0) / (t1 - t0)
-            return {role: c0.get(role, 0.0) + share * (c1.get(role, 0.0) - c0.get(role, 0.0)) for role in c1}
+    def wakeups_between(self, start: float, end: float) -> dict[str, float]:
+        """Wake-ups of each role's threads from ``start`` to ``end``, interpolated."""
+        return between(self.wakeups, start, end) if len(self.wakeups) > 1 else {}
 
-        first, last = at(start), at(end)
-        return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
+
+def between(samples: list[tuple[float, dict[str, float]]], start: float, end: float) -> dict[str, float]:
+    """How much each counter of the stamped ``samples`` grew from ``start`` to ``end``
+    (unix times), interpolated between the samples around them."""
+
+    def at(when: float) -> dict[str, float]:
+        before = [s for s in samples if s[0] <= when] or samples[:1]
+        after = [s for s in samples if s[0] >= when] or samples[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        share = 0.0 if t1 == t0 else (when - t0) / (t1 - t0)
+        return {role: c0.get(role, 0.0) + share * (c1.get(role, 0.0) - c0.get(role, 0.0)) for role in c1}
+
+    first, last = at(start), at(end)
+    return {role: round(last[role] - first.get(role, 0.0), 3) for role in last}
 
 
 def idle_cost(cluster: Cluster, seconds: float = 3.0) -> tuple[dict[str, Any], trust.Usage]:
@@ -430,6 +450,11 @@ def run_scenario(cluster: Cluster, scenario: Scenario) -> tuple[dict[str, Any], 
     row["all_us_per_delivery"] = round(1e6 * sum(cpu.values()) / delivered, 1) if delivered else None
     # The generator's own cost: beyond about 50 µs per message it, not the servers, sets the pace.
     row["generator_us_per_delivery"] = round(1e6 * cpu.get("generator", 0.0) / delivered, 1) if delivered else None
+    # What a message costs is mostly how many times it wakes a thread (each wake-up finds the
+    # caches cold on a shared machine): each role's wake-ups per delivered message.
+    woken = sampler.wakeups_between(*measured["window_unix"])
+    if delivered and woken:
+        row["wakeups_per_delivery"] = {role: round(n / delivered, 2) for role, n in woken.items()}
     return row, sampler.machine_between(*measured["window_unix"])
 
 
@@ -703,6 +728,8 @@ def _notes(row: dict[str, Any]) -> str:
             )
     elif not report["ok"]:
         notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
+    if sample.get("wakeups_per_delivery"):
+        notes += "; wake-ups/msg: " + ", ".join(f"{r} {n:g}" for r, n in sample["wakeups_per_delivery"].items())
     if report.get("errors"):
         notes += "; errors: " + ", ".join(f"{code} {n}" for code, n in sorted(report["errors"].items()))
     return notes

@@ -303,6 +303,24 @@ def test_a_processes_cpu_and_memory_are_read_from_its_proc_entry(tmp_path: Path)
     assert proc.cpu_seconds(STRANGER) == 0.0 and proc.rss_kib(STRANGER) == 0, "gone: nothing"
 
 
+def test_wake_ups_are_summed_over_every_thread_of_a_process(tmp_path: Path) -> None:
+    proc = trust.Proc(tmp_path / "proc")
+    write_proc(proc.root, machine(0), {SERVER: {}})
+    for tid, (voluntary, forced) in {SERVER: (40, 7), SERVER + 1: (2, 900)}.items():
+        (proc.root / str(SERVER) / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        status = f"Name:\tpython\nvoluntary_ctxt_switches:\t{voluntary}\nnonvoluntary_ctxt_switches:\t{forced}\n"
+        (proc.root / str(SERVER) / "task" / str(tid) / "status").write_text(status)
+    assert proc.wakeups(SERVER) == 42, "slept and woken: preemptions are not wake-ups"
+    assert proc.wakeups(STRANGER) == 0, "gone: nothing"
+
+
+def test_counters_between_two_times_are_interpolated() -> None:
+    samples = [(10.0, {"ws-1": 0.0, "kafka": 100.0}), (11.0, {"ws-1": 50.0, "kafka": 300.0})]
+    import run
+
+    assert run.between(samples, 10.2, 10.7) == {"ws-1": 25.0, "kafka": 100.0}
+
+
 @pytest.mark.parametrize(("kept", "measured", "written"), [(0.104, 0.162, 0.104), (0.162, 0.104, 0.104)])
 def test_recording_the_reference_never_makes_the_machine_look_faster_than_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: float, measured: float, written: float
