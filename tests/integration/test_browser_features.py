@@ -385,3 +385,18 @@ def test_rooms_can_be_found_and_show_their_members_and_who_is_online(
     expect(alice.page.locator("#conv-sub")).to_have_text("Room · 1 online")
     open_conversation(alice, "Public channel")
     expect(alice.page.locator("#members-section")).to_be_hidden()
+
+
+def test_the_page_follows_a_dark_system_until_the_user_picks_a_theme(browser: Browser, nginx: NginxFront) -> None:
+    context = browser.new_context(viewport={"width": 900, "height": 600}, color_scheme="dark")
+    try:
+        page = context.new_page()
+        page.goto(nginx.url + "/")
+        background = "getComputedStyle(document.body).backgroundColor"
+        assert page.evaluate(background) == "rgb(18, 21, 26)", "the dark palette, with no choice made"
+        page.evaluate("localStorage.setItem('chat.theme', 'light')")
+        page.reload()
+        expect(page.locator("html")).to_have_attribute("data-theme", "light")
+        assert page.evaluate(background) == "rgb(245, 246, 248)", "the user's light choice wins over the system"
+    finally:
+        context.close()
