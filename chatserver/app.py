@@ -27,7 +27,8 @@ from chatserver.redisregistry import RedisRegistry
 from chatserver.registry import MemoryRegistry, RegistryError
 from chatserver.rooms import MemoryRooms, RedisRooms
 from chatserver.web import endpoints, signin, socket
-from chatserver.web.outbox import Keepalive, Outbox
+from chatserver.web.outbox import Outbox
+from chatserver.web.timers import Deadlines, Keepalive
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chatserver.access")
@@ -115,6 +116,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
                 "session_ids": session_ids,
                 "outbox": Outbox(),
                 "keepalive": Keepalive(settings.ping_interval_s),
+                "deadlines": Deadlines(),
             },
         ),
     ]
@@ -146,7 +148,7 @@ def make_app(node: ChatNode) -> tornado.web.Application:
         static_handler_class=endpoints.StaticFiles,
         default_handler_class=endpoints.NotFoundHandler,
         websocket_max_message_size=settings.max_frame_bytes,
-        websocket_ping_interval=0,  # outbox.Keepalive pings every socket from one timer
+        websocket_ping_interval=0,  # timers.Keepalive pings every socket from one timer
         compress_response=True,
         log_function=log_request,
     )

@@ -7,5 +7,6 @@ pick the codec, and pass frames in and out.
 - ``endpoints``: the JSON error shape, the page, health, readiness, metrics and the admin API.
 - ``signin``: ``POST /api/login`` and ``/api/signup``.
 - ``socket``: ``/ws``, one ``ChatSocket`` per client connection.
-- ``outbox``: one write per socket per loop turn, and one keepalive timer for all sockets.
+- ``outbox``: one write per socket per loop turn.
+- ``timers``: one keepalive timer and one token-deadline timer for all sockets.
 """

@@ -5,12 +5,10 @@ frames go to the router; frames out go through the outbox."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
 import struct
-import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -26,7 +24,8 @@ from chatserver.parts import CLOSE_TOKEN_EXPIRED
 from chatserver.protocol import INTERNAL, session_id
 from chatserver.router import Router
 from chatserver.web.endpoints import Readiness, TrustedProxies, client_address
-from chatserver.web.outbox import Keepalive, Outbox
+from chatserver.web.outbox import Outbox
+from chatserver.web.timers import Deadlines, Keepalive
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,12 @@ class ChatSocket(WebSocketHandler):
         session_ids: itertools.count[int],
         outbox: Outbox,
         keepalive: Keepalive,
+        deadlines: Deadlines,
     ) -> None:
         self.router = router
         self.outbox = outbox
         self.keeper = keepalive
+        self.deadlines = deadlines
         self._unanswered_ping = False
         self.auth = auth
         self.readiness = readiness
@@ -68,7 +69,6 @@ class ChatSocket(WebSocketHandler):
         self._id = session_id(router.server_id, next(session_ids))
         self._user = ""
         self._deadline = 0.0  # when the token ends the session (its exp and the leeway)
-        self._expiry: asyncio.TimerHandle | None = None
         self._ip = ""
         self._counted = False
         self._codec: Codec = JSON
@@ -143,13 +143,11 @@ class ChatSocket(WebSocketHandler):
 
     def renew(self, deadline: float) -> None:
         """Close with 4001 at ``deadline`` (seconds since the epoch), unless renewed again."""
-        if self._expiry is not None:
-            self._expiry.cancel()
         self._deadline = deadline
-        self._expiry = asyncio.get_running_loop().call_later(max(0.0, deadline - time.time()), self._token_expired)
+        self.deadlines.set(self, deadline)
 
-    def _token_expired(self) -> None:
-        self._expiry = None
+    def expire(self) -> None:
+        """The token ended (``Deadlines`` calls this at the deadline)."""
         log.info("closing %s: its token expired", self._user)
         self.close(CLOSE_TOKEN_EXPIRED, "token expired: get a new token, reconnect and resume")
 
@@ -239,9 +237,7 @@ class ChatSocket(WebSocketHandler):
 
     def on_close(self) -> None:
         self.keeper.discard(self)
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self.deadlines.discard(self)
         if self._counted:
             self._counted = False
             self.connections.closed(self._user, self._ip)

@@ -15,8 +15,8 @@ from chatserver import protocol as p
 from chatserver.auth import AuthError, TokenAuthority
 from chatserver.codec import JSON
 from chatserver.config import ConfigError, Settings
-from chatserver.web.outbox import Keepalive
 from chatserver.web.socket import ChatSocket
+from chatserver.web.timers import Keepalive
 
 SECRET = "k" * 32
 
