@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from chatserver import protocol as p
@@ -100,6 +102,14 @@ class HeldBus:
 
     async def close(self) -> None:
         return None
+
+
+async def until(condition: Callable[[], object], what: str, timeout_s: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
 
 
 async def settle(turns: int = 20) -> None:

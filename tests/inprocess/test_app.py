@@ -22,6 +22,7 @@ from chatserver.bus import Bus, MemoryBroker, MemoryBus
 from chatserver.registry import MemoryRegistry, RegistryError
 from chatserver.web.socket import ChatSocket
 from tests.chatclient import ChatClient, ConnectionClosed, refused_status
+from tests.fakes import until
 from tests.inprocess.servers import SECRET, T, cluster, connect, login
 
 
@@ -270,14 +271,6 @@ async def until_async(probe: Callable[[], Awaitable[T]], done: Callable[[T], boo
         await asyncio.sleep(0.02)
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.gen_test(timeout=20)
 async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pinged() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -312,7 +305,7 @@ async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pin
             raise StreamBufferFullError("Reached maximum write buffer size")
 
         conn.write_ping = full  # type: ignore[method-assign]
-        await until(lambda: all(len(p) >= 4 for _, p in watchers), 5.0, "every other socket keeps being pinged")
+        await until(lambda: all(len(p) >= 4 for _, p in watchers), "every other socket keeps being pinged")
         with pytest.raises(ConnectionClosed):  # dropped, like a client that does not read its messages
             await stuck.recv_until(lambda frame: False, timeout=3.0)
         for watcher, _ in watchers:

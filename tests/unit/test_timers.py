@@ -6,11 +6,11 @@ import asyncio
 import gc
 import time
 import weakref
-from collections.abc import Callable
 
 import pytest
 
 from chatserver.web.timers import Deadlines
+from tests.fakes import until
 
 
 class Session:
@@ -29,13 +29,6 @@ class Session:
         self._log.append(self.user)
         if self._fail:
             raise RuntimeError("a bug in one connection")
-
-
-async def until(condition: Callable[[], object], what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.gen_test(timeout=10)
