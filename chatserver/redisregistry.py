@@ -83,7 +83,8 @@ class RedisRegistry:
         return self._routes(users, self._batch.group("servers_of", _SERVERS_OF_LUA, keys, now))
 
     async def _servers_of_each(self, users: Sequence[str], keys: list[str], now: list[int]) -> dict[str, set[str]]:
-        """On a cluster users are on many shards: one call per user, each on its own."""
+        """One call per user, each on its own (on a cluster users are on many shards); none
+        for no user."""
         calls = [self._batch.group("servers_of", _SERVERS_OF_LUA, [key], now) for key in keys]
         try:
             replies = [found for [found] in await replies_of(calls)]

@@ -16,6 +16,9 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+#: Dropped entries a ``Deadlines`` heap may hold before it is rebuilt (when they are also most of it).
+COMPACT_AFTER = 100
+
 
 class Timed(Protocol):
     """What the shared timers need of a socket (``web.socket.ChatSocket``)."""
@@ -71,7 +74,10 @@ class Keepalive:
 class Deadlines:
     """Calls ``expire()`` on each socket at its deadline (seconds since the epoch, ``time.time``),
     from one timer armed for the earliest of them. A socket has one deadline at a time: ``set``
-    replaces it, ``discard`` drops it (and the reference to the socket at once)."""
+    replaces it, ``discard`` drops it (and the reference to the socket at once). Entries whose
+    socket was dropped wait in the heap until they come up, unless they become most of it: then
+    the heap is rebuilt without them (as asyncio does with cancelled timers), so sessions that
+    come and go within their tokens' lifetime cannot grow it without bound."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -80,6 +86,7 @@ class Deadlines:
         self._heap: list[tuple[float, int, list[Timed | None]]] = []
         self._holders: dict[Timed, list[Timed | None]] = {}
         self._order = itertools.count()
+        self._stale = 0  # entries in the heap whose socket was dropped
         self._timer: asyncio.TimerHandle | None = None
         self._armed_for = math.inf
 
@@ -95,8 +102,14 @@ class Deadlines:
 
     def discard(self, socket: Timed) -> None:
         holder = self._holders.pop(socket, None)
-        if holder is not None:
-            holder[0] = None
+        if holder is None:
+            return
+        holder[0] = None
+        self._stale += 1
+        if self._stale > COMPACT_AFTER and self._stale > len(self._heap) // 2:
+            self._heap = [entry for entry in self._heap if entry[2][0] is not None]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def __len__(self) -> int:
         return len(self._holders)
@@ -113,7 +126,8 @@ class Deadlines:
         while heap and (heap[0][0] <= now or heap[0][2][0] is None):
             _, _, (socket,) = heapq.heappop(heap)
             if socket is None:
-                continue  # replaced or dropped
+                self._stale -= 1  # replaced or dropped
+                continue
             del self._holders[socket]
             try:
                 socket.expire()

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from chatserver.web.timers import Deadlines
+from chatserver.web.timers import COMPACT_AFTER, Deadlines
 from tests.fakes import until
 
 
@@ -83,3 +83,20 @@ async def test_a_session_failing_to_close_does_not_stop_the_others() -> None:
     deadlines.set(Session("good", log), now + 0.03)
     await until(lambda: len(log) == 2, f"only {log} expired")
     assert log == ["bad", "good"]
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_sessions_that_come_and_go_within_their_tokens_do_not_grow_the_heap() -> None:
+    deadlines, log = Deadlines(), list[str]()
+    staying = Session("staying", log)
+    deadlines.set(staying, time.time() + 3600)
+    for i in range(10_000):  # each connects with an hour-long token and leaves a moment later
+        session = Session(f"u{i}", log)
+        deadlines.set(session, time.time() + 3600)
+        deadlines.set(session, time.time() + 7200)  # and renews it once
+        deadlines.discard(session)
+    assert len(deadlines._heap) <= 2 * COMPACT_AFTER + 2, "dropped entries are swept, not kept for an hour"
+    assert len(deadlines) == 1
+    deadlines.set(staying, time.time() + 0.01)
+    await until(lambda: log, "the staying session never expired")
+    assert log == ["staying"]
