@@ -13,7 +13,10 @@ with everything else that runs there. A row is only worth reading when, before a
   reference recorded in ``benchmarks/reference.json``, and runs on the CPU as long as on the
   clock (not throttled or waiting for a core);
 - the **load generator** spent little CPU per message: beyond about 50 µs it is the limit of
-  what is measured, not the servers.
+  what is measured, not the servers;
+- no participant was still **compiling**: a JVM (Kafka) compiles its hot paths in the first
+  minute of traffic, and its JIT threads then take a quarter of a core from the run (their
+  names are HotSpot's ``C1/C2 CompilerThread``, read per thread from ``/proc``).
 
 This module has no I/O of its own beyond reading a ``/proc`` tree (any root: the tests give it
 a synthetic one) and the clock, so its rules can be tested apart from any cluster.
@@ -35,6 +38,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread
 REFERENCE = Path(__file__).resolve().with_name("reference.json")
+COMPILER_THREAD = "CompilerThre"  # HotSpot's JIT threads, as /proc shows them (15 characters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Limits:
     steal_pct: float = 2.0  # steal, % of all CPU time (top's "st")
     slowdown: float = 1.3  # calibration CPU time / the reference's; and its wall time / its CPU time
     generator_us: float = 50.0  # the load generator's CPU per delivered message
+    compiling_pct: float = 5.0  # a participant's JIT compiler threads, % of one core
 
 
 # ------------------------------------------------------------------------------ reading /proc
@@ -126,6 +131,23 @@ class Proc:
             except (OSError, ValueError, IndexError):
                 continue  # a thread that ended meanwhile
         return total
+
+    def compiling_seconds(self, pid: int) -> float:
+        """CPU seconds the JIT compiler threads of ``pid`` have used so far (HotSpot names them
+        ``C1 CompilerThread0``, ``C2 CompilerThread0``...; 0 for a process without them)."""
+        jiffies = 0
+        try:
+            tasks = list((self.root / str(pid) / "task").iterdir())
+        except OSError:
+            return 0.0
+        for task in tasks:
+            try:
+                times = parse_pid_stat((task / "stat").read_text())
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that ended meanwhile
+            if COMPILER_THREAD in times.name:
+                jiffies += times.own
+        return jiffies / CLK_TCK
 
     def rss_kib(self, pid: int) -> int:
         """Resident memory of ``pid`` (0 when it is gone)."""
@@ -381,6 +403,7 @@ def reasons(
     calibration: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     generator_us: float | None = None,
+    compiling: dict[str, float] | None = None,
     when: tuple[str, str] = ("before the row", "during the row"),
 ) -> list[str]:
     """Why a row cannot be trusted; empty when it can."""
@@ -404,6 +427,9 @@ def reasons(
             )
     if generator_us is not None and generator_us > limits.generator_us:
         found.append(f"generator {generator_us:.0f} µs/msg > {limits.generator_us:g}: it limits the measurement")
+    for role, pct in (compiling or {}).items():
+        if round(pct, 1) > limits.compiling_pct:
+            found.append(f"{role} still compiling: its JIT took {pct:.0f}% of a core {when[1]}")
     return found
 
 

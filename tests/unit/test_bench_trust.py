@@ -314,6 +314,74 @@ def test_wake_ups_are_summed_over_every_thread_of_a_process(tmp_path: Path) -> N
     assert proc.wakeups(STRANGER) == 0, "gone: nothing"
 
 
+def test_a_jvms_compiler_threads_are_read_apart_from_its_other_threads(tmp_path: Path) -> None:
+    proc = trust.Proc(tmp_path / "proc")
+    write_proc(proc.root, machine(0), {KAFKA: {"utime": 9 * HZ}})
+    threads = {"java": HZ, "C2 CompilerThre": 3 * HZ, "C1 CompilerThre": HZ // 2, "data-plane-kafk": 4 * HZ}
+    for tid, (name, jiffies) in enumerate(threads.items(), start=KAFKA):
+        fields = ["S", "1", "1", "1", "0", "-1", "0", *["0"] * 4, str(jiffies), "0", "0", "0", "20", "0", "1"]
+        (proc.root / str(KAFKA) / "task" / str(tid)).mkdir(parents=True, exist_ok=True)
+        (proc.root / str(KAFKA) / "task" / str(tid) / "stat").write_text(f"{tid} ({name}) " + " ".join(fields))
+    assert proc.compiling_seconds(KAFKA) == 3.5
+    assert proc.compiling_seconds(STRANGER) == 0.0, "gone: nothing"
+
+
+def test_a_participant_still_compiling_is_flagged() -> None:
+    assert trust.reasons(LIMITS, compiling={"kafka": 4.9, "ws-1": 0.0}) == []
+    assert trust.reasons(LIMITS, compiling={"kafka": 24.2}) == [
+        "kafka still compiling: its JIT took 24% of a core during the row"
+    ]
+
+
+def warming_bench(monkeypatch: pytest.MonkeyPatch, jit_per_round: list[float]) -> tuple[object, list[str]]:
+    """A Bench whose warm-up rounds find Kafka's JIT at the given shares, one per round."""
+    import argparse
+
+    import run
+
+    bench = run.Bench(argparse.Namespace(short=False, repeat=1), trust.Limits(), {})
+    rounds: list[str] = []
+
+    def scenario(cluster: object, plan: run.Scenario) -> tuple[dict[str, object], None]:
+        rounds.append(plan.name)
+        return {"name": plan.name, "compiling_percent_of_one_core": {"kafka": jit_per_round[len(rounds) - 1]}}, None
+
+    monkeypatch.setattr(run, "run_scenario", scenario)
+    monkeypatch.setattr(run, "settle", lambda cluster, idle, limit_s=120.0: 0.0)
+    return bench, rounds
+
+
+class KafkaCluster:
+    def __init__(self) -> None:
+        self.pids = {"ws-1": SERVER, "kafka": KAFKA}
+
+
+def test_the_warm_up_runs_until_kafkas_jit_has_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import run
+
+    bench, rounds = warming_bench(monkeypatch, [27.8, 7.7, 1.5, 0.5])
+    row = bench.warm_up(KafkaCluster())  # type: ignore[attr-defined]
+    assert rounds == ["warm-up"] * 3, "stops at the first round at or below the limit"
+    assert row["trusted"] and row["warm_up"]["kafka_jit_percent_of_one_core"] == [27.8, 7.7, 1.5]
+    assert "27.8%, 7.7%, 1.5%" in run.table([row])
+
+
+def test_a_warm_up_that_never_settles_marks_itself_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import run
+
+    monkeypatch.setattr(run, "WARM_UP_LIMIT_S", 0.0)
+    bench, rounds = warming_bench(monkeypatch, [30.0, 30.0])
+    row = bench.warm_up(KafkaCluster())  # type: ignore[attr-defined]
+    assert rounds == ["warm-up"], "bounded: no second round past the limit"
+    assert row["trusted"] is False and "kafka still compiling" in row["untrusted_because"][0]
+
+
+def test_no_warm_up_without_a_local_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench, rounds = warming_bench(monkeypatch, [30.0])
+    cluster = type("Relay", (), {"pids": {"ws-1": SERVER}})()
+    assert bench.warm_up(cluster) is None and rounds == []  # type: ignore[attr-defined]
+
+
 def test_counters_between_two_times_are_interpolated() -> None:
     samples = [(10.0, {"ws-1": 0.0, "kafka": 100.0}), (11.0, {"ws-1": 50.0, "kafka": 300.0})]
     import run
