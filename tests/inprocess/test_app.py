@@ -272,6 +272,23 @@ async def until_async(probe: Callable[[], Awaitable[T]], done: Callable[[T], boo
 
 
 @pytest.mark.gen_test(timeout=20)
+async def test_an_open_socket_keeps_nothing_of_its_handshake_and_still_works() -> None:
+    async with cluster(1, ping_interval_s=0.2) as [(url, node)]:
+        held = await connect(url, "held")
+        [session] = [s for s in node.hub.sessions() if s.user == "held"]
+        socket = cast(ChatSocket, session)
+        assert len(socket.request.headers) == 0, "the handshake's headers are emptied once it is open"
+        assert not socket.request.arguments and not socket.request.query_arguments, "the token is not kept"
+        assert "token=" not in socket.request.path
+        other = await connect(url, "other")
+        await other.send({"type": "private", "to": "held", "text": "still reachable", "cid": "c1"})
+        assert (await held.recv_type("message"))["text"] == "still reachable"
+        await held.drain(0.6)  # pinged and answered meanwhile: the keepalive needs no header
+        await held.send({"type": "ping", "cid": "after"})
+        assert (await held.recv_type("pong"))["cid"] == "after"
+
+
+@pytest.mark.gen_test(timeout=20)
 async def test_a_socket_whose_ping_fails_is_dropped_and_the_others_are_still_pinged() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import wsclient
