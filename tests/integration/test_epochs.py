@@ -90,3 +90,10 @@ async def test_a_channel_lives_as_long_as_messages_keep_coming() -> None:
         await h.store(public(1), None)
         for key in [k async for k in client.scan_iter(match=f"{prefix}*chan:*")]:
             assert 0 < await client.pttl(key) <= 60_000, key
+        public_keys = [k async for k in client.scan_iter(match=f"{prefix}*chan:public*")]
+        assert len(public_keys) == 3, "offsets, history and epoch"
+        for key in public_keys:
+            await client.pexpire(key, 1_000)  # as if the last message came 59 s ago
+        await h.store(public(2), None)
+        for key in public_keys:
+            assert 1_000 < await client.pttl(key) <= 60_000, f"{key!r}: the next message renews it"
