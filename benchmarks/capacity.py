@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import run  # benchmarks/run.py: scenarios, the /proc sampler, the benchmark cluster's settings
+import trust  # benchmarks/trust.py: the limits a row is judged by
 
 ROOT = run.ROOT
 DOC = ROOT / "docs" / "CAPACITY.md"
@@ -118,6 +119,12 @@ def measure(cluster: run.Cluster, rates: list[int], users: int, duration: float)
     # true before they have held that many (as benchmarks/run.py's matrix).
     idle_args = ("--scenario", "idle", "--users", str(10 * users), "--duration", "2")
     idle_row, _ = run.run_scenario(cluster, run.Scenario("idle", "idle connections", idle_args, 120))
+    # Brokers that have just started compile their hot paths in their first minute of traffic.
+    warm = run.warm_up(cluster, trust.Limits().compiling_pct)
+    if warm is not None and "warm_up" in warm:
+        jit = ", ".join(f"{pct:g}%" for pct in warm["warm_up"]["kafka_jit_percent_of_one_core"])
+        state = "settled" if warm["trusted"] else "NOT settled: the Kafka figures below include its JIT"
+        print(f"  warm-up: the busiest broker's JIT per round {jit} of a core; {state}", file=sys.stderr)
     rows = []
     for rate in rates:
         args = ("--users", str(users), "--rate", str(rate), "--duration", f"{duration:g}", "--warmup", "2")
@@ -138,7 +145,12 @@ def measure(cluster: run.Cluster, rates: list[int], users: int, duration: float)
         per_msg = ", ".join(f"{k} {1e6 * v / max(acked / seconds, 1e-9):.0f}" for k, v in sorted(cores.items()))
         print(f"  {scenario.name}: {acked / seconds:.0f} msg/s acked; µs/msg: {per_msg}", file=sys.stderr)
     counts = {name: sum(1 for r in cluster.pids if part(r, masters) == name) for name in PARTS}
-    return {"rows": rows, "rss_kib_per_connection": idle_row.get("rss_kib_per_connection"), "instances": counts}
+    return {
+        "rows": rows,
+        "rss_kib_per_connection": idle_row.get("rss_kib_per_connection"),
+        "instances": counts,
+        "warm_up": warm,
+    }
 
 
 def fit(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

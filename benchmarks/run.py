@@ -58,6 +58,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,42 @@ def settle_broker(cluster: Cluster, below_pct: float, for_s: int, limit_s: float
         "below_percent": below_pct,
         "for_s": for_s,
         "limit_s": limit_s,
+    }
+
+
+def brokers(cluster: Cluster) -> list[str]:
+    """The cluster's Kafka brokers, by role: ``kafka``, or ``kafka-1``... of ``up.sh --ha``."""
+    return [role for role in cluster.pids if role == "kafka" or role.startswith("kafka-")]
+
+
+def warm_up(
+    cluster: Cluster, limit_pct: float, before_round: Callable[[], object] = lambda: None
+) -> dict[str, Any] | None:
+    """``WARM_UP`` rounds until one finds every broker's JIT at or below ``limit_pct`` of a core,
+    at most ``WARM_UP_LIMIT_S``: the rows after it measure brokers as they run for hours, not
+    as they start. The warm-up row, with the busiest broker's JIT per round; None without a
+    local broker."""
+    names = brokers(cluster)
+    if not names:
+        return None
+    print(f"warming up: {WARM_UP.what}...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    seen: list[float] = []
+    while not seen or (seen[-1] > limit_pct and time.monotonic() - started < WARM_UP_LIMIT_S):
+        before_round()
+        row, _ = run_scenario(cluster, WARM_UP)
+        if "failed" in row:
+            return row
+        jit = row["compiling_percent_of_one_core"]
+        seen.append(max(jit.get(name, 0.0) for name in names))
+    waited = round(time.monotonic() - started, 1)
+    settled = seen[-1] <= limit_pct
+    return {
+        "name": WARM_UP.name,
+        "what": WARM_UP.what,
+        "warm_up": {"rounds": len(seen), "seconds": waited, "kafka_jit_percent_of_one_core": seen},
+        "trusted": settled,
+        "untrusted_because": [] if settled else [f"kafka still compiling after {waited:g} s of traffic"],
     }
 
 
@@ -1012,30 +1049,12 @@ class Bench:
         return self.judge(row, pre, during, extra)
 
     def warm_up(self, cluster: Cluster) -> dict[str, Any] | None:
-        """Private traffic in rounds until a round finds Kafka's JIT at or below the trust limit,
-        at most ``WARM_UP_LIMIT_S``: the rows after it measure the broker as it runs for hours,
-        not as it starts. None without a local Kafka, or with --short (CI's few seconds of
-        traffic are not worth a minute of warming; its rows say when Kafka compiled)."""
-        if "kafka" not in cluster.pids or self.args.short:
+        """``warm_up`` with this bench's limit, the cluster settled before each round; not with
+        --short (CI's few seconds of traffic are not worth a minute of warming; its rows say
+        when Kafka compiled)."""
+        if self.args.short:
             return None
-        print(f"warming up: {WARM_UP.what}...", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        seen: list[float] = []
-        while not seen or (seen[-1] > self.limits.compiling_pct and time.monotonic() - started < WARM_UP_LIMIT_S):
-            settle(cluster, self.idle)
-            row, _ = run_scenario(cluster, WARM_UP)
-            if "failed" in row:
-                return row
-            seen.append(row["compiling_percent_of_one_core"].get("kafka", 0.0))
-        waited = round(time.monotonic() - started, 1)
-        settled = seen[-1] <= self.limits.compiling_pct
-        return {
-            "name": WARM_UP.name,
-            "what": WARM_UP.what,
-            "warm_up": {"rounds": len(seen), "seconds": waited, "kafka_jit_percent_of_one_core": seen},
-            "trusted": settled,
-            "untrusted_because": [] if settled else [f"kafka still compiling after {waited:g} s of traffic"],
-        }
+        return warm_up(cluster, self.limits.compiling_pct, lambda: settle(cluster, self.idle))
 
     def kafka_rtt(self, cluster: Cluster, bootstrap: str, topic: str) -> dict[str, Any]:
         pre = self.precheck(cluster)

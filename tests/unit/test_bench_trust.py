@@ -404,3 +404,20 @@ def test_recording_the_reference_never_makes_the_machine_look_faster_than_it_was
     monkeypatch.setattr(trust, "calibrate", lambda rounds: {"cpu_s": measured, "wall_s": measured, "rounds": rounds})
     assert run.record_reference(path, trust.Limits(), None) == 0
     assert json.loads(path.read_text())["calibration"]["cpu_s"] == written
+
+
+def test_the_warm_up_waits_for_every_broker_of_a_replicated_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    import run
+
+    rounds = [{"kafka-1": 1.0, "kafka-2": 22.0, "ws-1": 0.0}, {"kafka-1": 0.5, "kafka-2": 3.0, "kafka-3": 4.0}]
+    seen: list[int] = []
+
+    def scenario(cluster: object, plan: run.Scenario) -> tuple[dict[str, object], None]:
+        seen.append(1)
+        return {"name": plan.name, "compiling_percent_of_one_core": rounds[len(seen) - 1]}, None
+
+    monkeypatch.setattr(run, "run_scenario", scenario)
+    cluster = type("HA", (), {"pids": {"ws-1": SERVER, "kafka-1": KAFKA, "kafka-2": KAFKA + 1, "kafka-3": KAFKA + 2}})()
+    row = run.warm_up(cluster, 5.0)
+    assert row is not None and row["warm_up"]["kafka_jit_percent_of_one_core"] == [22.0, 4.0], "the busiest broker"
+    assert row["trusted"]
