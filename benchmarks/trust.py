@@ -114,16 +114,19 @@ class Proc:
         times = self.task(pid)
         return times.own / CLK_TCK if times is not None else 0.0
 
+    def _threads(self, pid: int) -> list[Path]:
+        """The ``/proc`` folders of every thread of ``pid`` (none when it is gone)."""
+        try:
+            return list((self.root / str(pid) / "task").iterdir())
+        except OSError:
+            return []
+
     def wakeups(self, pid: int) -> int:
         """How many times the threads of ``pid`` went to sleep and were woken, so far (their
         voluntary context switches; 0 when it is gone). A JVM has a hundred threads: read it
         about once a second, not on every sample."""
         total = 0
-        try:
-            tasks = list((self.root / str(pid) / "task").iterdir())
-        except OSError:
-            return 0
-        for task in tasks:
+        for task in self._threads(pid):
             try:
                 for line in (task / "status").read_text().splitlines():
                     if line.startswith("voluntary_ctxt_switches:"):
@@ -136,11 +139,7 @@ class Proc:
         """CPU seconds the JIT compiler threads of ``pid`` have used so far (HotSpot names them
         ``C1 CompilerThread0``, ``C2 CompilerThread0``...; 0 for a process without them)."""
         jiffies = 0
-        try:
-            tasks = list((self.root / str(pid) / "task").iterdir())
-        except OSError:
-            return 0.0
-        for task in tasks:
+        for task in self._threads(pid):
             try:
                 times = parse_pid_stat((task / "stat").read_text())
             except (OSError, IndexError, ValueError):
