@@ -208,7 +208,7 @@ def matrix(short: bool) -> list[Scenario]:
 # traffic (its JIT threads took a quarter of a core, and the first private-1k row after a start
 # measured Kafka at 767 µs per message instead of 262-317 and p50 10.3 ms instead of 5.0-5.2).
 # This traffic runs in rounds before the first row that sends messages, until a round finds the
-# JIT below the trust limit (Bench.warm_up).
+# JIT below the trust limit (warm_up).
 WARM_UP = Scenario(
     "warm-up",
     "private 100 pairs, 1,000/s, in 10 s rounds until Kafka's JIT has settled (not a result)",
