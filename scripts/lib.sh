@@ -322,8 +322,12 @@ start_kafka_node() {  # start_kafka_node NAME CLASSPATH : the broker formatted b
 }
 
 kafka_cluster_id() {  # made once per run folder: 16 random bytes, base64url (as StorageTool random-uuid)
-    local f="$RUN_DIR/kafka-cluster.id"
-    [[ -s "$f" ]] || head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$f"
+    local f="$RUN_DIR/kafka-cluster.id" id=-
+    if [[ ! -s "$f" ]]; then
+        # Never one that starts with '-', as Kafka's own Uuid.randomUuid: StorageTool would read it as an option.
+        while [[ $id == -* ]]; do id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'); done
+        printf '%s' "$id" >"$f"
+    fi
     cat "$f"
 }
 
