@@ -13,7 +13,9 @@ so a client that retries after an error or a lost ack never creates a second mes
 Every channel has an *epoch*: a string that changes whenever the channel's offsets start
 over because its storage lost them (a Redis that restarted empty). An offset means something
 only together with its epoch; a client that resumes with an old epoch is told its channel has a
-gap instead of being replayed the wrong messages. Epochs sort by the time they were made.
+gap instead of being replayed the wrong messages. Epochs sort in the order they were made: the
+store makes them on its own clock (Redis's, not each server's), and an epoch that replaces
+another sorts above it, whatever the clocks say.
 
 On a sharded store (a Redis Cluster) the channels of a message live on different shards, and
 no step is atomic across them: ``store_each`` stores a private message in each of its two
@@ -26,6 +28,7 @@ in-process twin.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -67,9 +70,24 @@ class Head:
 RERUN_WINDOW_MS = 10_000
 
 
-def new_epoch(clock: Clock = time.time) -> str:
-    """A fresh epoch: the time it was made (so later epochs sort higher), then random bits."""
-    return f"{int(clock() * 1000):012x}{random.getrandbits(32):08x}"
+#: An epoch: 13 hex digits of the microsecond it was made, then 7 of random bits (20 in all, as
+#: the earlier milliseconds + 32 bits were; any new epoch sorts above one of those).
+EPOCH_TIME_DIGITS, EPOCH_RANDOM_BITS = 13, 28
+
+
+def epoch_bits() -> str:
+    """An epoch's random part (the store adds its time)."""
+    return f"{random.getrandbits(EPOCH_RANDOM_BITS):07x}"
+
+
+def new_epoch(clock: Clock = time.time, after: str = "") -> str:
+    """A fresh epoch: the microsecond it was made, then random bits. Later epochs sort higher;
+    one made ``after`` another sorts above it even in the same microsecond, or on a clock
+    behind the one that made it."""
+    made = int(clock() * 1_000_000)
+    with contextlib.suppress(ValueError):  # unless there is no earlier epoch ("") or not one of ours
+        made = max(made, int(after[:EPOCH_TIME_DIGITS], 16) + 1)
+    return f"{made:013x}{epoch_bits()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +171,7 @@ class MemoryHistory:
         self.fail_in: set[str] = set()
         self._seq: dict[str, int] = {}
         self._epochs: dict[str, str] = {}
+        self._newest_epoch = ""
         self._logs: dict[str, list[tuple[int, int, Message]]] = {}  # (offset, ts, body)
         self._sent: dict[tuple[str, ...], tuple[float, Stored]] = {}
 
@@ -192,8 +211,13 @@ class MemoryHistory:
     def _epoch(self, channel: str) -> str:
         epoch = self._epochs.get(channel)
         if epoch is None:
-            epoch = self._epochs[channel] = new_epoch(self._clock)
+            epoch = self._epochs[channel] = self._new_epoch()
         return epoch
+
+    def _new_epoch(self, after: str = "") -> str:
+        """Above every epoch this store made, even those it lost: its clock moved on."""
+        self._newest_epoch = new_epoch(self._clock, max(after, self._newest_epoch))
+        return self._newest_epoch
 
     def lose_newest(self, channel: str, count: int) -> None:
         """Forget the newest ``count`` messages of ``channel`` but not its epoch, as a Redis that
@@ -203,7 +227,7 @@ class MemoryHistory:
 
     async def renew_epoch(self, channel: str, stale: str) -> str:
         if self._epochs.get(channel, stale) == stale:
-            self._epochs[channel] = new_epoch(self._clock)
+            self._epochs[channel] = self._new_epoch(after=stale)
         return self._epochs[channel]
 
     def lose_everything(self) -> None:

@@ -32,7 +32,7 @@ from chatserver.history import (
     Message,
     Retention,
     Stored,
-    new_epoch,
+    epoch_bits,
     store_each,
 )
 from chatserver.names import Names
@@ -77,20 +77,29 @@ def _parse_stored(value: bytes | str, channels: Sequence[str], duplicate: bool) 
     )
 
 
-# The epoch of KEYS[k], made (as ARGV[a]) if it has none. Shared by both scripts.
+# Epochs are made here, on Redis's clock, not on each server's (``history.new_epoch`` in Lua):
+# the microsecond (TIME) as 13 hex digits, then the random part a server sent; above ``after``,
+# the epoch it replaces, when there is one. ``epoch_of``: the epoch of ``key``, made if it has none.
 _EPOCH_LUA = """
-local function epoch_of(key, fresh, idle_ms)
+local function new_epoch(random, after)
+  local now = redis.call('TIME')
+  local made = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local prior = after and tonumber(string.sub(after, 1, 13), 16)
+  if prior and prior >= made then made = prior + 1 end
+  return string.format('%013x', made) .. random
+end
+local function epoch_of(key, random, idle_ms)
   local epoch = redis.call('GET', key)
   if not epoch then
-    redis.call('SET', key, fresh, 'PX', idle_ms)
-    epoch = fresh
+    epoch = new_epoch(random)
+    redis.call('SET', key, epoch, 'PX', idle_ms)
   end
   return epoch
 end
 """
 
 # KEYS: sent key, then (seq, log, epoch) per channel. ARGV: dedupe ttl ms, now ms, min keep,
-# max keep, keep ms, "id|ts", a fresh epoch, idle ms, then one member per channel. The sent key
+# max keep, keep ms, "id|ts", an epoch's random part, idle ms, then one member per channel. The sent key
 # is always written: a retry (same cid) or a re-run of the same call (same id) finds the first
 # attempt and changes nothing. Each message gives its channels' keys another ``idle_s`` to live.
 _STORE_LUA = (
@@ -133,17 +142,21 @@ return {0, stored}
 """
 )
 
-# KEYS: the epoch. ARGV: the stale epoch, a fresh one, idle ms. Answers the epoch it has now.
-_RENEW_LUA = """
+# KEYS: the epoch. ARGV: the stale epoch, an epoch's random part, idle ms. Answers the epoch it
+# has now: a new one, above the stale one, if it still had the stale one (or none).
+_RENEW_LUA = (
+    _EPOCH_LUA
+    + """
 local epoch = redis.call('GET', KEYS[1])
 if epoch == false or epoch == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return ARGV[2]
+  epoch = new_epoch(ARGV[2], ARGV[1])
+  redis.call('SET', KEYS[1], epoch, 'PX', ARGV[3])
 end
 return epoch
 """
+)
 
-# KEYS: (seq, epoch) per channel. ARGV: a fresh epoch. Answers offset, epoch, offset, epoch...
+# KEYS: (seq, epoch) per channel. ARGV: an epoch's random part, idle ms. Answers offset, epoch, offset, epoch...
 _HEADS_LUA = (
     _EPOCH_LUA
     + """
@@ -203,7 +216,7 @@ class RedisHistory:
             r.max_keep,
             int(r.keep_s * 1000),
             f"{envelope.id}|{envelope.ts}",
-            new_epoch(self._clock),
+            epoch_bits(),
             int(r.idle_s * 1000),
             *(_member(envelope, c) for c in channels),
         ]
@@ -225,7 +238,7 @@ class RedisHistory:
 
         def call(of: Sequence[str]) -> asyncio.Future[Any]:
             keys = [key for c in of for key in (names.channel_seq(c), names.channel_epoch(c))]
-            return self._batch.group("heads", _HEADS_LUA, keys, [new_epoch(self._clock), idle_ms])
+            return self._batch.group("heads", _HEADS_LUA, keys, [epoch_bits(), idle_ms])
 
         try:
             if self._batch.sharded:  # one call per channel, each in its own hash slot
@@ -252,7 +265,7 @@ class RedisHistory:
     async def renew_epoch(self, channel: str, stale: str) -> str:
         try:
             keys, idle_ms = [self._names.channel_epoch(channel)], int(self._retention.idle_s * 1000)
-            epoch = await self._batch.eval(_RENEW_LUA, keys, [stale, new_epoch(self._clock), idle_ms])
+            epoch = await self._batch.eval(_RENEW_LUA, keys, [stale, epoch_bits(), idle_ms])
         except aioredis.RedisError as exc:
             raise HistoryError(f"redis: {exc}") from exc
         return _text(epoch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,19 +11,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from chatserver.envelope import Envelope
-from chatserver.history import Retention
+from chatserver.history import Clock, Retention, new_epoch
 from chatserver.names import Names
 from chatserver.redishistory import RedisHistory
 from tests.integration.conftest import REDIS_URL
 
 
 @asynccontextmanager
-async def history() -> AsyncIterator[tuple[RedisHistory, aioredis.Redis, str]]:
-    """A history under a prefix of its own, its keys deleted afterwards."""
+async def history(clock: Clock = time.time) -> AsyncIterator[tuple[RedisHistory, aioredis.Redis, str]]:
+    """A history under a prefix of its own (on a server whose clock is ``clock``), its keys
+    deleted afterwards."""
     client = aioredis.Redis.from_url(REDIS_URL)
     prefix = f"test-epochs-{uuid.uuid4().hex[:8]}-"
     try:
-        yield RedisHistory(client, Names(prefix), Retention()), client, prefix
+        yield RedisHistory(client, Names(prefix), Retention(), clock), client, prefix
     finally:
         keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
         if keys:
@@ -97,3 +99,28 @@ async def test_a_channel_lives_as_long_as_messages_keep_coming() -> None:
         await h.store(public(2), None)
         for key in public_keys:
             assert 1_000 < await client.pttl(key) <= 60_000, f"{key!r}: the next message renews it"
+
+
+@pytest.mark.gen_test
+async def test_after_redis_lost_a_channel_the_new_epoch_sorts_above_one_made_by_a_server_whose_clock_is_ahead() -> None:
+    """Servers' clocks differ; a server that sees two epochs keeps the higher one and drops the
+    lower one's messages as late. So the epoch made after the loss must be the higher one,
+    whichever server's clock made the first."""
+    async with history(clock=lambda: time.time() + 3600) as (ahead, client, prefix):
+        before = dict((await ahead.store(public(1), None)).epochs)["public"]
+        await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}*")])  # Redis lost it
+        behind = RedisHistory(client, Names(prefix), Retention())  # another server, its clock right
+        after = dict((await behind.store(public(2), None)).epochs)["public"]
+        assert after > before
+
+
+@pytest.mark.gen_test
+async def test_a_renewed_epoch_sorts_above_the_stale_one_whatever_made_it() -> None:
+    async with history() as (h, client, prefix):
+        await h.store(public(1), None)
+        stale = new_epoch(lambda: time.time() + 3600)  # made by a clock an hour ahead
+        await client.set(Names(prefix).channel_epoch("public"), stale)
+        for _ in range(20):  # random bits alone would put about half of the renewals below
+            fresh = await h.renew_epoch("public", stale)
+            assert fresh > stale
+            stale = fresh

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatserver.envelope import Envelope
-from chatserver.history import History, HistoryError, MemoryHistory, Retention
+from chatserver.history import History, HistoryError, MemoryHistory, Retention, new_epoch
 
 
 def public(i: int, ts: int = 1_000) -> Envelope:
@@ -109,3 +109,44 @@ async def test_a_retry_after_a_failure_between_the_two_channels_fills_the_gap_an
 @pytest.mark.gen_test
 async def test_memory_history_retention() -> None:
     await check_retention_keeps_the_newest(MemoryHistory(Retention(min_keep=5, max_keep=100, keep_s=60)))
+
+
+# ------------------------------------------------------------------------------ epochs sort in the order made
+
+
+FROZEN = 1_800_000_000.0  # every epoch below is made in the same microsecond
+
+
+def test_an_epoch_made_after_another_sorts_above_it_even_in_the_same_microsecond() -> None:
+    first = new_epoch(lambda: FROZEN)
+    for _ in range(200):  # random bits alone would put about half of them below
+        assert new_epoch(lambda: FROZEN, after=first) > first
+
+
+def test_a_renewal_by_a_server_whose_clock_is_behind_still_sorts_above_the_stale_epoch() -> None:
+    made_ahead = new_epoch(lambda: FROZEN + 3600)  # by a server an hour ahead
+    assert new_epoch(lambda: FROZEN, after=made_ahead) > made_ahead
+
+
+def test_an_epoch_of_the_earlier_format_is_passed_by_any_new_one() -> None:
+    earlier = "019ad8ecf8003c1f9a2e"  # milliseconds and 32 random bits, as made before 2026-12-02
+    assert new_epoch(lambda: 1_764_600_000.0) > earlier
+    assert len(new_epoch()) == len(earlier)
+
+
+@pytest.mark.gen_test
+async def test_a_renewed_epoch_sorts_above_the_one_it_replaces() -> None:
+    h = MemoryHistory(clock=lambda: FROZEN)
+    for _ in range(50):
+        stale = (await h.heads(["public"]))["public"].epoch
+        assert await h.renew_epoch("public", stale) > stale
+
+
+@pytest.mark.gen_test
+async def test_a_store_that_lost_everything_makes_its_next_epochs_above_the_old_ones() -> None:
+    h = MemoryHistory(clock=lambda: FROZEN)
+    for i in range(50):
+        old = (await h.store(Envelope(kind="public", id=f"id-{i}", sender="ann", text="t", ts=1), None)).epochs
+        h.lose_everything()  # Redis restarted empty within the microsecond: its clock still moved on
+        new = (await h.store(Envelope(kind="public", id=f"id-{i}b", sender="ann", text="t", ts=1), None)).epochs
+        assert dict(new)["public"] > dict(old)["public"]
