@@ -16,7 +16,6 @@ How it measures:
   ``start + (k + offset) / rate``, so the pace neither bursts nor drifts; if the generator falls
   behind it catches up and reports how late its sends were (``send_lag_ms``).
 - With --procs N, N worker processes each hold a share of the users (a private pair stays in one
-- With --procs N, N worker processes each hold a share of the users (a private pair stays in one
   process) and of the rate; the parent merges their results.
 
 Exit status: 0 when the run completed cleanly (no connect failure, no loss, no duplicate, no
