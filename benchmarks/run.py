@@ -795,6 +795,9 @@ def _notes(row: dict[str, Any]) -> str:
         notes += f"; not clean: {', '.join(report['hints'][:1]) or 'see JSON'}"
     if sample.get("wakeups_per_delivery"):
         notes += "; wake-ups/msg: " + ", ".join(f"{r} {n:g}" for r, n in sample["wakeups_per_delivery"].items())
+        if sample.get("wakeup_floor_us_per_delivery") is not None:
+            wakeup_us = sample["machine"]["calibration"]["wakeup_us"]
+            notes += f" (at {wakeup_us:g} µs each: {sample['wakeup_floor_us_per_delivery']:g} µs/msg)"
     compiling = {role: _cell(row, f"jit:{role}", None) for role in sample.get("compiling_percent_of_one_core", {})}
     if compiling:
         notes += "; JIT (% of a core): " + ", ".join(f"{r} {pct}" for r, pct in compiling.items())
@@ -988,6 +991,7 @@ class Bench:
         """Before a row, with nothing of the run busy: the machine's speed, then who uses it."""
         calibration = trust.calibrate()
         calibration["slowdown"] = trust.slowdown(calibration, self.reference)
+        calibration["wakeup_us"] = trust.wakeup_cost_us()
         before = trust.measure(self.proc, cluster.participants(), PRECHECK_S)
         return {"calibration": calibration, "before": before}
 
@@ -1006,6 +1010,9 @@ class Bench:
             generator_us=row.get("generator_us_per_delivery"),
             compiling=row.get("compiling_percent_of_one_core"),
         )
+        floor = trust.wakeup_floor_us(row.get("wakeups_per_delivery", {}), pre["calibration"].get("wakeup_us"))
+        if floor is not None:
+            row["wakeup_floor_us_per_delivery"] = floor
         row["machine"] = {
             "before": pre["before"].to_dict(),
             "during": during.to_dict() if during else None,
@@ -1166,6 +1173,7 @@ def facts(bench: Bench, roots: list[int]) -> dict[str, Any]:
     info["loadavg"] = bench.proc.loadavg()
     calibration = trust.calibrate()
     calibration["slowdown"] = trust.slowdown(calibration, bench.reference)
+    calibration["wakeup_us"] = trust.wakeup_cost_us()
     used = trust.measure(bench.proc, roots, PRECHECK_S)
     info["at_start"] = {**used.to_dict(), "calibration": calibration}
     found = trust.reasons(
@@ -1192,7 +1200,8 @@ def facts_lines(info: dict[str, Any], reference: dict[str, Any]) -> list[str]:
         f"{info['date']} · {info['cpus']} CPUs ({info['cpu_model']}) · {info['memory_gib']} GiB · "
         f"Python {info['python']} · commit {info['commit']}",
         f"machine at the start: load average {' '.join(f'{v:g}' for v in info['loadavg'])} · others "
-        f"{start['others_pct']:.0f}% of a core · steal {start['steal_pct']:.1f}% · {speed}",
+        f"{start['others_pct']:.0f}% of a core · steal {start['steal_pct']:.1f}% · {speed} · a wake-up "
+        f"(sleep {trust.WAKEUP_SLEEP_S * 1000:g} ms) costs {start['calibration']['wakeup_us']:g} µs of CPU",
     ]
     if not info["quiet"]:
         lines.append(

@@ -12,6 +12,9 @@ with everything else that runs there. A row is only worth reading when, before a
 - a fixed CPU-bound **calibration** (a pure Python loop and SHA-256) runs about as fast as the
   reference recorded in ``benchmarks/reference.json``, and runs on the CPU as long as on the
   clock (not throttled or waiting for a core);
+- (reported, not judged) what a **wake-up** costs: the CPU a thread is billed per sleep and wake,
+  which on this kind of VM makes a message handled at a low rate several times dearer than at a
+  high one, where each wake-up serves many;
 - the **load generator** spent little CPU per message: beyond about 50 µs it is the limit of
   what is measured, not the servers;
 - no participant was still **compiling**: a JVM (Kafka) compiles its hot paths in the first
@@ -373,6 +376,31 @@ def calibrate(rounds: int = 3) -> dict[str, Any]:
         cpu.append(time.thread_time() - c0)
         wall.append(time.perf_counter() - w0)
     return {"cpu_s": round(min(cpu), 4), "wall_s": round(min(wall), 4), "rounds": rounds}
+
+
+WAKEUP_SLEEP_S = 0.002  # as long as the consumer's poll tick and the generator's send pulse
+
+
+def wakeup_cost_us(count: int = 200, sleep_s: float = WAKEUP_SLEEP_S) -> float:
+    """The CPU (µs) this machine bills a thread for each time it sleeps ``sleep_s`` and wakes,
+    doing nothing else (the best of two halves of ``count`` sleeps): what every process of the
+    run pays per wake-up before it does any work. The CPU-bound calibration does not see it; on
+    a VM that exits to its host whenever a core idles it is tens of µs."""
+    halves = []
+    for _ in range(2):
+        c0 = time.thread_time()
+        for _ in range(count // 2):
+            time.sleep(sleep_s)
+        halves.append((time.thread_time() - c0) / (count // 2))
+    return round(1e6 * min(halves), 1)
+
+
+def wakeup_floor_us(wakeups_per_message: dict[str, float], wakeup_us: float | None) -> float | None:
+    """What a row's wake-ups alone cost per message (every role's wake-ups at ``wakeup_us``
+    each): the part of its CPU per message that no code change but fewer wake-ups can remove."""
+    if wakeup_us is None or not wakeups_per_message:
+        return None
+    return round(sum(wakeups_per_message.values()) * wakeup_us, 1)
 
 
 def load_reference(path: Path = REFERENCE) -> dict[str, Any]:

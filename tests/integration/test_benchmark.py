@@ -28,6 +28,7 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
 
     table = proc.stdout.splitlines()
     assert table[1].startswith("machine at the start: load average "), "the machine's facts head the table"
+    assert "a wake-up (sleep 2 ms) costs " in table[1], "what waking up costs this machine, beside its speed"
     header = next(line for line in table if line.startswith("| scenario |"))
     for column in ("gen µs/msg", "others % before/during", "steal % before/during", "calibration", "trust"):
         assert f"| {column} |" in header, column
@@ -60,6 +61,8 @@ def test_the_short_benchmark_runs_the_matrix_on_its_own_cluster(tmp_path: Path) 
     assert cpu["ws-1"] > 0 and cpu["ws-2"] > 0
     assert 0 < private["server_us_per_delivery"] < private["all_us_per_delivery"]
     assert 0 < private["generator_us_per_delivery"] < private["all_us_per_delivery"], "the generator's own cost"
+    assert private["machine"]["calibration"]["wakeup_us"] > 0 and private["wakeup_floor_us_per_delivery"] > 0
+    assert any(line.startswith("| private |") and "µs each:" in line for line in table), "the wake-ups' share"
 
     ramp = rows["private-ramp"]["report"]["ramp"]
     assert ramp["steps"] and ramp["stopped_because"], "a ramp says where and why it stopped"

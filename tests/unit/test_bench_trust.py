@@ -421,3 +421,15 @@ def test_the_warm_up_waits_for_every_broker_of_a_replicated_kafka(monkeypatch: p
     row = run.warm_up(cluster, 5.0)
     assert row is not None and row["warm_up"]["kafka_jit_percent_of_one_core"] == [22.0, 4.0], "the busiest broker"
     assert row["trusted"]
+
+
+def test_a_wake_up_is_billed_as_the_cpu_of_sleeping_and_waking_not_the_time_asleep() -> None:
+    cost = trust.wakeup_cost_us(count=40, sleep_s=0.005)
+    assert 0 < cost < 5000  # 5 ms asleep each time: measured as wall time it would be above
+
+
+def test_the_wake_up_floor_is_every_roles_wake_ups_at_the_measured_cost() -> None:
+    per_message = {"ws-1": 1.0, "ws-2": 1.5, "redis": 0.5, "generator": 0.4}
+    assert trust.wakeup_floor_us(per_message, 50.0) == 170.0
+    assert trust.wakeup_floor_us(per_message, None) is None
+    assert trust.wakeup_floor_us({}, 50.0) is None
