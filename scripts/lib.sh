@@ -8,7 +8,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUN_DIR="${CHAT_RUN_DIR:-$ROOT/.run}"
+RUN_DIR="$(realpath -m "${CHAT_RUN_DIR:-$ROOT/.run}")"  # absolute: nginx and Kafka take it from other folders
 CACHE_DIR="${CHAT_CACHE_DIR:-$ROOT/.cache}"
 VENV="${CHAT_VENV:-$ROOT/.venv}"
 PIDS="$RUN_DIR/pids"
@@ -452,12 +452,16 @@ write_nginx_conf() {  # write_nginx_conf N... : nginx.conf and an upstream of th
     mv "$dir/upstream.conf.new" "$dir/upstream.conf"
 }
 
+check_nginx_conf() {  # nginx -t of what write_nginx_conf wrote; dies saying where to look
+    local dir="$RUN_DIR/nginx"
+    "$(nginx_bin)" -t -q -p "$dir/" -c "$dir/nginx.conf" 2>>"$LOGS/nginx.log" \
+        || die "nginx rejects its configuration: see $LOGS/nginx.log"
+}
 start_or_reload_nginx() {  # start_or_reload_nginx N... : nginx in front of those servers
     local dir="$RUN_DIR/nginx" bin
     bin=$(nginx_bin)
     write_nginx_conf "$@"
-    "$bin" -t -q -p "$dir/" -c "$dir/nginx.conf" 2>>"$LOGS/nginx.log" \
-        || die "nginx rejects its configuration: see $LOGS/nginx.log"
+    check_nginx_conf
     if pid_alive nginx; then
         "$bin" -p "$dir/" -c "$dir/nginx.conf" -s reload 2>>"$LOGS/nginx.log" || die "nginx reload failed: see $LOGS/nginx.log"
         say "nginx reloaded: upstream ws-$(echo "$@" | sed 's/ /, ws-/g')"
