@@ -191,6 +191,9 @@ class Sequencer:
         """Read the hole from history. A hole history cannot fill (it lost those messages) is
         a reset: the channel's readers resume and are told what is missing."""
         assert stream.next is not None
+        if not stream.waiting:  # the hole filled live between the timer and this task
+            stream.filling = False
+            return
         first_waiting = min(stream.waiting)
         try:
             found = await self._fill(channel, stream.next - 1, first_waiting - 1)
