@@ -79,6 +79,17 @@ class _Send:
     gave_up: bool = False
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that swallowed
+    the cancellation (Python 3.11's ``asyncio.wait_for`` does when what it waits for completes
+    in the same turn, and a loop around it then goes on)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 def http_login(url: str, user: str, timeout_s: float = 30.0) -> str:
     """A token from ``POST /api/login`` (dev login); 429 and 503 are retried with backoff."""
     body = json.dumps({"username": user}).encode()
@@ -195,7 +206,8 @@ class Client:
         self._welcome = asyncio.get_running_loop().create_future()
         conn.handle_with(lambda raw: self._on_message(session, raw), lambda: self._on_closed(session, conn))
         try:
-            await asyncio.wait_for(asyncio.shield(self._welcome), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancellation
+                await asyncio.shield(self._welcome)
         except (TimeoutError, ConnectionError) as exc:
             self.rec("no_welcome", s=session, error=repr(exc)[:200])
             await self.drop(abrupt=True)
@@ -230,7 +242,8 @@ class Client:
         else:
             await conn.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self.closed.wait()
 
     async def _write(self, frame: dict[str, Any]) -> bool:
         conn = self.conn
@@ -369,15 +382,14 @@ class Client:
     async def _pump(self) -> None:
         """(Re)send what is due: sends not yet out on this session, and refused ones after backoff."""
         while True:
-            if self.ready:
-                now = time.monotonic()
-                for send in list(self.pending.values()):
-                    if not self.ready:
-                        break
-                    if send.gave_up or send.cid not in self.pending:
-                        continue
-                    if send.session != self.session or (send.due is not None and now >= send.due):
-                        await self._transmit(send)
+            now = time.monotonic()
+            for send in list(self.pending.values()):
+                if not self.ready:  # not yet, or no longer: a send may have dropped the session
+                    break
+                if send.gave_up or send.cid not in self.pending:
+                    continue
+                if send.session != self.session or (send.due is not None and now >= send.due):
+                    await self._transmit(send)
             await asyncio.sleep(0.05)
 
     async def _keep_connected(self) -> None:
@@ -425,9 +437,7 @@ class Client:
         try:
             await stop.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             self._close_after_send = False
 
     async def drain(self, deadline: float) -> None:
@@ -441,9 +451,7 @@ class Client:
             while time.monotonic() < deadline and self.unanswered():  # noqa: ASYNC110 (a poll with a deadline)
                 await asyncio.sleep(0.1)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
         for send in self.pending.values():
             if not send.gave_up:
                 self._give_up(send, "no ack when the run ended")
