@@ -28,7 +28,7 @@ def test_a_kafka_cluster_id_never_starts_with_a_dash(tmp_path: Path) -> None:
 def test_a_run_folder_given_relative_to_where_you_are_works_with_nginx(tmp_path: Path) -> None:
     """``CHAT_RUN_DIR=.run/chaos ./scripts/up.sh 2`` (as chaos.py's help shows) failed: nginx read
     its prefix and its configuration file both relative to the same folder, doubling the path."""
-    script = f"source {ROOT}/scripts/lib.sh; mkdir -p \"$LOGS\"; echo \"$RUN_DIR\"; write_nginx_conf 1; check_nginx_conf"
+    script = f'source {ROOT}/scripts/lib.sh; mkdir -p "$LOGS"; echo "$RUN_DIR"; write_nginx_conf 1; check_nginx_conf'
     env = {**os.environ, "CHAT_RUN_DIR": "runs/mine", "NGINX_PORT": "8999"}
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
