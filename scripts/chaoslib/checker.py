@@ -24,9 +24,11 @@ The rules, per client and channel (and epoch: a channel whose offsets were reset
 - lost: every acked message is seen by every client of its audience whose range covers its offset
   (public: everyone; room: the members' clients; private: the recipient's clients and the sender's
   other clients). An acked message inside a declared-lost range is still lost.
-- A session whose ``resume`` was refused (an ``error`` with its cid: say Redis was down) never
-  joined its seam: the client drops it and resumes from where it stood before, so the messages
-  that session got count as seen (for lost) but not for order, and will come again.
+- A session whose ``resume`` was refused (an ``error`` with its cid: say Redis was down), or that
+  never sent one (the run stopped its client after the welcome; the server's wait for the resume
+  ran out and it went live from the welcome's position), never joined its seam: the client
+  resumes from where it stood before on a later session, so the messages that session got count
+  as seen (for lost) but not for order.
 - phantom: a message whose text no client sent (or sent as another user, kind or channel).
 - conflict: two ids at one (channel, offset), one id at two offsets, one send stored twice.
 """
@@ -239,11 +241,16 @@ class _Client:
         self.before_resume: dict[Key, int] = {}  # ``last`` when it was sent
         self.since_resume: list[tuple[Key, int]] = []  # offsets first seen since
         self.unsynced = 0  # a session whose resume was refused: its frames count as seen, not for order
+        self.resuming: set[int] = set()  # sessions that sent a resume (``replay`` finds them)
         self.replaying = False  # between a resume and its resumed
         self.observed: list[Seen] = []
         self.acks: list[tuple[float, dict[str, Any], str]] = []  # (t, ack frame, segment)
 
     def replay(self, events: Iterable[dict[str, Any]]) -> None:
+        events = list(events)
+        self.resuming = {  # sessions that sent a resume: the others never joined the seam
+            int(ev.get("s", 0)) for ev in events if ev.get("e") == "out" and ev["f"].get("type") == "resume"
+        }
         for ev in events:
             kind, t = ev.get("e"), float(ev.get("t", 0.0))
             if kind == "connect":
@@ -334,7 +341,7 @@ class _Client:
         seen = Seen(self.name, session, t, channel, seg, offset, mid, text, sender, kind)
         self.observed.append(seen)
         self.ids[channel].add(mid)
-        if session == self.unsynced:
+        if session == self.unsynced or session not in self.resuming:
             return
         if offset <= floor:
             before = self.seen[key].get(offset)

@@ -165,6 +165,7 @@ class Client:
         self._resumed = asyncio.Event()
         self._resume_cid = ""
         self._unsynced = 0  # a session whose resume was refused: its messages move no position
+        self._resumed_in = 0  # the session that sent its resume: no other one's messages move a position
         self._before_resume: dict[str, int] = {}
         self._close_after_send = False
         self.stats: dict[str, int] = {"sessions": 0, "connect_failures": 0, "gave_up": 0}
@@ -225,6 +226,7 @@ class Client:
             resume["epochs"] = dict(self.epochs)
         if not await self._write(resume):
             return False
+        self._resumed_in = session
         self.ready = True
         return True
 
@@ -289,7 +291,7 @@ class Client:
                 self._welcome.set_result(frame)
         elif kind == "message":
             channel, offset = frame.get("channel"), frame.get("offset")
-            if session == self._unsynced:
+            if session == self._unsynced or session != self._resumed_in:
                 return
             if isinstance(channel, str) and isinstance(offset, int) and offset > self.seen_max.get(channel, -1):
                 self.seen_max[channel] = offset
@@ -446,6 +448,8 @@ class Client:
             if send.gave_up:
                 send.gave_up, send.session, send.due = False, 0, None
                 send.attempts = self.opts.max_attempts - 1  # one more attempt
+        if not self.ready:  # a session stopped before its resume: start one that resumes
+            await self.drop(abrupt=False)
         tasks = [asyncio.create_task(c) for c in (self._keep_connected(), self._pump())]
         try:
             while time.monotonic() < deadline and self.unanswered():  # noqa: ASYNC110 (a poll with a deadline)

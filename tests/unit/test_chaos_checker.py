@@ -210,6 +210,32 @@ def unacked_12_13(rec: Records) -> None:
             rec.message(client, "public", n, f"m{n}", text, "alice", "public")
 
 
+def test_a_session_that_never_sent_its_resume_counts_as_seen_not_for_order() -> None:
+    """A 2,000 msg/s run stopped a client between its welcome and its resume; the server's wait
+    for the resume ran out and it went live from the welcome's position, above a hole. Those
+    messages are not where the client stands: it resumes from before them on its next session."""
+
+    def records(resumed_from_before: bool) -> Records:
+        rec = Records()
+        clean(rec)
+        for n in (12, 13):
+            rec.send("a2", "public", f"a2-{n - 11}", f"a2-{n - 11}-x")
+            rec.ack("a2", f"a2-{n - 11}", f"m{n}", "public", n)
+            for client in ("a1", "a2"):
+                rec.message(client, "public", n, f"m{n}", f"a2-{n - 11}-x", "alice", "public")
+        rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})  # never resumes
+        rec.message("b1", "public", 13, "m13", "a2-2-x", "alice", "public")  # live, above 12
+        rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})
+        at = 11 if resumed_from_before else 13
+        rec.resume("b1", {"public": at, "user:bob": 1, "room:r": 1})
+        for n in range(at + 1, 14):
+            rec.message("b1", "public", n, f"m{n}", f"a2-{n - 11}-x", "alice", "public")
+        return rec
+
+    assert check(records(resumed_from_before=True).run()).violations == []
+    assert kinds(check(records(resumed_from_before=False).run())) == {"lost": 1}  # m12 never reached bob
+
+
 def test_a_range_declared_lost_is_no_gap() -> None:
     rec = Records()
     clean(rec)
