@@ -181,7 +181,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         used, self.subprotocol = done
         del self._buffer[:used]
         self._open = True
-        self.handshake.set_result(None)
+        if not self.handshake.done():  # done: the opener gave up (timed out) and closes the socket
+            self.handshake.set_result(None)
 
     def _fail_handshake(self, exc: InvalidHandshake) -> None:
         if not self.handshake.done():

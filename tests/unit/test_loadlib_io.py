@@ -306,3 +306,16 @@ def test_both_kinds_of_link_open_and_hand_over_the_same_frames(plain_socket: boo
         return got
 
     assert asyncio.run(main()) == [(b'{"type":"welcome"}', False), (b'{"type":"pong"}', False), 1000]
+
+
+@pytest.mark.gen_test
+async def test_a_handshake_answered_after_the_opener_gave_up_is_no_error() -> None:
+    """A chaos run at 2,000 msg/s: a connect timed out as the server's 101 arrived, and the
+    client set the result of its cancelled handshake ("Fatal error: protocol.buffer_updated()")."""
+    from loadlib.client import ClientConnection, upgrade
+
+    up = upgrade("ws://127.0.0.1:1/ws")
+    conn = ClientConnection(up.request, up.accept, 1 << 20)
+    conn.handshake.cancel()  # the opener's wait_for timed out
+    conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + up.accept + b"\r\n\r\n")
+    assert conn.handshake.cancelled()
