@@ -86,16 +86,22 @@ class Delivery:
     def _deliver(self, envelope: Envelope, channel: str) -> None:
         """``envelope``'s message as stored in ``channel``, to the local sessions reading it there."""
         hub = self._hub
-        frame = envelope.message_frame(channel)
+        # The frame is made only for a channel somebody here reads: of a private message's two
+        # channels, the recipient's server reads one and the sender's server often none (the
+        # sending session gets an ack instead).
         if channel == p.PUBLIC:
-            delivered = hub.broadcast(frame)
+            delivered = hub.broadcast(envelope.message_frame(channel))
         elif channel.startswith("room:"):
-            delivered = sum(  # every member, the sender included (as for public messages)
-                hub.deliver(user, frame) for user in envelope.recipients if hub.has_user(user)
-            )
+            here = [user for user in envelope.recipients if hub.has_user(user)]
+            if not here:
+                return
+            frame = envelope.message_frame(channel)  # every member, the sender included
+            delivered = sum(hub.deliver(user, frame) for user in here)
         else:
             user = channel[len("user:") :]
-            delivered = hub.deliver(user, frame, skip=envelope.origin)
+            if not hub.reaches(user, skip=envelope.origin):
+                return
+            delivered = hub.deliver(user, envelope.message_frame(channel), skip=envelope.origin)
             if delivered and envelope.receipt and user == envelope.to and user != envelope.sender:
                 self._receipt_delivered(envelope)
         if delivered:

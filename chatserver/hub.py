@@ -111,6 +111,11 @@ class Hub:
     def has_user(self, user: str) -> bool:
         return user in self._by_user
 
+    def reaches(self, user: str, skip: str = "") -> bool:
+        """Whether ``user`` has a session here other than ``skip``."""
+        sessions = self._by_user.get(user)
+        return sessions is not None and (len(sessions) > 1 or skip not in sessions)
+
     def deliver(self, user: str, frame: OutFrame, skip: str = "") -> int:
         """Send ``frame`` to every local session of ``user`` except ``skip``; how many got it
         (or will, once their channel is released)."""

@@ -32,6 +32,16 @@ def test_deliver_skips_the_origin_session_and_broadcast_reaches_all() -> None:
     assert all(s.frames[-1] == {"type": "pong", "cid": "x"} for s in (a1, a2, b))
 
 
+def test_reaches_says_whether_anyone_but_the_skipped_session_is_here() -> None:
+    hub = Hub()
+    a1, a2 = FakeSession("alice"), FakeSession("alice")
+    hub.add(a1)
+    assert hub.reaches("alice") and not hub.reaches("alice", skip=a1.id)
+    assert not hub.reaches("bob")
+    hub.add(a2)
+    assert hub.reaches("alice", skip=a1.id)
+
+
 def test_a_held_session_gets_nothing_before_release_then_everything_in_order() -> None:
     hub = Hub()
     new = FakeSession("ann")
