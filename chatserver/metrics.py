@@ -64,7 +64,7 @@ class Tallies(Collector):
     def inc(self, amount: float = 1.0) -> None:
         if self._unlabelled is None:
             raise ValueError(f"{self._name} is counted by its labels: use labels(...).inc()")
-        self._unlabelled.value += amount
+        self._unlabelled.inc(amount)
 
     def describe(self) -> Iterable[Metric]:
         return [CounterMetricFamily(self._name, self._doc, labels=self._labelnames)]
