@@ -8,7 +8,7 @@ import json
 
 import msgpack
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from chatserver import frames
@@ -173,20 +173,21 @@ json_values = st.recursive(
     max_leaves=20,
 )
 frame_like = st.fixed_dictionaries(
-    {"type": st.sampled_from(["public", "private", "ping", "join", "x"]) | st.text(max_size=8)},
+    {"type": st.sampled_from(["public", "private", "ping", "join", "rooms", "who", "x"]) | st.text(max_size=8)},
     optional={"text": json_values, "to": json_values, "cid": json_values},
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(frame_like, json_values))
+@example({"type": "rooms"})  # a whole frame with no field: what Hypothesis found once in 20 runs
 def test_any_json_value_decodes_or_raises_protocol_error(obj: object) -> None:
     try:
         frame = p.decode_frame(json.dumps(obj), JSON)
     except p.ProtocolError as exc:
         assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
     else:
-        assert isinstance(frame, p.PublicFrame | p.PrivateFrame | p.PingFrame)
+        assert isinstance(frame, p.ClientFrame), frame  # every frame type, not the few first written
 
 
 @settings(max_examples=300, deadline=None)
@@ -210,6 +211,7 @@ def test_deeply_nested_frames_are_refused_cleanly(depth: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(frame_like, json_values))
+@example({"type": "rooms"})
 def test_any_msgpack_value_decodes_or_raises_protocol_error(obj: object) -> None:
     try:
         raw = msgpack.packb(obj)
@@ -220,4 +222,4 @@ def test_any_msgpack_value_decodes_or_raises_protocol_error(obj: object) -> None
     except p.ProtocolError as exc:
         assert exc.code in {p.BAD_FRAME, p.UNKNOWN_TYPE, p.TOO_LARGE}
     else:
-        assert isinstance(frame, p.PublicFrame | p.PrivateFrame | p.PingFrame | p.HistoryFrame | p.ResumeFrame)
+        assert isinstance(frame, p.ClientFrame), frame  # every frame type, not the few first written
