@@ -23,6 +23,13 @@ def test_the_fit_separates_the_cost_per_message_from_what_a_part_burns_idle() ->
     assert costs["redis masters"]["us_per_msg"] == 50.0 and costs["redis masters"]["fitted"]
 
 
+def test_an_intercept_that_is_zero_but_for_rounding_is_nothing_idle_not_a_failed_fit() -> None:
+    # A part that burns nothing idle fits an intercept of about -1e-18 or +1e-18, depending on how
+    # the interpreter sums floats (Python 3.12's sum() compensates, 3.11's does not).
+    rows = [row(r, redis_masters=50e-6 * r - 1e-12) for r in (500, 1000, 2000)]
+    assert capacity.fit(rows)["redis masters"] == {"us_per_msg": 50.0, "idle_cores": 0.0, "fitted": True}
+
+
 def test_a_line_that_makes_no_sense_falls_back_to_the_cost_at_the_highest_rate() -> None:
     rows = [row(100, kafka_brokers=0.9), row(200, kafka_brokers=0.8)]  # idle noise: a falling line
     assert capacity.fit(rows)["kafka brokers"] == {"us_per_msg": 4000.0, "idle_cores": 0.0, "fitted": False}
