@@ -167,9 +167,10 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         mean_y = sum(y for _, y in points) / len(points)
         spread = sum((x - mean_x) ** 2 for x, _ in points)
         slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
-        idle = round(mean_y - slope * mean_x, 3)  # as reported: -0.0001 is nothing idle, not a bad line
-        if slope > 0 and idle >= 0:  # abs(): never -0.0 in the report
-            costs[name] = {"us_per_msg": round(1e6 * slope, 1), "idle_cores": abs(idle), "fitted": True}
+        # Judged as reported, to a thousandth of a core: -1e-18 is nothing idle (+ 0.0 turns -0.0 into 0.0).
+        idle = round(mean_y - slope * mean_x, 3) + 0.0
+        if slope > 0 and idle >= 0:
+            costs[name] = {"us_per_msg": round(1e6 * slope, 1), "idle_cores": idle, "fitted": True}
         else:
             top_rate, top_cores = max(points)
             costs[name] = {"us_per_msg": round(1e6 * top_cores / top_rate, 1), "idle_cores": 0.0, "fitted": False}
