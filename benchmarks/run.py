@@ -186,7 +186,22 @@ def matrix(short: bool) -> list[Scenario]:
             240,
         ),
         # The same private traffic against a bare Tornado relay (no Redis, Kafka, history or
-        # limits), with nothing else running: the most any Tornado server can carry here.
+        # limits), with nothing else running: the most any Tornado server can carry here, and
+        # at the private rows' rates, the least CPU per message its frames alone cost.
+        Scenario(
+            "ceiling-1k",
+            "bare Tornado relay, private 100 pairs, 1,000/s",
+            (*pairs, "--rate", "1000", "--duration", "10"),
+            120,
+            target="ceiling",
+        ),
+        Scenario(
+            "ceiling-3k",
+            "bare Tornado relay, private 100 pairs, 3,000/s",
+            (*overload, "--rate", "3000", "--duration", "5", "--procs", "2"),
+            180,
+            target="ceiling",
+        ),
         Scenario(
             "ceiling-ramp",
             "bare Tornado relay, private ramp from 1,000/s x1.25, p99 <= 50 ms",
