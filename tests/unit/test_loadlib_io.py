@@ -5,6 +5,7 @@ messages against the full parse, and the pacing of sends."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 import time
@@ -319,3 +320,27 @@ async def test_a_handshake_answered_after_the_opener_gave_up_is_no_error() -> No
     conn.handshake.cancel()  # the opener's wait_for timed out
     conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + up.accept + b"\r\n\r\n")
     assert conn.handshake.cancelled()
+
+
+def test_a_connection_lost_during_a_handshake_nobody_awaits_logs_no_error() -> None:
+    """A chaos run at 3,000 msg/s printed "Future exception was never retrieved ... connection
+    lost during the handshake": its opener had been cancelled before it awaited the handshake,
+    so the failure had nobody to go to. It is no error of the run's."""
+    from loadlib.client import ClientConnection, InvalidHandshake, upgrade
+
+    logged: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: logged.append(context["message"]))
+        up = upgrade("ws://127.0.0.1:1/ws")
+        conn = ClientConnection(up.request, up.accept, 1 << 20)
+        conn.connection_lost(None)
+        del conn
+        gc.collect()
+        awaited = ClientConnection(up.request, up.accept, 1 << 20)  # an opener that waits still hears of it
+        awaited.connection_lost(None)
+        with pytest.raises(InvalidHandshake, match="connection lost during the handshake"):
+            await awaited.handshake
+
+    asyncio.run(main())
+    assert logged == []
