@@ -102,7 +102,8 @@ class Recovery:
         """Replay every stored message after the given offsets, in order, then ``resumed``.
 
         Live frames of those channels are held while the replay runs and go out after it,
-        minus those it sent: the session sees one increasing sequence per channel. The first
+        minus those it sent: the session sees one increasing sequence per channel (those sent
+        live before a late resume come again in it). The first
         resume after ``welcome`` ends the wait for it: every other channel goes live after it."""
         greeted = session.id in self._waiting
         if greeted:
@@ -148,6 +149,12 @@ class Recovery:
                 self._hub.rebase(session, channel, head.offset)
                 continue
             floor, top = self._hub.sent(session, channel)
+            if offset < floor < top:
+                # Live messages above the client's offset went out before this resume (it came
+                # after the wait, or after a message of its own). Replaying only what is below
+                # them would break the order: they are sent again after it, in order, and the
+                # client drops the second copies by id.
+                floor = top
             done, lost = await self._replay(session, channel, offset, floor, top)
             replayed += done
             if lost:

@@ -90,6 +90,35 @@ async def test_sending_a_message_ends_the_wait_for_resume() -> None:
     assert [m["text"] for m in bob.of_type("message")] == ["early", "hello"]
 
 
+@pytest.mark.parametrize("went_live", ["the wait ran out", "bob sent a message"])
+@pytest.mark.gen_test
+async def test_a_late_resume_still_reads_in_order_from_the_clients_offset(went_live: str) -> None:
+    """A resume 1.5 s after welcome got offsets 9, 10, 7, 8: the live ones had gone out when the
+    wait ended, and the replay sent only what was below them. After resume the channel must read
+    as one increasing sequence, so what went out live is sent again after the replay (the client
+    drops the second copies by id)."""
+    c = await Cluster(resume_wait_s=0.05).start()
+    alice = await c.join("alice", 1)
+    await c.send(alice, 1, {"type": "resume", "positions": {}})
+    for i in range(3):  # bob is away: offsets 1-3 of user:bob
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"away {i}"})
+    bob = await c.join("bob", 2)
+    if went_live == "bob sent a message":
+        await c.send(bob, 2, {"type": "public", "text": "hi"})
+    for i in range(2):  # offsets 4-5
+        await c.send(alice, 1, {"type": "private", "to": "bob", "text": f"live {i}"})
+    deadline = asyncio.get_running_loop().time() + 5
+    while offsets(bob, "user:bob") != [4, 5] and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert offsets(bob, "user:bob") == [4, 5]  # live, before any resume
+    before = len(bob.frames)
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 1}, "cid": "r"})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "after"})  # offset 6
+    after_resume = [f["offset"] for f in bob.frames[before:] if f["type"] == "message" and f["channel"] == "user:bob"]
+    assert after_resume == [2, 3, 4, 5, 6]
+    assert bob.of_type("resumed")[0]["recovered"] is True
+
+
 @pytest.mark.gen_test
 async def test_a_resume_repeated_later_sends_nothing_twice() -> None:
     c = await Cluster().start()
