@@ -9,11 +9,12 @@ import itertools
 import json
 import logging
 import struct
+from asyncio import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
 from chatserver.auth import AuthError, TokenAuthority
 from chatserver.codec import JSON, MSGPACK, Codec, OutFrame
@@ -38,6 +39,21 @@ class SocketPolicy:
     allowed_origins: frozenset[str] = frozenset()
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     max_send_buffer: int = 1 << 20
+
+
+class _Protocol(WebSocketProtocol13):
+    """Tornado's RFC 6455 protocol, but a text frame that is not UTF-8 is a bad frame like any
+    other: Tornado drops the connection without a word, and the contract says a bad frame gets an
+    ``error``. It goes on as text that neither codec accepts (lone surrogates), so the router
+    refuses it with ``bad_frame`` and counts it against the session's frame limit."""
+
+    def _handle_message(self, opcode: int, data: bytes) -> Future[None] | None:
+        if opcode == 0x1 and not data.isascii() and not self.client_terminated:  # ASCII is UTF-8
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return self._run_callback(self.handler.on_message, data.decode("utf-8", "surrogateescape"))
+        return super()._handle_message(opcode, data)
 
 
 class ChatSocket(WebSocketHandler):
@@ -209,6 +225,18 @@ class ChatSocket(WebSocketHandler):
         if self.chat.allowed_origins:
             return origin in self.chat.allowed_origins
         return super().check_origin(origin)  # same host as the request
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """Tornado's choice, with ``_Protocol`` for its RFC 6455 one (no compression is offered)."""
+        if self.request.headers.get("Sec-WebSocket-Version") != "13":
+            return None
+        params = _WebSocketParams(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_message_size=self.max_message_size,
+            compression_options=self.get_compression_options(),
+        )
+        return _Protocol(self, False, params)
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return "msgpack" if "msgpack" in subprotocols else None

@@ -157,6 +157,21 @@ async def test_bad_frames_get_errors_and_the_connection_lives() -> None:
         assert await alice.recv_type("pong") == {"type": "pong", "cid": "still-here"}
 
 
+@pytest.mark.parametrize("msgpack_protocol", [False, True])
+@pytest.mark.gen_test(timeout=20)
+async def test_a_text_frame_that_is_not_utf8_gets_an_error_and_the_connection_lives(msgpack_protocol: bool) -> None:
+    """The contract: a bad frame gets an error, never a dropped connection. Tornado drops one
+    whose text is not valid UTF-8, with no close frame and no word of why."""
+    async with cluster(1) as [(url, _node)]:
+        alice = await ChatClient.connect(url, await login(url, "alice"), msgpack_protocol=msgpack_protocol)
+        assert (await alice.recv())["type"] == "welcome"
+        await alice.conn.write_message(b'{"type": "public", "text": "\xff"}', binary=False)
+        error = await alice.recv_type("error")
+        assert error["code"] == "bad_frame" and error["message"]
+        await alice.send({"type": "ping", "cid": "still-here"})
+        assert await alice.recv_type("pong") == {"type": "pong", "cid": "still-here"}
+
+
 @pytest.mark.gen_test(timeout=20)
 async def test_frame_over_64_kib_closes_with_1009() -> None:
     async with cluster(1) as [(url, _node)]:
