@@ -30,7 +30,21 @@ PAGE_CSP = (
 )
 
 
-class StaticFiles(StaticFileHandler):
+class JsonErrors(RequestHandler):
+    """Answers the errors Tornado raises (a missing file, a method the route does not take, a
+    failure) as ``{"error": {"code", "message"}}``, never as HTML or a stack trace. Every
+    handler of the server is one: the contract has every HTTP error in JSON."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code = _ERROR_CODES.get(status_code, "internal" if status_code >= 500 else "bad_request")
+        reason = self._reason if status_code < 500 else "internal server error"
+        self.finish({"error": {"code": code, "message": reason}})
+
+
+_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+class StaticFiles(JsonErrors, StaticFileHandler):
     """Static files; a versioned URL (``?v=``, from ``static_url``) is cached for long, any other
     is revalidated on every use (``no-cache``: a 304 when unchanged). The page's modules import
     each other by plain URLs, so a browser never runs modules of two releases together."""
@@ -40,17 +54,12 @@ class StaticFiles(StaticFileHandler):
             self.set_header("Cache-Control", "no-cache")
 
 
-class JsonHandler(RequestHandler):
-    """Answers errors as ``{"error": {"code", "message"}}``, never with a stack trace."""
+class JsonHandler(JsonErrors):
+    """A JSON endpoint: its own refusals (``fail``) and Tornado's errors are JSON."""
 
     def fail(self, status: int, code: str, message: str) -> None:
         self.set_status(status)
         self.finish({"error": {"code": code, "message": message}})
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "internal")
-        reason = self._reason if status_code < 500 else "internal server error"
-        self.finish({"error": {"code": code, "message": reason}})
 
 
 class NotFoundHandler(JsonHandler):
@@ -77,7 +86,7 @@ def page_csp(token_url: str) -> str:
     return PAGE_CSP.replace("connect-src 'self'", f"connect-src 'self' {parts.scheme}://{parts.netloc}")
 
 
-class PageHandler(RequestHandler):
+class PageHandler(JsonErrors):
     def initialize(self, server_id: str, signin: SignIn | None = None) -> None:
         self.server_id = server_id
         self.signin = signin or SignIn()
@@ -116,7 +125,7 @@ def client_address(request: HTTPServerRequest, trusted_proxies: TrustedProxies) 
     return peer
 
 
-class AdminPageHandler(RequestHandler):
+class AdminPageHandler(JsonErrors):
     """The operator page; it asks for the admin token and reads /admin/api/cluster with it."""
 
     def get(self) -> None:
@@ -165,7 +174,7 @@ class ReadyHandler(JsonHandler):
             self.fail(503, "not_ready", reason)
 
 
-class MetricsHandler(RequestHandler):
+class MetricsHandler(JsonErrors):
     def initialize(self, metrics: Metrics) -> None:
         self.metrics = metrics
 

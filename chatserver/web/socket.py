@@ -13,6 +13,7 @@ from asyncio import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketHandler, WebSocketProtocol, WebSocketProtocol13, _WebSocketParams
 
@@ -24,7 +25,7 @@ from chatserver.metrics import Metrics
 from chatserver.parts import CLOSE_TOKEN_EXPIRED
 from chatserver.protocol import INTERNAL, session_id
 from chatserver.router import Router
-from chatserver.web.endpoints import Readiness, TrustedProxies, client_address
+from chatserver.web.endpoints import JsonErrors, Readiness, TrustedProxies, client_address
 from chatserver.web.outbox import Outbox
 from chatserver.web.timers import Deadlines, Keepalive
 
@@ -56,7 +57,20 @@ class _Protocol(WebSocketProtocol13):
         return super()._handle_message(opcode, data)
 
 
-class ChatSocket(WebSocketHandler):
+def _handshake_refusal(headers: HTTPHeaders) -> tuple[int, str, str] | None:
+    """Status, code and message for a request that is no RFC 6455 handshake; None for one."""
+    if headers.get("Upgrade", "").lower() != "websocket":
+        return 400, "not_websocket", "/ws is a WebSocket endpoint: open it with a WebSocket client"
+    if "upgrade" not in (part.strip().lower() for part in headers.get("Connection", "").split(",")):
+        return 400, "not_websocket", "a WebSocket handshake needs the header Connection: Upgrade"
+    if headers.get("Sec-WebSocket-Version") != "13":
+        return 426, "unsupported_version", "this server speaks WebSocket version 13 (RFC 6455) only"
+    if not headers.get("Sec-WebSocket-Key"):
+        return 400, "not_websocket", "a WebSocket handshake needs the header Sec-WebSocket-Key"
+    return None
+
+
+class ChatSocket(JsonErrors, WebSocketHandler):
     """One client connection; it is also the hub's session for that client."""
 
     def initialize(
@@ -186,9 +200,10 @@ class ChatSocket(WebSocketHandler):
         except AuthError as exc:
             return self._reject(401, "unauthorized", str(exc))
         self._user, self._deadline = grant.user, grant.deadline
-        # Tornado's own checks would answer these two in plain text: the contract wants JSON.
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
-            return self._reject(400, "not_websocket", "/ws is a WebSocket endpoint: open it with a WebSocket client")
+        # Tornado's own checks would answer these in plain text: the contract wants JSON.
+        not_handshake = _handshake_refusal(self.request.headers)
+        if not_handshake is not None:
+            return self._reject(*not_handshake)
         origin = self.request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):
             why = f"origin {origin[:100]} may not open /ws (the page's own host may; CHAT_ALLOWED_ORIGINS lists others)"
@@ -209,6 +224,8 @@ class ChatSocket(WebSocketHandler):
         self.metrics.handshake_refusals.labels(code).inc()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        if status == 426:  # RFC 6455, 4.4: the versions this server speaks
+            self.set_header("Sec-WebSocket-Version", "13")
         self.finish(json.dumps({"error": {"code": code, "message": message}}))
 
     def _origin_allowed(self, origin: str) -> bool:

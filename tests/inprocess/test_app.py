@@ -118,6 +118,40 @@ async def test_a_refused_handshake_says_why_in_json_like_every_http_error() -> N
 
 
 @pytest.mark.gen_test(timeout=20)
+async def test_every_http_error_is_json_the_page_files_metrics_and_handshake_included() -> None:
+    """The contract: errors over HTTP are JSON. Tornado's own answers were HTML: a missing file,
+    a method a route does not take, and the handshake checks it makes after ``prepare``."""
+    async with cluster(1) as [(url, _node)]:
+        token = await login(url, "alice")
+        upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}
+        upgrade["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+        cases: list[tuple[str, str, dict[str, str], int, str]] = [
+            ("GET", "/static/nope.js", {}, 404, "not_found"),
+            ("POST", "/", {}, 405, "method_not_allowed"),
+            ("DELETE", "/", {}, 405, "method_not_allowed"),
+            ("POST", "/metrics", {}, 405, "method_not_allowed"),
+            ("GET", f"/ws?token={token}", {**upgrade, "Connection": "keep-alive"}, 400, "not_websocket"),
+            ("GET", f"/ws?token={token}", {**upgrade, "Sec-WebSocket-Version": "12"}, 426, "unsupported_version"),
+            (
+                "GET",
+                f"/ws?token={token}",
+                {k: v for k, v in upgrade.items() if k != "Sec-WebSocket-Key"},
+                400,
+                "not_websocket",
+            ),
+        ]
+        for method, path, headers, status, code in cases:
+            body = "" if method == "POST" else None
+            with pytest.raises(HTTPClientError) as info:
+                await AsyncHTTPClient().fetch(url + path, method=method, headers=headers, body=body)
+            assert info.value.code == status, (method, path)
+            assert info.value.response is not None
+            assert info.value.response.headers["Content-Type"].startswith("application/json"), (method, path)
+            error = json.loads(info.value.response.body)["error"]
+            assert error["code"] == code and error["message"], (method, path, error)
+
+
+@pytest.mark.gen_test(timeout=20)
 async def test_configured_origins_are_allowed() -> None:
     async with cluster(1, allowed_origins=("https://chat.example",)) as [(url, _node)]:
         token = await login(url, "alice")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.chatclient import ChatClient, refused_status
+from tests.conftest import free_port
+from tests.fakes import until
 from tests.integration.conftest import NginxFront, RealCluster
 
 
@@ -49,3 +52,35 @@ def test_the_page_is_served_through_nginx(nginx: NginxFront) -> None:
         assert response.status == 200
         assert b'<script type="module" src="/static/js/main.js' in response.read()
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def http_error(url: str) -> tuple[int, str, dict[str, str]]:
+    """Status, Content-Type and the ``error`` object of a refused GET."""
+    try:
+        urllib.request.urlopen(url, timeout=5)
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers["Content-Type"], json.loads(refused.read())["error"]
+    raise AssertionError(f"{url} answered 200")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_nginx_answers_its_own_errors_in_json_too(cluster: RealCluster, nginx: NginxFront) -> None:
+    """Every HTTP error of the chat is JSON, nginx's own included: they were its HTML pages."""
+    status, kind, error = http_error(nginx.url + "/metrics")  # scraped from each server, not here
+    assert (status, kind, error["code"]) == (404, "application/json", "not_found") and error["message"]
+    nginx.set_upstream([free_port()])  # no chat server behind it
+    try:
+        await until(lambda: status_of(nginx.url + "/readyz") == 502, "a 502 once nginx reloaded")
+        status, kind, error = http_error(nginx.url + "/readyz")
+        assert (status, kind, error["code"]) == (502, "application/json", "not_ready") and "retry" in error["message"]
+    finally:
+        nginx.set_upstream([server.port for server in cluster.servers.values()])
+    await until(lambda: status_of(nginx.url + "/healthz") == 200, "the servers behind nginx again")
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
