@@ -33,7 +33,7 @@ class Grant:
 
 
 class TokenAuthority:
-    def __init__(self, secret: str, ttl_s: int, leeway_s: float = 30.0) -> None:
+    def __init__(self, secret: str, ttl_s: int, leeway_s: float = 0.0) -> None:
         self._secret = secret
         self._ttl_s = ttl_s
         self._leeway_s = leeway_s

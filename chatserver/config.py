@@ -90,7 +90,7 @@ class Settings:
     log_format: str = "text"  # CHAT_LOG_FORMAT: text (for a terminal) or json (one object a line)
     admin_token: str = ""  # CHAT_ADMIN_TOKEN: enables /admin for whoever presents it (off when empty)
     token_url: str = ""  # CHAT_TOKEN_URL: where the page fetches its token (the operator's application)
-    token_leeway_s: float = 30.0  # CHAT_TOKEN_LEEWAY_S: clock skew allowed past a token's exp
+    token_leeway_s: float = 0.0  # CHAT_TOKEN_LEEWAY_S: clock skew allowed past a token's exp
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

@@ -41,3 +41,16 @@ def test_forged_expired_and_malformed_tokens_are_refused(token: str) -> None:
 def test_small_clock_skew_is_tolerated() -> None:
     token = jwt.encode({"sub": "bob", "exp": int(time.time()) - 5}, SECRET, algorithm="HS256")
     assert TokenAuthority(SECRET, ttl_s=60, leeway_s=30).verify(token) == "bob"
+
+
+def test_a_token_past_its_exp_is_refused_by_default() -> None:
+    """The contract: an expired token gets 401. A default leeway of 30 s let a token 10 s past
+    its exp open a socket (found by an audit of the contract); skew is the operator's choice."""
+    from chatserver.config import Settings
+
+    token = jwt.encode({"sub": "bob", "exp": int(time.time()) - 2}, SECRET, algorithm="HS256")
+    leeway = Settings.from_env({"CHAT_SECRET": SECRET}).token_leeway_s
+    with pytest.raises(AuthError):
+        TokenAuthority(SECRET, ttl_s=60, leeway_s=leeway).verify(token)
+    with pytest.raises(AuthError):
+        TokenAuthority(SECRET, ttl_s=60).verify(token)
