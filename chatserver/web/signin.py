@@ -47,7 +47,7 @@ class LoginHandler(JsonHandler):
             self.fail(400, "bad_request", "password must be a string")
             return None
         if want_password and password is None:
-            self.fail(400, "bad_request", "a password is needed: this server has accounts")
+            self.fail(404, "not_found", "sign-in by name alone is off on this server: sign in with your password")
             return None
         return username, password
 
