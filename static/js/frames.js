@@ -191,7 +191,7 @@ export function onResumed(f) {
     state.positionsDirty = true;
   }
   if (f.recovered !== false) return;
-  // `gaps` (an addition of this server) names the channels that lost messages; without it, all.
+  // `gaps` (protocol version 2) names the channels that lost messages; without it (an older server), all.
   const gaps = Array.isArray(f.gaps) && f.gaps.length ? f.gaps : Object.keys(r.from);
   for (const ch of gaps) {
     if (typeof r.from[ch] === 'number') addGapMarkers(ch, r.from[ch]);
