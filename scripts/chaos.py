@@ -76,6 +76,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "acked; docs/RELIABILITY.md, A crash of Redis itself)")  # fmt: skip
     add("--session-mean", type=float, default=6.0, help="mean seconds between a client's own disconnects (6)")
     add("--nginx-share", type=float, default=0.5, help="share of connections through nginx (default 0.5)")
+    add("--late-resume-share", type=float, default=0.1,
+        help="share of sessions that send their resume --late-resume-s after the welcome, when the server "
+        "no longer waits for it and has sent live messages first (default 0.1)")  # fmt: skip
+    add("--late-resume-s", type=float, default=1.5,
+        help="how late those resume: more than the servers' CHAT_RESUME_WAIT_MS (default 1.5)")  # fmt: skip
     add("--out", type=Path, default=None, help="folder for the records and the report (default test-output/chaos-*)")
     add("--show", type=int, default=10, help="violations listed (default 10)")
     args = parser.parse_args(argv[1:] if argv[:1] == ["run"] else argv)
@@ -155,7 +160,13 @@ async def run(args: argparse.Namespace) -> int:
         return 2
 
     targets = Targets(servers, nginx, args.nginx_share)
-    opts = Options(args.rate / args.clients, args.session_mean, args.nginx_share)
+    opts = Options(
+        args.rate / args.clients,
+        args.session_mean,
+        args.nginx_share,
+        late_resume_share=args.late_resume_share,
+        late_resume_s=args.late_resume_s,
+    )
     clients, recorders = [], []
     for i in range(args.clients):
         name, user = f"c{i:02d}", users[i % len(users)]

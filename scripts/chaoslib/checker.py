@@ -14,9 +14,13 @@ session), ``{"t", "e": "in", "s", "f": frame}`` (every frame received), ``{"t", 
 
 The rules, per client and channel (and epoch: a channel whose offsets were reset starts over):
 
-- doubled / reordered: message offsets grow strictly across the client's whole life, and the
-  first one after a ``resume`` is above the resume offset; an offset seen again is doubled, a
-  lower one never seen is reordered.
+- doubled / reordered: message offsets grow strictly across the client's whole life, and after
+  a ``resume`` they grow strictly from the resume offset; an offset seen again is doubled, a
+  lower one never seen is reordered. A session that resumed late on purpose (``{"e":
+  "late_resume"}``: after the server stopped waiting, so live messages came first) is judged from
+  its resume: what it got before counts as seen (for lost) but not for order or gaps, so the
+  sequence after the resume must bring it again, in its place (the contract's seam), or it is a
+  gap.
 - gaps: every offset between the client's baseline (the first welcome's position) and its final
   position is a message it saw, or its own send (acked, or unacked but found by its unique text
   in anyone's records), or lies in a range the server declared lost (``recovered: false`` naming
@@ -242,6 +246,8 @@ class _Client:
         self.since_resume: list[tuple[Key, int]] = []  # offsets first seen since
         self.unsynced = 0  # a session whose resume was refused: its frames count as seen, not for order
         self.resuming: set[int] = set()  # sessions that sent a resume (``replay`` finds them)
+        self.resumed_in = 0  # the session whose resume has been sent
+        self.late: set[int] = set()  # sessions that resumed after the server stopped waiting
         self.replaying = False  # between a resume and its resumed
         self.observed: list[Seen] = []
         self.acks: list[tuple[float, dict[str, Any], str]] = []  # (t, ack frame, segment)
@@ -251,6 +257,7 @@ class _Client:
         self.resuming = {  # sessions that sent a resume: the others never joined the seam
             int(ev.get("s", 0)) for ev in events if ev.get("e") == "out" and ev["f"].get("type") == "resume"
         }
+        self.late = {int(ev.get("s", 0)) for ev in events if ev.get("e") == "late_resume"}
         for ev in events:
             kind, t = ev.get("e"), float(ev.get("t", 0.0))
             if kind == "connect":
@@ -265,12 +272,16 @@ class _Client:
         if frame.get("type") != "resume":
             return
         self.resume_cid, self.replaying = str(frame.get("cid")), True
+        self.resumed_in = self.session
         self.before_resume = dict(self.last)
         self.since_resume = []
         for channel, offset in (frame.get("positions") or {}).items():
             if channel in self.segment:
-                self.floor[(channel, self.segment[channel])] = int(offset)
+                key = (channel, self.segment[channel])
+                self.floor[key] = int(offset)
                 self.resume_at[channel] = int(offset)
+                if self.session in self.late and key in self.last:  # its order starts at the resume
+                    self.last[key] = min(self.last[key], int(offset))
 
     def _resume_refused(self) -> None:
         """The server could not resume this session (``error`` with the resume's cid): the client
@@ -343,6 +354,8 @@ class _Client:
         self.ids[channel].add(mid)
         if session == self.unsynced or session not in self.resuming:
             return
+        if session in self.late and session != self.resumed_in:
+            return  # live before a late resume: the sequence after the resume must bring it again
         if offset <= floor:
             before = self.seen[key].get(offset)
             how = "replayed after its resume" if self.replaying else "live"

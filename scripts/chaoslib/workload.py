@@ -37,6 +37,8 @@ class Options:
     session_mean_s: float  # mean time between the client's own disconnects
     nginx_share: float  # share of connections opened through nginx (when there is one)
     resume_delay_s: float = 0.1  # half the sessions wait up to this long between welcome and resume
+    late_resume_share: float = 0.0  # of all sessions, those that wait late_resume_s instead
+    late_resume_s: float = 1.5  # beyond the server's wait for a resume (CHAT_RESUME_WAIT_MS, 1 s)
     max_attempts: int = 8
     max_pending: int = 4
     kinds: tuple[tuple[str, float], ...] = (("public", 0.3), ("private", 0.4), ("room", 0.3))
@@ -215,9 +217,16 @@ class Client:
             return False
         # Resume from where the client stood when the welcome came, even if it takes its time
         # (half the sessions do) and live traffic arrives meanwhile: that is the seam under test.
+        # Some resume after the server stopped waiting: their live messages came first, and
+        # after the resume they must come again, in order (the contract's seam).
         self._before_resume, positions = self._at_welcome
-        if self.rng.random() < 0.5:
-            await asyncio.sleep(self.rng.uniform(0.0, self.opts.resume_delay_s))
+        roll = self.rng.random()
+        if roll < 0.5:
+            late = roll < self.opts.late_resume_share
+            delay = self.rng.uniform(0.0, self.opts.resume_delay_s)
+            if late:
+                self.rec("late_resume", s=session)
+            await asyncio.sleep(self.opts.late_resume_s + delay if late else delay)
             if self.closed.is_set():
                 return False
         self._resume_cid = f"r{session}"

@@ -40,6 +40,10 @@ class Records:
     def resume(self, client: str, positions: dict[str, int]) -> None:
         self._add(client, "out", f={"type": "resume", "positions": positions, "cid": f"r{self.sessions[client]}"})
 
+    def late(self, client: str) -> None:
+        """The client waits past the server's wait for its resume (the workload says so)."""
+        self._add(client, "late_resume")
+
     def resumed(self, client: str, **fields: Any) -> None:
         self._add(client, "in", f={"type": "resumed", "recovered": True, **fields})
 
@@ -430,3 +434,55 @@ def test_a_session_whose_resume_was_refused_starts_over() -> None:
 
     assert check(records(refused=True).run()).violations == []
     assert kinds(check(records(refused=False).run())) == {"reordered": 1, "doubled": 1}
+
+
+def late_resume(rec: Records, after_resume: list[int]) -> None:
+    """b1 comes back while public 12-13 were sent, resumes late: 14 comes live first, then its
+    resume from 11, then ``after_resume`` (its replay), then 15 live."""
+    clean(rec)
+    texts = {n: f"a2-{n}-x" for n in (12, 13, 14, 15)}
+
+    def publish(n: int, to: tuple[str, ...]) -> None:
+        rec.send("a2", "public", f"a2-{n}", texts[n])
+        rec.ack("a2", f"a2-{n}", f"m{n}", "public", n)
+        for client in to:
+            rec.message(client, "public", n, f"m{n}", texts[n], "alice", "public")
+
+    publish(12, ("a1", "a2"))
+    publish(13, ("a1", "a2"))
+    rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})
+    rec.late("b1")
+    publish(14, ("a1", "a2", "b1"))  # live: the server no longer waits for b1's resume
+    rec.resume("b1", {"public": 11, "user:bob": 1, "room:r": 1})
+    for n in after_resume:
+        rec.message("b1", "public", n, f"m{n}", texts[n], "alice", "public")
+    rec.resumed("b1")
+    publish(15, ("a1", "a2", "b1"))
+
+
+def test_a_late_resume_that_brings_the_live_message_again_in_its_place_passes() -> None:
+    """The contract's seam: after resume, one increasing sequence with whatever was published
+    between welcome, resume and resumed, the live 14 included (the client drops the copy)."""
+    rec = Records()
+    late_resume(rec, [12, 13, 14])
+    verdict = check(rec.run())
+    assert verdict.violations == [], verdict.report()
+
+
+def test_a_late_resume_that_leaves_out_what_came_live_is_a_gap() -> None:
+    """The bug of 2026-12-03: the replay skipped what had gone out live, so 14 came before 12."""
+    rec = Records()
+    late_resume(rec, [12, 13])
+    verdict = check(rec.run())
+    assert kinds(verdict) == {"gaps": 1}
+    assert (verdict.violations[0].client, verdict.violations[0].offsets) == ("b1", "14")
+
+
+def test_a_session_not_marked_late_may_not_get_a_message_twice() -> None:
+    """Without the mark the old rule holds: a live message before the resume, then again, is
+    doubled (the resume came while the server still waited: it should have held it)."""
+    rec = Records()
+    late_resume(rec, [12, 13, 14])
+    rec.events["b1"] = [ev for ev in rec.events["b1"] if ev["e"] != "late_resume"]
+    verdict = check(rec.run())
+    assert "doubled" in kinds(verdict)
