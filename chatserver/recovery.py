@@ -34,6 +34,7 @@ class Recovery:
         self._delivery = delivery
         self._resume_wait_s = resume_wait_s
         self._waiting: dict[str, asyncio.TimerHandle] = {}  # greeted sessions that may resume
+        self._resumed: set[str] = set()  # sessions that sent a resume: a later one repeats nothing
 
     async def greet(self, session: ClientSession, channels: list[str], rooms: list[str]) -> None:
         """``welcome`` with the positions of ``channels``, then their live messages wait for the
@@ -87,6 +88,7 @@ class Recovery:
         return True
 
     def forget(self, session: ClientSession) -> None:
+        self._resumed.discard(session.id)
         timer = self._waiting.pop(session.id, None)
         if timer is not None:
             timer.cancel()
@@ -102,20 +104,27 @@ class Recovery:
         """Replay every stored message after the given offsets, in order, then ``resumed``.
 
         Live frames of those channels are held while the replay runs and go out after it,
-        minus those it sent: the session sees one increasing sequence per channel (those sent
-        live before a late resume come again in it). The first
-        resume after ``welcome`` ends the wait for it: every other channel goes live after it."""
+        minus those it sent: the session sees one increasing sequence per channel. The first
+        resume after ``welcome`` ends the wait for it: every other channel goes live after it.
+        A session's first resume replays everything after its offsets, also what went out live
+        before it (it came after the wait, or after a message of its own): the contract's seam
+        is the sequence after the resume. A later resume on the same socket repeats nothing."""
         greeted = session.id in self._waiting
         if greeted:
             self._waiting.pop(session.id).cancel()
+        first = session.id not in self._resumed
+        self._resumed.add(session.id)
+        # Held from now, not from when the channels are known to be readable: a live message
+        # meanwhile would go out ahead of the replay of older ones.
+        self._hub.hold(session, [c for c, _ in frame.positions])
         readable = {c: await self._parts.may_read(session.user, c) for c, _ in frame.positions}
         wanted = [(c, o) for c, o in frame.positions if readable[c]]
         refused = [c for c, _ in frame.positions if not readable[c]]
         if refused:
             self._parts.refuse(session, p.FORBIDDEN, f"you may not read {', '.join(refused)}", frame.cid)
-        self._hub.hold(session, [c for c, _ in wanted])
+            self._hub.release(session, refused)
         try:
-            heads, gaps, replayed = await self._recover(session, wanted, dict(frame.epochs))
+            heads, gaps, replayed = await self._recover(session, wanted, dict(frame.epochs), first)
         except HistoryError as exc:  # its live messages stay held: it resumes on a new connection
             log.warning("resume of %s failed: %s", session.user, exc)
             session.close(CLOSE_TRY_AGAIN, "the message store is unavailable; reconnect and resume shortly")
@@ -127,7 +136,7 @@ class Recovery:
         session.send(frames.resumed(not gaps, frame.cid, gaps, positions, epochs))
 
     async def _recover(
-        self, session: ClientSession, wanted: list[tuple[str, int]], known: dict[str, str]
+        self, session: ClientSession, wanted: list[tuple[str, int]], known: dict[str, str], first: bool
     ) -> tuple[dict[str, Head], list[str], int]:
         """Replay each wanted channel from the client's offset, or name it as a gap: its epoch
         is not the client's, or history no longer reaches back to the offset. Returns the heads,
@@ -149,12 +158,8 @@ class Recovery:
                 self._hub.rebase(session, channel, head.offset)
                 continue
             floor, top = self._hub.sent(session, channel)
-            if offset < floor < top:
-                # Live messages above the client's offset went out before this resume (it came
-                # after the wait, or after a message of its own). Replaying only what is below
-                # them would break the order: they are sent again after it, in order, and the
-                # client drops the second copies by id.
-                floor = top
+            if first:
+                floor = top  # what went out live before it comes again, in its place
             done, lost = await self._replay(session, channel, offset, floor, top)
             replayed += done
             if lost:

@@ -18,9 +18,10 @@ The rules, per client and channel (and epoch: a channel whose offsets were reset
   a ``resume`` they grow strictly from the resume offset; an offset seen again is doubled, a
   lower one never seen is reordered. A session that resumed late on purpose (``{"e":
   "late_resume"}``: after the server stopped waiting, so live messages came first) is judged from
-  its resume: what it got before counts as seen (for lost) but not for order or gaps, so the
-  sequence after the resume must bring it again, in its place (the contract's seam), or it is a
-  gap.
+  where its replay starts (the first offset at or below one the session already had; a frame
+  can be in flight while the resume is), or from its ``resumed`` if the replay never goes back:
+  what it got before counts as seen (for lost) but not for order or gaps, so the sequence after
+  the resume must bring it again, in its place (the contract's seam), or it is a gap.
 - gaps: every offset between the client's baseline (the first welcome's position) and its final
   position is a message it saw, or its own send (acked, or unacked but found by its unique text
   in anyone's records), or lies in a range the server declared lost (``recovered: false`` naming
@@ -248,6 +249,12 @@ class _Client:
         self.resuming: set[int] = set()  # sessions that sent a resume (``replay`` finds them)
         self.resumed_in = 0  # the session whose resume has been sent
         self.late: set[int] = set()  # sessions that resumed after the server stopped waiting
+        # A late session's live frames, until its replay starts (an offset at or below one it
+        # already had) or its ``resumed`` comes: then they are judged, or dropped as repeated.
+        self.held_back: dict[Key, list[tuple[float, int, str]]] = defaultdict(list)
+        self.pre_max: dict[Key, int] = {}  # the highest of those per channel
+        self.placed: set[Key] = set()  # channels whose replay started: judged as they come
+        self.settled = False  # the late session's ``resumed`` came: everything is judged
         self.replaying = False  # between a resume and its resumed
         self.observed: list[Seen] = []
         self.acks: list[tuple[float, dict[str, Any], str]] = []  # (t, ack frame, segment)
@@ -263,6 +270,7 @@ class _Client:
             if kind == "connect":
                 self.session = int(ev.get("s", self.session + 1))
                 self.resume_cid, self.replaying = None, False
+                self.held_back, self.pre_max, self.placed, self.settled = defaultdict(list), {}, set(), False
             elif kind == "out":
                 self._sent(ev["f"])
             elif kind == "in":
@@ -317,6 +325,12 @@ class _Client:
             self.replaying = False
             if not frame.get("recovered", True):
                 self._declared_lost(frame)
+            if session in self.late and session == self.resumed_in and not self.settled:
+                self.settled = True  # no replay went back: what came live was the sequence
+                for key, frames in self.held_back.items():
+                    for at, offset, mid in frames:
+                        self._judge(at, session, key, offset, mid)
+                self.held_back = defaultdict(list)
         elif kind == "error" and self.resume_cid is not None and frame.get("cid") == self.resume_cid:
             self._resume_refused()
 
@@ -347,15 +361,31 @@ class _Client:
         for span in self.declared[key]:
             if span[1] is None:  # "up to the next offset seen"
                 span[1] = max(int(span[0] or 0), offset - 1)
-        floor = max(self.last[key], self.floor.get(key, self.last[key]))
         text, sender, kind = str(frame.get("text", "")), str(frame.get("from", "")), str(frame.get("kind", ""))
         seen = Seen(self.name, session, t, channel, seg, offset, mid, text, sender, kind)
         self.observed.append(seen)
         self.ids[channel].add(mid)
         if session == self.unsynced or session not in self.resuming:
             return
-        if session in self.late and session != self.resumed_in:
-            return  # live before a late resume: the sequence after the resume must bring it again
+        if session in self.late and not self.settled and key not in self.placed:
+            # Live before a late resume, or in flight when the server read it: the sequence
+            # after the resume must bring it again. The replay starts with the first offset at
+            # or below one the session already had; from there the seam is judged.
+            top = self.pre_max.get(key)
+            if session == self.resumed_in and top is not None and offset <= top:
+                self.placed.add(key)
+                self.held_back.pop(key, None)
+            else:
+                self.pre_max[key] = offset if top is None else max(top, offset)
+                if session == self.resumed_in:
+                    self.held_back[key].append((t, offset, mid))
+                return
+        self._judge(t, session, key, offset, mid)
+
+    def _judge(self, t: float, session: int, key: Key, offset: int, mid: str) -> None:
+        """Offsets grow strictly: one seen again is doubled, a lower one never seen reordered."""
+        channel = key[0]
+        floor = max(self.last[key], self.floor.get(key, self.last[key]))
         if offset <= floor:
             before = self.seen[key].get(offset)
             how = "replayed after its resume" if self.replaying else "live"

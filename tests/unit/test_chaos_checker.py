@@ -486,3 +486,28 @@ def test_a_session_not_marked_late_may_not_get_a_message_twice() -> None:
     rec.events["b1"] = [ev for ev in rec.events["b1"] if ev["e"] != "late_resume"]
     verdict = check(rec.run())
     assert "doubled" in kinds(verdict)
+
+
+def test_a_live_frame_in_flight_as_a_late_resume_is_sent_comes_again_in_the_replay() -> None:
+    """A frame the server wrote before it read the resume arrives after the client sent it; the
+    replay that follows starts lower and brings it again. The seam is judged from the replay."""
+    rec = Records()
+    clean(rec)
+    texts = {n: f"a2-{n}-x" for n in (12, 13, 14)}
+    for n in (12, 13):
+        rec.send("a2", "public", f"a2-{n}", texts[n])
+        rec.ack("a2", f"a2-{n}", f"m{n}", "public", n)
+        for client in ("a1", "a2"):
+            rec.message(client, "public", n, f"m{n}", texts[n], "alice", "public")
+    rec.connect("b1", {"public": 13, "user:bob": 1, "room:r": 1})
+    rec.late("b1")
+    rec.resume("b1", {"public": 11, "user:bob": 1, "room:r": 1})
+    rec.send("a2", "public", "a2-14", texts[14])
+    rec.ack("a2", "a2-14", "m14", "public", 14)
+    for client in ("a1", "a2", "b1"):  # b1's copy was on its way before the server read the resume
+        rec.message(client, "public", 14, "m14", texts[14], "alice", "public")
+    for n in (12, 13, 14):
+        rec.message("b1", "public", n, f"m{n}", texts[n], "alice", "public")
+    rec.resumed("b1")
+    verdict = check(rec.run())
+    assert verdict.violations == [], verdict.report()

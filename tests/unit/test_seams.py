@@ -90,13 +90,14 @@ async def test_sending_a_message_ends_the_wait_for_resume() -> None:
     assert [m["text"] for m in bob.of_type("message")] == ["early", "hello"]
 
 
+@pytest.mark.parametrize("resume_from", [1, 3])  # below the welcome's position (3), or at it
 @pytest.mark.parametrize("went_live", ["the wait ran out", "bob sent a message"])
 @pytest.mark.gen_test
-async def test_a_late_resume_still_reads_in_order_from_the_clients_offset(went_live: str) -> None:
+async def test_a_late_resume_still_reads_in_order_from_the_clients_offset(went_live: str, resume_from: int) -> None:
     """A resume 1.5 s after welcome got offsets 9, 10, 7, 8: the live ones had gone out when the
     wait ended, and the replay sent only what was below them. After resume the channel must read
-    as one increasing sequence, so what went out live is sent again after the replay (the client
-    drops the second copies by id)."""
+    as one increasing sequence with whatever was published since welcome, so what went out live
+    is sent again in its place (the client drops the second copies by id)."""
     c = await Cluster(resume_wait_s=0.05).start()
     alice = await c.join("alice", 1)
     await c.send(alice, 1, {"type": "resume", "positions": {}})
@@ -112,11 +113,43 @@ async def test_a_late_resume_still_reads_in_order_from_the_clients_offset(went_l
         await asyncio.sleep(0.01)
     assert offsets(bob, "user:bob") == [4, 5]  # live, before any resume
     before = len(bob.frames)
-    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 1}, "cid": "r"})
+    await c.send(bob, 2, {"type": "resume", "positions": {"user:bob": resume_from}, "cid": "r"})
     await c.send(alice, 1, {"type": "private", "to": "bob", "text": "after"})  # offset 6
     after_resume = [f["offset"] for f in bob.frames[before:] if f["type"] == "message" and f["channel"] == "user:bob"]
-    assert after_resume == [2, 3, 4, 5, 6]
+    assert after_resume == list(range(resume_from + 1, 7))
     assert bob.of_type("resumed")[0]["recovered"] is True
+
+
+@pytest.mark.gen_test
+async def test_a_live_message_while_a_late_resume_checks_its_channels_waits_for_the_replay() -> None:
+    """A chaos run with Redis restarting: a late resume spent 0.7 s asking whether the user may
+    read its channels, the live messages of that time went out at once, and the replay then
+    sent older offsets after them. The channels are held from the moment the resume is read."""
+    c = await Cluster(resume_wait_s=0.05).start()
+    alice = await c.join("alice", 1)
+    await c.send(alice, 1, {"type": "resume", "positions": {}})
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "away"})  # offset 1
+    bob = await c.join("bob", 2)
+    await c.send(bob, 2, {"type": "public", "text": "hi"})  # bob's channels go live
+    parts = c.routers[1].parts  # ws-2
+    asked, answer = asyncio.Event(), asyncio.Event()
+    may_read = parts.may_read
+
+    async def slow_may_read(user: str, channel: str) -> bool:
+        asked.set()
+        await answer.wait()  # the room store is slow to answer
+        return await may_read(user, channel)
+
+    parts.may_read = slow_may_read  # type: ignore[method-assign]
+    before = len(bob.frames)
+    resuming = asyncio.ensure_future(c.send(bob, 2, {"type": "resume", "positions": {"user:bob": 0}, "cid": "r"}))
+    await asyncio.wait_for(asked.wait(), 5)
+    await c.send(alice, 1, {"type": "private", "to": "bob", "text": "meanwhile"})  # offset 2
+    answer.set()
+    await resuming
+    await settle()
+    after_resume = [f["offset"] for f in bob.frames[before:] if f["type"] == "message" and f["channel"] == "user:bob"]
+    assert after_resume == [1, 2]
 
 
 @pytest.mark.gen_test
