@@ -169,6 +169,13 @@ class Client:
         self._unsynced = 0  # a session whose resume was refused: its messages move no position
         self._resumed_in = 0  # the session that sent its resume: no other one's messages move a position
         self._before_resume: dict[str, int] = {}
+        # A session that resumes late gets live frames first, some even after its resume is sent
+        # (in flight): they move no position until the replay goes back below them (it brings
+        # them again) or ``resumed`` says there was no replay to wait for.
+        self._late = False
+        self._live_max: dict[str, int] = {}  # channel -> highest such live offset
+        self._in_flight: dict[str, int] = {}  # the same, of those that came after the resume
+        self._replaying: set[str] = set()  # channels whose replay has started
         self._close_after_send = False
         self.stats: dict[str, int] = {"sessions": 0, "connect_failures": 0, "gave_up": 0}
 
@@ -206,6 +213,7 @@ class Client:
         self.conn, self.ready = conn, False
         self.closed = asyncio.Event()
         self._resumed = asyncio.Event()
+        self._late, self._live_max, self._in_flight, self._replaying = False, {}, {}, set()
         self._welcome = asyncio.get_running_loop().create_future()
         conn.handle_with(lambda raw: self._on_message(session, raw), lambda: self._on_closed(session, conn))
         try:
@@ -225,6 +233,7 @@ class Client:
             late = roll < self.opts.late_resume_share
             delay = self.rng.uniform(0.0, self.opts.resume_delay_s)
             if late:
+                self._late = True
                 self.rec("late_resume", s=session)
             await asyncio.sleep(self.opts.late_resume_s + delay if late else delay)
             if self.closed.is_set():
@@ -300,9 +309,20 @@ class Client:
                 self._welcome.set_result(frame)
         elif kind == "message":
             channel, offset = frame.get("channel"), frame.get("offset")
-            if session == self._unsynced or session != self._resumed_in:
+            if session == self._unsynced or not isinstance(channel, str) or not isinstance(offset, int):
                 return
-            if isinstance(channel, str) and isinstance(offset, int) and offset > self.seen_max.get(channel, -1):
+            late = self._late and session == self.session and not self._resumed.is_set()
+            if late and channel not in self._replaying:
+                top = self._live_max.get(channel)
+                if session != self._resumed_in or top is None or offset > top:
+                    self._live_max[channel] = offset if top is None else max(top, offset)
+                    if session == self._resumed_in:
+                        self._in_flight[channel] = self._live_max[channel]
+                    return
+                self._replaying.add(channel)  # the replay went back: it counts from here
+            if session != self._resumed_in:
+                return
+            if offset > self.seen_max.get(channel, -1):
                 self.seen_max[channel] = offset
         elif kind == "ack":
             self._acked(frame)
@@ -339,6 +359,10 @@ class Client:
 
     def _on_resumed(self, frame: dict[str, Any]) -> None:
         self._resumed.set()
+        if self._late and frame.get("recovered", True):  # no replay went back: they were the sequence
+            for channel, top in self._in_flight.items():
+                if channel not in self._replaying and top > self.seen_max.get(channel, -1):
+                    self.seen_max[channel] = top
         if frame.get("recovered", True):
             return
         positions, epochs = frame.get("positions") or {}, frame.get("epochs") or {}
