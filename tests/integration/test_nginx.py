@@ -54,33 +54,31 @@ def test_the_page_is_served_through_nginx(nginx: NginxFront) -> None:
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
 
 
-def http_error(url: str) -> tuple[int, str, dict[str, str]]:
-    """Status, Content-Type and the ``error`` object of a refused GET."""
+def answer(url: str) -> tuple[int, str, dict[str, str]]:
+    """Status, Content-Type and, for a refusal, its ``error`` object, of a GET."""
     try:
-        urllib.request.urlopen(url, timeout=5)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.headers["Content-Type"], {}
     except urllib.error.HTTPError as refused:
         return refused.code, refused.headers["Content-Type"], json.loads(refused.read())["error"]
-    raise AssertionError(f"{url} answered 200")
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_nginx_answers_its_own_errors_in_json_too(cluster: RealCluster, nginx: NginxFront) -> None:
     """Every HTTP error of the chat is JSON, nginx's own included: they were its HTML pages."""
-    status, kind, error = http_error(nginx.url + "/metrics")  # scraped from each server, not here
+    status, kind, error = answer(nginx.url + "/metrics")  # scraped from each server, not here
     assert (status, kind, error["code"]) == (404, "application/json", "not_found") and error["message"]
     nginx.set_upstream([free_port()])  # no chat server behind it
     try:
-        await until(lambda: status_of(nginx.url + "/readyz") == 502, "a 502 once nginx reloaded")
-        status, kind, error = http_error(nginx.url + "/readyz")
-        assert (status, kind, error["code"]) == (502, "application/json", "not_ready") and "retry" in error["message"]
+        answers: list[tuple[int, str, dict[str, str]]] = []
+
+        def refused() -> bool:  # until the reload reaches every worker, some answer with the servers
+            answers.append(answer(nginx.url + "/readyz"))
+            return answers[-1][0] == 502
+
+        await until(refused, "a 502 once nginx reloaded")
+        status, kind, error = answers[-1]
+        assert (kind, error["code"]) == ("application/json", "not_ready") and "retry" in error["message"]
     finally:
         nginx.set_upstream([server.port for server in cluster.servers.values()])
-    await until(lambda: status_of(nginx.url + "/healthz") == 200, "the servers behind nginx again")
-
-
-def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as refused:
-        return refused.code
+    await until(lambda: answer(nginx.url + "/healthz")[0] == 200, "the servers behind nginx again")
