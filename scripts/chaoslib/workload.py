@@ -359,11 +359,12 @@ class Client:
 
     def _on_resumed(self, frame: dict[str, Any]) -> None:
         self._resumed.set()
-        if self._late and frame.get("recovered", True):  # no replay went back: they were the sequence
+        if frame.get("recovered", True):
+            # A late session whose replay never went back below its in-flight frames: they were
+            # the sequence after its resume (only a late session has any).
             for channel, top in self._in_flight.items():
                 if channel not in self._replaying and top > self.seen_max.get(channel, -1):
                     self.seen_max[channel] = top
-        if frame.get("recovered", True):
             return
         positions, epochs = frame.get("positions") or {}, frame.get("epochs") or {}
         for channel in frame.get("gaps") or []:

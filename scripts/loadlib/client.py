@@ -165,7 +165,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._closed = True
         if self.close_code is None:
             self.close_code = 1006  # no close frame came
-        self._fail_handshake_future(InvalidHandshake(f"connection lost during the handshake: {exc}"))
+        self._fail_handshake(InvalidHandshake(f"connection lost during the handshake: {exc}"))
         self._wake()
 
     # ---------------------------------------------------------------- parsing
@@ -184,16 +184,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.handshake.set_result(None)
 
     def _fail_handshake(self, exc: InvalidHandshake) -> None:
-        self._fail_handshake_future(exc)
-        if self._transport is not None:
-            self._transport.close()
-
-    def _fail_handshake_future(self, exc: InvalidHandshake) -> None:
+        """The handshake failed: the opener hears why, and the socket closes (if it is not)."""
         if not self.handshake.done():
             self.handshake.set_exception(exc)
             # An opener awaiting it still gets the exception; one cancelled before it awaited
             # (its connect timed out) leaves it to nobody, and asyncio would log it as lost.
             self.handshake.exception()
+        if self._transport is not None:
+            self._transport.close()
 
     def _read_frames(self) -> None:
         buf = self._buffer
